@@ -1,0 +1,106 @@
+"""Log-mel spectrograms, the one front end shared by every encoder (baseline and CNN alike).
+
+Pure numpy (rfft over strided frames + a Slaney mel filterbank): no torchaudio (the PyPI build
+does not import here) and no librosa/numba start-up cost. `FeatureConfig` is saved with every
+model, and a model is refused on a library whose config differs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from nels import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel parameters.
+
+    sr : sample rate of the input (Hz).
+    n_fft : FFT size (samples); 512 at 16 kHz = 32 ms.
+    win : analysis window (samples); 400 = 25 ms, the speech/AudioSet convention.
+    hop : frame step (samples); 160 = 10 ms.
+    n_mels : mel bands.
+    fmin, fmax : band edges (Hz).
+    loudness_db : every waveform is RMS-normalised to this level before analysis, so a quiet phone
+        recording and a mastered film effect give the same spectrogram shape (None: no normalisation).
+    """
+
+    sr: int = SAMPLE_RATE
+    n_fft: int = 512
+    win: int = 400
+    hop: int = 160
+    n_mels: int = 64
+    fmin: float = 50.0
+    fmax: float = 8000.0
+    loudness_db: float | None = -20.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hz_to_mel(f):
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Slaney-normalised triangular filters, shape (n_mels, n_fft // 2 + 1), as in librosa."""
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_pts)
+    ramps = mel_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_pts[2:] - mel_pts[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(win: int, n_fft: int) -> np.ndarray:
+    w = np.hanning(win + 1)[:-1].astype(np.float32)
+    pad = (n_fft - win) // 2
+    return np.pad(w, (pad, n_fft - win - pad))
+
+
+def normalize_loudness(audio: np.ndarray, target_db: float = -20.0) -> np.ndarray:
+    """Scale `audio` so its RMS is `target_db` dBFS (silence is returned unchanged)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    if rms < 1e-6:
+        return audio
+    return (audio * (10 ** (target_db / 20) / rms)).astype(np.float32)
+
+
+def logmel(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Log-mel spectrogram in dB, shape (n_frames, n_mels), float32.
+
+    Frames are centred (the signal is reflect-padded by n_fft // 2), so frame t covers time
+    t * hop / sr. A clip shorter than one window still gives one frame.
+    """
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if config.loudness_db is not None:
+        x = normalize_loudness(x, config.loudness_db)
+    pad = config.n_fft // 2
+    if x.size < 2:
+        x = np.zeros(config.n_fft, dtype=np.float32)
+    x = np.pad(x, (pad, pad), mode="reflect" if x.size > pad else "constant")
+    n_frames = 1 + max(0, (x.size - config.n_fft) // config.hop)
+    frames = np.lib.stride_tricks.as_strided(
+        x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop, x.strides[0]), writeable=False)
+    spec = np.fft.rfft(frames * _window(config.win, config.n_fft), axis=1)
+    power = spec.real ** 2 + spec.imag ** 2
+    mel = power.astype(np.float32) @ mel_filterbank(config.sr, config.n_fft, config.n_mels, config.fmin, config.fmax).T
+    return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)

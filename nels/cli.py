@@ -1,0 +1,151 @@
+"""`nels`: one command, subcommands that read like English. Every result-printing command has --json.
+
+Exit status: 0 success, 1 some items failed (the batch still finished), 2 usage error or missing library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from nels.errors import NelsError
+
+
+def _default_library() -> str:
+    return os.environ.get("NELS_LIBRARY", "./nels-library")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nels", description="NELS, a Never-Ending Learner of Sounds.")
+    p.add_argument("--library", default=None, metavar="DIR",
+                   help="library folder (default: $NELS_LIBRARY, else ./nels-library)")
+    p.add_argument("--version", action="version", version="nels 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("ingest", help="add files, folders, URLs or URL-list files to the library")
+    s.add_argument("inputs", nargs="+", metavar="PATH_OR_URL")
+    s.add_argument("--model", default=None, help="encoder: default (shipped CNN), baseline, or a model folder")
+    s.add_argument("--max-duration", type=float, default=None, metavar="SEC", help="skip items longer than this")
+    s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
+    s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
+    s.add_argument("--retries", type=int, default=3, help="attempts per failing item across runs")
+    s.add_argument("--allow-private", action="store_true",
+                   help="allow URLs on loopback/private addresses (refused from the website)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.ingest.runner:cli_ingest")
+
+    s = sub.add_parser("crawl", help="search YouTube through yt-dlp and ingest what it finds")
+    s.add_argument("queries", nargs="+", metavar="QUERY")
+    s.add_argument("--per-query", type=int, default=10, metavar="N")
+    s.add_argument("--model", default=None)
+    s.add_argument("--max-duration", type=float, default=600.0, metavar="SEC")
+    s.add_argument("--max-items", type=int, default=None)
+    s.add_argument("--rate-limit", type=float, default=0.5, metavar="PER_SEC")
+    s.add_argument("--retries", type=int, default=3)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.ingest.runner:cli_crawl")
+
+    s = sub.add_parser("search", help="find sounds by text, by example audio, or both")
+    s.add_argument("text", nargs="?", default=None)
+    s.add_argument("--audio", default=None, metavar="FILE")
+    s.add_argument("--start", type=float, default=None, help="query audio: start (s)")
+    s.add_argument("--end", type=float, default=None, help="query audio: end (s)")
+    s.add_argument("--mode", default=None, choices=["linguistic", "acoustic", "joint", "fused"])
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--page", type=int, default=1)
+    s.add_argument("--label", default=None, help="only results tagged with this label")
+    s.add_argument("--source", default=None, help="only results whose source URL/path contains this")
+    s.add_argument("--min-duration", type=float, default=None)
+    s.add_argument("--max-duration", type=float, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.search.commands:cli_search")
+
+    s = sub.add_parser("tag", help="sound events of a file, with start and end times")
+    s.add_argument("file")
+    s.add_argument("--model", default=None)
+    s.add_argument("--threshold", type=float, default=0.3)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.search.commands:cli_tag")
+
+    s = sub.add_parser("stats", help="what the library holds, and what failed")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.index.commands:cli_stats")
+
+    s = sub.add_parser("remove", help="remove clips (by id) from the library")
+    s.add_argument("clip_ids", nargs="+", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.index.commands:cli_remove")
+
+    s = sub.add_parser("reindex", help="re-encode every clip with another model (e.g. a newer CNN)")
+    s.add_argument("--model", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.index.commands:cli_reindex")
+
+    s = sub.add_parser("train", help="train the sound-event CNN on a labelled dataset")
+    s.add_argument("--dataset", required=True, metavar="DIR")
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--exclude-fold", type=int, default=None, metavar="K",
+                   help="hold this fold out (esc50): it is never seen in training")
+    s.add_argument("--out", default=None, metavar="PATH", help="model folder to write")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.models.train:cli_train")
+
+    s = sub.add_parser("evaluate", help="measure classification, retrieval, joint space or learning")
+    s.add_argument("what", nargs="?", default="classification",
+                   choices=["classification", "retrieval", "joint", "learning"])
+    s.add_argument("--dataset", default=None, metavar="DIR")
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--fold", type=int, default=1)
+    s.add_argument("--model", default=None)
+    s.add_argument("--out", default=None, metavar="DIR", help="where reports and PNGs go")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.evaluate:cli_evaluate")
+
+    s = sub.add_parser("serve", help="serve the website and JSON API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func="nels.web.app:cli_serve")
+
+    s = sub.add_parser("demo", help="build a demo library (ESC-50 or synthetic) and serve it")
+    s.add_argument("--no-serve", action="store_true", help="build only, then run one search")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--download", action="store_true", help="download ESC-50 when it is not on disk")
+    s.set_defaults(func="nels.demo:cli_demo")
+    return p
+
+
+def _resolve(ref: str):
+    import importlib
+
+    mod, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.library is None:
+        args.library = _default_library()
+    try:
+        return int(_resolve(args.func)(args) or 0)
+    except NelsError as exc:
+        print(f"nels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nels: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
