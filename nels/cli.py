@@ -31,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
     s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
     s.add_argument("--retries", type=int, default=3, help="attempts per failing item across runs")
-    s.add_argument("--allow-private", action="store_true",
-                   help="allow URLs on loopback/private addresses (refused from the website)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.ingest.runner:cli_ingest")
 
@@ -92,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
+    s.add_argument("--arch", default=None, metavar="JSON", help='CNN shape, e.g. \'{"widths": [32, 64, 128, 256]}\'')
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.models.train:cli_train")
 
@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fold", type=int, default=1)
     s.add_argument("--model", default=None)
     s.add_argument("--out", default=None, metavar="DIR", help="where reports and PNGs go")
+    s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
+    s.add_argument("--pooling", default="segments-mean-prob",
+                   choices=["segments-mean-prob", "segments-mean-logit", "whole"],
+                   help="classification: how 2 s window predictions make a clip prediction")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.evaluate:cli_evaluate")
 

@@ -84,23 +84,46 @@ def normalize_loudness(audio: np.ndarray, target_db: float = -20.0) -> np.ndarra
     return (audio * (10 ** (target_db / 20) / rms)).astype(np.float32)
 
 
-def logmel(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    """Log-mel spectrogram in dB, shape (n_frames, n_mels), float32.
+FLOOR_DB = -100.0
 
-    Frames are centred (the signal is reflect-padded by n_fft // 2), so frame t covers time
-    t * hop / sr. A clip shorter than one window still gives one frame.
+
+def mel_frames(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Raw (un-normalised) log-mel frames in dB, shape (n_frames, n_mels).
+
+    Frames are not centred: frame t covers samples [t * hop, t * hop + n_fft). Input shorter than
+    one FFT is zero-padded to one frame. The floor is far below FLOOR_DB so that a later loudness
+    shift followed by the FLOOR_DB clamp gives the same result as normalising first.
     """
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if config.loudness_db is not None:
-        x = normalize_loudness(x, config.loudness_db)
-    pad = config.n_fft // 2
-    if x.size < 2:
-        x = np.zeros(config.n_fft, dtype=np.float32)
-    x = np.pad(x, (pad, pad), mode="reflect" if x.size > pad else "constant")
-    n_frames = 1 + max(0, (x.size - config.n_fft) // config.hop)
+    if x.size < config.n_fft:
+        x = np.pad(x, (0, config.n_fft - x.size))
+    n_frames = 1 + (x.size - config.n_fft) // config.hop
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop, x.strides[0]), writeable=False)
     spec = np.fft.rfft(frames * _window(config.win, config.n_fft), axis=1)
-    power = spec.real ** 2 + spec.imag ** 2
-    mel = power.astype(np.float32) @ mel_filterbank(config.sr, config.n_fft, config.n_mels, config.fmin, config.fmax).T
-    return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    mel = power @ mel_filterbank(config.sr, config.n_fft, config.n_mels, config.fmin, config.fmax).T
+    return (10.0 * np.log10(np.maximum(mel, 1e-20))).astype(np.float32)
+
+
+def loudness_shift(mean_power: float, config: FeatureConfig = FeatureConfig()) -> float:
+    """dB to add to raw log-mels so the segment sits at `config.loudness_db` RMS (0 for silence)."""
+    if config.loudness_db is None or mean_power < 1e-12:
+        return 0.0
+    return float(config.loudness_db - 10.0 * np.log10(mean_power))
+
+
+def finish(raw_db: np.ndarray, shift: float) -> np.ndarray:
+    """Apply a loudness shift and the FLOOR_DB clamp to raw log-mel frames."""
+    return np.maximum(raw_db + np.float32(shift), np.float32(FLOOR_DB))
+
+
+def logmel(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Loudness-normalised log-mel spectrogram in dB, shape (n_frames, n_mels), float32.
+
+    Every encoder sees this: RMS normalised to `config.loudness_db` (a quiet phone recording and a
+    mastered sound effect look alike), floor at FLOOR_DB. 2 s at 16 kHz gives 197 frames.
+    """
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+    return finish(mel_frames(x, config), loudness_shift(power, config))

@@ -45,15 +45,19 @@ def segments(chunks: Iterable[np.ndarray], config: SegmentConfig = SegmentConfig
 
     Memory is one window plus one chunk, whatever the length of the source. A clip shorter than a
     window yields one segment of its own length (never zero-padded: every encoder pools over time).
-    The last partial window is kept when it adds at least `hop` seconds of unseen audio.
+    Audio after the last full window (at least `min_seconds` of it) gets one more full-length window
+    aligned to the end of the stream, so the end of every file is indexed.
     """
     win, hop = int(config.window * sr), int(config.hop * sr)
     min_len = int(config.min_seconds * sr)
     buf = np.zeros(0, dtype=np.float32)
     offset = 0  # sample index of buf[0] in the source
-    emitted_until = 0  # end sample of the last yielded window
+    emitted_until = 0  # end sample of the last full window
+    last = np.zeros(0, dtype=np.float32)  # the last `win` samples seen, for an end-aligned tail window
     for chunk in chunks:
-        buf = np.concatenate([buf, chunk.astype(np.float32, copy=False)])
+        chunk = chunk.astype(np.float32, copy=False)
+        last = np.concatenate([last, chunk])[-win:]
+        buf = np.concatenate([buf, chunk])
         while buf.size >= win:
             seg = buf[:win]
             if np.abs(seg).max() >= config.silence_peak:
@@ -61,14 +65,17 @@ def segments(chunks: Iterable[np.ndarray], config: SegmentConfig = SegmentConfig
             emitted_until = offset + win
             buf = buf[hop:]
             offset += hop
-    # tail: what is left after the last full window
     end = offset + buf.size
-    unseen = end - emitted_until
-    if buf.size >= min_len and (emitted_until == 0 or unseen >= min(hop, win)):
-        if np.abs(buf).max() >= config.silence_peak:
-            yield Segment(offset / sr, end / sr, buf.copy())
-
+    if emitted_until == 0:  # shorter than one window: the whole clip is the segment
+        tail, start = last, 0
+    else:  # audio after the last full window: one more window, aligned to the end
+        tail, start = last, end - last.size
+        if end - emitted_until < min_len:
+            return
+    if tail.size >= min_len and np.abs(tail).max() >= config.silence_peak:
+        yield Segment(start / sr, end / sr, tail.copy())
 
 def segment_array(audio: np.ndarray, config: SegmentConfig = SegmentConfig(), sr: int = SAMPLE_RATE) -> list[Segment]:
     """`segments` over one in-memory array."""
     return list(segments([audio], config, sr))
+

@@ -1,0 +1,124 @@
+"""The SQLite catalogue: schema, migrations, connections.
+
+SQLite in WAL mode is the single source of truth: vectors live here too (as float32 blobs), and
+the FAISS files under indexes/ are derived caches that are re-synced from it. That is what makes a
+`kill -9` harmless: a clip, its segments, labels and vectors commit in one transaction, and an
+index file that lags behind is caught up (or rebuilt) on the next open.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 2
+
+# Each migration brings the schema from version i to i+1; never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the core catalogue
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE items (                 -- crawl state: one row per thing to fetch
+        id INTEGER PRIMARY KEY,
+        uri TEXT NOT NULL UNIQUE,        -- absolute path, URL, or yt-dlp URL
+        kind TEXT NOT NULL,              -- file | url | ytdlp
+        query TEXT, title TEXT, uploader TEXT, duration REAL, licence TEXT, webpage_url TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',   -- pending | done | failed | skipped
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        content_hash TEXT,
+        clip_id INTEGER,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL
+    );
+    CREATE INDEX items_status ON items(status);
+    CREATE TABLE clips (
+        id INTEGER PRIMARY KEY,
+        content_hash TEXT NOT NULL UNIQUE,
+        media_path TEXT NOT NULL,        -- relative to the library folder
+        source_uri TEXT, source_kind TEXT, title TEXT, uploader TEXT, licence TEXT, query TEXT,
+        webpage_url TEXT, duration REAL NOT NULL, fetched_at REAL, added_at REAL NOT NULL,
+        meta TEXT
+    );
+    CREATE TABLE segments (
+        id INTEGER PRIMARY KEY,
+        clip_id INTEGER NOT NULL REFERENCES clips(id) ON DELETE CASCADE,
+        start REAL NOT NULL, end REAL NOT NULL
+    );
+    CREATE INDEX segments_clip ON segments(clip_id);
+    CREATE TABLE vectors (               -- the truth behind indexes/<space>.faiss
+        space TEXT NOT NULL,
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        vec BLOB NOT NULL,
+        PRIMARY KEY (space, segment_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE probs (                 -- full class-probability vector per segment (text search)
+        segment_id INTEGER PRIMARY KEY REFERENCES segments(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        probs BLOB NOT NULL
+    );
+    CREATE TABLE labels (                -- top labels per segment, for display and filtering
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        label TEXT NOT NULL, prob REAL NOT NULL,
+        PRIMARY KEY (segment_id, label)
+    ) WITHOUT ROWID;
+    CREATE INDEX labels_label ON labels(label, prob);
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, path TEXT,
+        labels TEXT, created_at REAL NOT NULL, meta TEXT
+    );
+    """,
+    # 1 -> 2: relevance feedback and the learning loop
+    """
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY, query TEXT NOT NULL, mode TEXT, clip_id INTEGER NOT NULL,
+        segment_id INTEGER, relevant INTEGER NOT NULL, label TEXT, created_at REAL NOT NULL
+    );
+    CREATE TABLE iterations (
+        id INTEGER PRIMARY KEY, run TEXT NOT NULL, iteration INTEGER NOT NULL, strategy TEXT NOT NULL,
+        model TEXT, map REAL, per_class TEXT, selected TEXT, created_at REAL NOT NULL,
+        UNIQUE (run, strategy, iteration)
+    );
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """Open the catalogue in WAL mode with foreign keys on, migrated to SCHEMA_VERSION."""
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn)
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations, each in its own transaction (a crash leaves a valid older version)."""
+    from nels.errors import LibraryError
+
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise LibraryError(f"library schema v{version} is newer than this nels (v{SCHEMA_VERSION}); upgrade nels")
+    for i in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) != i:  # another process migrated meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            for stmt in MIGRATIONS[i].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

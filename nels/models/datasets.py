@@ -1,0 +1,255 @@
+"""Labelled datasets for training and evaluating the sound-event CNN.
+
+Two layouts:
+
+* ``esc50``: ``DIR/meta/esc50.csv`` (columns filename, fold, target, category) + ``DIR/audio/``.
+  The CSV may name ``*.wav`` while the files on disk are ``*.flac`` (or any other audio
+  extension): files are resolved by stem.
+* ``folders``: ``DIR/<class>/*.wav|flac|mp3|ogg|...``, one sub-folder per class (sorted names
+  give the label order). No folds: the trainer draws its validation split at random.
+
+Bad input never becomes a silent wrong label: a missing path, a malformed CSV (missing columns,
+non-integer or inconsistent fold/target values), a class with no files, raise ``DatasetError``;
+a clip that cannot be decoded, or (esc50) is not of the expected length, is skipped and reported.
+
+Features are computed once per (dataset, FeatureConfig) and cached on disk as one ``.npy`` of
+concatenated log-mel frames plus an index (``.json``), keyed by a hash of the config and of every
+file's path, size and mtime, so an edited dataset is recomputed, never served stale.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nels.audio.features import FeatureConfig, logmel
+from nels.errors import DatasetError, NelsError
+
+AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif", ".wma", ".mp4"}
+ESC50_COLUMNS = ("filename", "fold", "target", "category")
+DEFAULT_CACHE = Path(os.environ.get("NELS_CACHE", Path.home() / ".cache" / "nels")) / "features"
+
+
+@dataclass
+class Item:
+    path: Path
+    label: int
+    fold: int | None = None
+
+
+@dataclass
+class Dataset:
+    root: Path
+    format: str
+    labels: list[str]
+    items: list[Item]
+    expected_seconds: float | None = None  # clips of another length are skipped (esc50: 5 s)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({it.fold for it in self.items if it.fold is not None})
+
+
+def _check_root(root) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    return root
+
+
+def load_esc50(root, expected_seconds: float = 5.0) -> Dataset:
+    """Read an ESC-50 layout. Missing audio files are reported as skipped (not an error) unless none exist."""
+    root = _check_root(root)
+    meta = root / "meta" / "esc50.csv"
+    audio_dir = root / "audio"
+    if not meta.is_file():
+        raise DatasetError(f"{root}: not an ESC-50 layout (no meta/esc50.csv); use --format folders for DIR/<class>/*.wav")
+    if not audio_dir.is_dir():
+        raise DatasetError(f"{root}: not an ESC-50 layout (no audio/ folder)")
+    by_stem: dict[str, Path] = {}
+    for p in audio_dir.iterdir():
+        if p.is_file() and p.suffix.lower() in AUDIO_EXTS:
+            by_stem.setdefault(p.stem, p)
+    try:
+        with open(meta, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in ESC50_COLUMNS if c not in cols]
+            if missing:
+                raise DatasetError(f"{meta}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{meta}: not a readable CSV ({exc})") from None
+    if not rows:
+        raise DatasetError(f"{meta}: no rows")
+    names: dict[int, str] = {}
+    items: list[Item] = []
+    skipped: list[tuple[str, str]] = []
+    for line, r in enumerate(rows, start=2):
+        fn = (r.get("filename") or "").strip()
+        if not fn:
+            raise DatasetError(f"{meta}:{line}: empty filename")
+        try:
+            fold = int(str(r["fold"]).strip())
+            target = int(str(r["target"]).strip())
+        except (TypeError, ValueError):
+            raise DatasetError(f"{meta}:{line}: fold and target must be integers "
+                               f"(got fold={r.get('fold')!r}, target={r.get('target')!r})") from None
+        if fold < 1:
+            raise DatasetError(f"{meta}:{line}: fold must be >= 1 (got {fold})")
+        if target < 0:
+            raise DatasetError(f"{meta}:{line}: target must be >= 0 (got {target})")
+        cat = (r.get("category") or "").strip()
+        if not cat:
+            raise DatasetError(f"{meta}:{line}: empty category")
+        if names.setdefault(target, cat) != cat:
+            raise DatasetError(f"{meta}:{line}: target {target} is '{cat}' here but '{names[target]}' earlier")
+        path = by_stem.get(Path(fn).stem)
+        if path is None:
+            skipped.append((str(audio_dir / fn), "listed in esc50.csv but not found in audio/"))
+            continue
+        items.append(Item(path, target, fold))
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{meta}: targets must be 0..{len(names) - 1} without gaps (got {sorted(names)[:10]}...)")
+    if len(set(names.values())) != len(names):
+        raise DatasetError(f"{meta}: two targets share a category name")
+    if not items:
+        raise DatasetError(f"{root}: none of the {len(rows)} clips in meta/esc50.csv were found in audio/")
+    labels = [names[i] for i in range(len(names))]
+    present = {it.label for it in items}
+    empty = [labels[i] for i in range(len(labels)) if i not in present]
+    if empty:
+        raise DatasetError(f"{root}: class(es) with no audio files: {', '.join(empty)}")
+    return Dataset(root, "esc50", labels, items, expected_seconds, skipped)
+
+
+def load_folders(root) -> Dataset:
+    """Read DIR/<class>/<audio files>; every sub-folder is a class and must hold audio."""
+    root = _check_root(root)
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root}: no class sub-folders (expected DIR/<class>/*.wav)")
+    if len(classes) < 2:
+        raise DatasetError(f"{root}: only one class ('{classes[0].name}'); a classifier needs at least two")
+    items: list[Item] = []
+    empty = []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in c.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS)
+        if not files:
+            empty.append(c.name)
+        items.extend(Item(p, i) for p in files)
+    if empty:
+        raise DatasetError(f"{root}: class folder(s) with no audio files: {', '.join(empty)} "
+                           f"(audio extensions: {', '.join(sorted(AUDIO_EXTS))})")
+    return Dataset(root, "folders", [c.name for c in classes], items, None, [])
+
+
+def load_dataset(root, fmt: str = "esc50") -> Dataset:
+    if fmt == "esc50":
+        return load_esc50(root)
+    if fmt == "folders":
+        return load_folders(root)
+    raise DatasetError(f"unknown dataset format '{fmt}' (esc50 or folders)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature cache
+
+
+@dataclass
+class Features:
+    """Log-mels of the clips that decoded; ``items[i]`` owns ``mels[i]`` (frames, n_mels)."""
+
+    items: list[Item]
+    mels: list[np.ndarray]
+    skipped: list[tuple[str, str]]
+    cache_path: Path | None = None
+
+
+def _cache_key(ds: Dataset, config: FeatureConfig) -> str:
+    h = hashlib.sha1()
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(f"{ds.format}|{ds.expected_seconds}".encode())
+    for it in ds.items:
+        st = it.path.stat()
+        h.update(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{it.label}|{it.fold}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def compute_features(ds: Dataset, config: FeatureConfig = FeatureConfig(), cache_dir=None,
+                     log: Callable[[str], None] = print, progress: bool = True) -> Features:
+    """Log-mel every clip of `ds` (or read them from the cache). Undecodable / wrong-length clips are skipped
+    and reported through `log`; a dataset where nothing decodes is a DatasetError."""
+    from nels.audio.decode import decode
+
+    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    key = _cache_key(ds, config)
+    name = f"{ds.root.resolve().name}-{ds.format}-{key}"
+    npy, idx = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
+    if npy.exists() and idx.exists():
+        try:
+            meta = json.loads(idx.read_text())
+            flat = np.load(npy, mmap_mode=None)
+            offs = meta["offsets"]
+            by_path = {str(it.path): it for it in ds.items}
+            items = [by_path[p] for p in meta["paths"]]
+            mels = [flat[offs[i]:offs[i + 1]] for i in range(len(items))]
+            skipped = [tuple(s) for s in meta["skipped"]]
+            for p, why in skipped:
+                log(f"skipped {p}: {why}")
+            return Features(items, mels, list(ds.skipped) + skipped, npy)
+        except Exception as exc:  # a broken cache is recomputed, never trusted
+            log(f"feature cache {npy} unreadable ({exc}); recomputing")
+    items, mels, skipped = [], [], []
+    it_iter = ds.items
+    if progress:
+        from tqdm import tqdm
+
+        it_iter = tqdm(ds.items, desc="features", unit="clip", leave=False)
+    for it in it_iter:
+        try:
+            audio = decode(it.path)
+        except NelsError as exc:
+            skipped.append((str(it.path), f"cannot decode ({exc})"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped clip
+            skipped.append((str(it.path), f"cannot decode ({exc.__class__.__name__}: {exc})"))
+            continue
+        secs = audio.size / config.sr
+        if ds.expected_seconds is not None and abs(secs - ds.expected_seconds) > 0.1:
+            skipped.append((str(it.path), f"wrong length {secs:.2f} s (expected {ds.expected_seconds:g} s)"))
+            continue
+        if secs < 0.25:
+            skipped.append((str(it.path), f"too short ({secs:.3f} s)"))
+            continue
+        items.append(it)
+        mels.append(logmel(audio, config))
+    for p, why in skipped:
+        log(f"skipped {p}: {why}")
+    if not items:
+        raise DatasetError(f"{ds.root}: no clip could be decoded ({len(skipped)} skipped)")
+    present = {it.label for it in items}
+    lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
+    if lost:
+        raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        offs = np.cumsum([0] + [m.shape[0] for m in mels]).tolist()
+        tmp = npy.with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(mels).astype(np.float32))
+        os.replace(tmp, npy)
+        idx.write_text(json.dumps({"paths": [str(it.path) for it in items], "offsets": offs,
+                                   "skipped": skipped, "config": config.to_dict()}))
+    except OSError as exc:
+        log(f"could not write feature cache under {cache_dir} ({exc}); continuing without it")
+        npy = None
+    return Features(items, mels, list(ds.skipped) + skipped, npy)

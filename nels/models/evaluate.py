@@ -1,0 +1,137 @@
+"""`nels evaluate classification`: clip-level accuracy, per-class AP, mAP and a confusion matrix.
+
+Protocol: clips of the held-out fold (esc50) or every clip (folders) are cut into 2 s windows with a
+1 s hop, the way the library segments audio, and the window probabilities are averaged per clip
+(the pooling measured best; see bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nels.errors import DatasetError, ModelError
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """AP of one class (binary y_true), the area under the precision-recall curve as sklearn computes it."""
+    order = np.argsort(-scores, kind="mergesort")
+    y = np.asarray(y_true)[order]
+    n_pos = y.sum()
+    if n_pos == 0:
+        return float("nan")
+    hits = np.cumsum(y)
+    prec = hits / np.arange(1, len(y) + 1)
+    return float((prec * y).sum() / n_pos)
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
+    y = np.asarray(y)
+    pred = probs.argmax(1)
+    aps = []
+    for c in range(n_classes):
+        aps.append(average_precision((y == c).astype(np.float64), probs[:, c]))
+    ap_arr = np.array(aps, dtype=np.float64)
+    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    return {"accuracy": float((pred == y).mean()), "mAP": float(np.nanmean(ap_arr)) if np.isfinite(ap_arr).any() else float("nan"),
+            "per_class_ap": [None if not np.isfinite(a) else round(float(a), 4) for a in ap_arr],
+            "confusion": conf.tolist(), "n_clips": int(len(y))}
+
+
+def save_confusion_png(conf: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = np.asarray(conf)
+    n = len(labels)
+    size = max(6.0, 0.22 * n + 3)
+    fig, ax = plt.subplots(figsize=(size, size))
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    fs = 6 if n > 20 else 9
+    ax.set_xticklabels(labels, rotation=90, fontsize=fs)
+    ax.set_yticklabels(labels, fontsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            if conf[i, j]:
+                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=fs - 1,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_classification(dataset: str, fmt: str = "esc50", fold: int | None = 1, model=None,
+                            out: str | None = None, cache: str | None = None,
+                            pooling: str = "segments-mean-prob", progress: bool = True) -> dict:
+    from nels.models import datasets as D
+    from nels.models.cnn import CNNEncoder
+    from nels.models.encoder import DEFAULT_MODEL_DIR
+    from nels.models.train import predict_clips
+
+    mpath = Path(model) if model not in (None, "default") else DEFAULT_MODEL_DIR
+    if not (mpath / "model.json").exists():
+        raise ModelError(f"{mpath}: no trained model there (model.json missing); train one with 'nels train'")
+    enc = CNNEncoder.load(mpath)
+    ds = D.load_dataset(dataset, fmt)
+    if fmt == "esc50":
+        if fold not in ds.folds:
+            raise DatasetError(f"--fold {fold}: the dataset's folds are {ds.folds}")
+        ds.items = [it for it in ds.items if it.fold == fold]
+    if set(ds.labels) - set(enc.labels):
+        missing = sorted(set(ds.labels) - set(enc.labels))
+        raise ModelError(f"{mpath}: the model does not know class(es) {', '.join(missing[:10])} of this dataset")
+    skipped: list = []
+    feats = D.compute_features(ds, enc.feature_config, cache, log=lambda m: skipped.append(m), progress=progress)
+    model_idx = {l: i for i, l in enumerate(enc.labels)}
+    y = np.array([model_idx[ds.labels[it.label]] for it in feats.items])
+    probs = predict_clips(enc, feats.mels, pooling)
+    m = classification_metrics(y, probs, len(enc.labels))
+    present = sorted(set(y.tolist()))
+    per_class = {enc.labels[c]: m["per_class_ap"][c] for c in present}
+    result = {"model": str(mpath), "model_name": enc.name, "dataset": str(ds.root), "format": fmt,
+              "fold": fold if fmt == "esc50" else None, "pooling": pooling, "n_clips": m["n_clips"],
+              "accuracy": round(m["accuracy"], 4), "mAP": round(float(np.nanmean([per_class[k] for k in per_class])), 4),
+              "per_class_ap": per_class, "skipped": [s for s in skipped]}
+    if out:
+        od = Path(out)
+        od.mkdir(parents=True, exist_ok=True)
+        tag = f"fold{fold}" if fmt == "esc50" else "all"
+        png = od / f"confusion-{tag}.png"
+        save_confusion_png(np.array(m["confusion"])[np.ix_(present, present)], [enc.labels[c] for c in present], png,
+                           f"{enc.name}: {tag}, accuracy {m['accuracy']:.3f}, mAP {result['mAP']:.3f}")
+        result["confusion_png"] = str(png)
+        result["confusion"] = m["confusion"]
+        (od / f"classification-{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cli_evaluate_classification(args) -> int:
+    from nels.cli import print_json
+
+    if not args.dataset:
+        raise DatasetError("--dataset DIR is required for 'nels evaluate classification'")
+    r = evaluate_classification(args.dataset, args.format, args.fold, args.model, args.out,
+                                getattr(args, "cache", None), getattr(args, "pooling", "segments-mean-prob"),
+                                progress=not args.json)
+    if args.json:
+        print_json({k: v for k, v in r.items() if k != "confusion"})
+        return 0
+    print(f"{r['model_name']} on {r['dataset']} ({'fold ' + str(r['fold']) if r['fold'] else 'all clips'}, "
+          f"{r['n_clips']} clips): accuracy {r['accuracy']:.4f}, mAP {r['mAP']:.4f}")
+    worst = sorted(((v, k) for k, v in r["per_class_ap"].items() if v is not None))[:5]
+    print("lowest AP: " + ", ".join(f"{k} {v:.2f}" for v, k in worst))
+    for s in r["skipped"]:
+        print(s)
+    if r.get("confusion_png"):
+        print(f"confusion matrix: {r['confusion_png']}")
+    return 0

@@ -1,0 +1,413 @@
+"""`nels train`: train the sound-event CNN on ESC-50 or a folder-per-class dataset.
+
+Recipe (CPU-sized; see bench/RESULTS.md for what it reaches):
+
+* log-mels computed once per (dataset, FeatureConfig) and cached (`nels.models.datasets`);
+* training examples are random 2 s crops (what the library feeds the model at inference), biased away
+  from crops that hold only the silence ESC-50 pads short events with (a crop whose loudest frame is
+  > 20 dB below the clip's loudest is redrawn), so a label is rarely attached to silence;
+* augmentation: between-class mixing in the *power* domain (two crops summed as sounds, with a random
+  relative gain of +-6 dB, soft labels = mixing ratio), random gain of +-6 dB (the loudness normalisation
+  happens per clip, so a 2 s crop's level still varies; at inference each segment may be normalised on
+  its own; gain before normalisation would be a no-op, so it is applied to the log-mel), SpecAugment
+  (2 time masks <= 20 frames, 2 frequency masks <= 8 bands);
+* AdamW + one-cycle learning rate, label smoothing, a validation split drawn from the training folds
+  (stratified, 10 %), model selection / early stopping on validation clip accuracy;
+* a checkpoint every epoch (`<out>/.checkpoint.pt`): re-running the same command resumes from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from nels.audio.features import FeatureConfig
+from nels.errors import DatasetError, ModelError
+
+CROP_FRAMES = 200  # 2 s at a 10 ms hop: the library's segment length
+MODEL_VERSION = "1"
+
+
+def default_hparams(epochs: int = 200) -> dict:
+    return {
+        "epochs": epochs,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "weight_decay": 5e-2,
+        "label_smoothing": 0.1,
+        "mix_prob": 0.8,
+        "mix_alpha": 1.0,
+        "gain_db": 6.0,
+        "time_masks": 2, "time_mask_max": 20,
+        "freq_masks": 2, "freq_mask_max": 8,
+        "val_fraction": 0.1,
+        "patience": None,  # None: max(30, epochs // 3)
+        "crop_frames": CROP_FRAMES,
+    }
+
+
+class Log:
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self.path = path
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{datetime.now().strftime('%H:%M:%S')}] {msg}"
+        if not self.quiet:
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+            except Exception:  # noqa: BLE001
+                print(line, file=sys.stderr)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.RandomState):
+    """Indices (train, val): `fraction` of each class (at least one item when a class has >= 2)."""
+    tr, va = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        va.extend(idx[:k])
+        tr.extend(idx[k:])
+    return np.array(sorted(tr)), np.array(sorted(va))
+
+
+def _pad_to(m: np.ndarray, n: int) -> np.ndarray:
+    if m.shape[0] >= n:
+        return m
+    reps = int(math.ceil(n / max(1, m.shape[0])))
+    return np.tile(m, (reps, 1))[:n]
+
+
+def sample_crops(mels, idx, rng, crop: int, max_tries: int = 5) -> np.ndarray:
+    """One random `crop`-frame window per clip index, avoiding windows with no event in them."""
+    out = np.empty((len(idx), crop, mels[0].shape[1]), dtype=np.float32)
+    for j, i in enumerate(idx):
+        m = _pad_to(mels[i], crop)
+        n = m.shape[0]
+        if n == crop:
+            out[j] = m
+            continue
+        energy = m.max(axis=1)
+        peak = energy.max()
+        for _ in range(max_tries):
+            s = rng.randint(0, n - crop + 1)
+            if energy[s:s + crop].max() >= peak - 20.0:
+                break
+        out[j] = m[s:s + crop]
+    return out
+
+
+def augment(x: np.ndarray, y: np.ndarray, n_classes: int, hp: dict, rng: np.random.RandomState):
+    """Between-class mixing (power domain) + gain + SpecAugment on a batch of crops (B, T, F) in dB."""
+    b = x.shape[0]
+    tgt = np.zeros((b, n_classes), dtype=np.float32)
+    tgt[np.arange(b), y] = 1.0
+    gain = rng.uniform(-hp["gain_db"], hp["gain_db"], size=(b, 1, 1)).astype(np.float32)
+    x = x + gain
+    if hp["mix_prob"] > 0:
+        perm = rng.permutation(b)
+        lam = rng.beta(hp["mix_alpha"], hp["mix_alpha"], size=b).astype(np.float32)
+        lam = np.where(rng.rand(b) < hp["mix_prob"], lam, 1.0).astype(np.float32)
+        # mix as sounds: power sum, with the second source's level set by the ratio
+        g1 = 10.0 * np.log10(np.maximum(lam, 1e-3))
+        g2 = 10.0 * np.log10(np.maximum(1 - lam, 1e-3))
+        p = np.logaddexp((x + g1[:, None, None]) * (np.log(10) / 10), (x[perm] + g2[:, None, None]) * (np.log(10) / 10))
+        x = (p * (10 / np.log(10))).astype(np.float32)
+        # the mixture is re-levelled like the loudness normalisation would do
+        x = x - np.maximum(g1, g2)[:, None, None]
+        tgt = lam[:, None] * tgt + (1 - lam[:, None]) * tgt[perm]
+    fill = x.mean(axis=(1, 2))
+    t_len, f_len = x.shape[1], x.shape[2]
+    for j in range(b):
+        for _ in range(hp["time_masks"]):
+            w = rng.randint(0, hp["time_mask_max"] + 1)
+            s = rng.randint(0, max(1, t_len - w))
+            x[j, s:s + w, :] = fill[j]
+        for _ in range(hp["freq_masks"]):
+            w = rng.randint(0, hp["freq_mask_max"] + 1)
+            s = rng.randint(0, max(1, f_len - w))
+            x[j, :, s:s + w] = fill[j]
+    return x, tgt
+
+
+def clip_predictions(model, mels, pooling: str = "segments-mean-prob", batch: int = 128) -> np.ndarray:
+    """Clip-level class probabilities for a list of clip log-mels with a torch model (eval mode)."""
+    from nels.models.cnn import CNNEncoder
+
+    enc = CNNEncoder.__new__(CNNEncoder)
+    enc.model, enc.batch_size = model, batch
+    enc.labels = [None] * model.fc.out_features
+    enc.dim = model.emb.out_features
+    enc.feature_config = FeatureConfig(n_mels=mels[0].shape[1]) if mels else FeatureConfig()
+    enc.feature_config = FeatureConfig(**{**FeatureConfig().to_dict(), "n_mels": mels[0].shape[1]})
+    return predict_clips(enc, mels, pooling)
+
+
+def predict_clips(enc, mels, pooling: str = "segments-mean-prob") -> np.ndarray:
+    """Clip probabilities for many clips at once (segments of all clips batched together)."""
+    from nels.models.cnn import pool_segments, segment_mels, softmax
+
+    if pooling == "whole":
+        lo, _ = enc.forward_mels(list(mels))
+        return softmax(lo)
+    segs, owner = [], []
+    for i, m in enumerate(mels):
+        s = segment_mels(m)
+        segs.extend(s)
+        owner.extend([i] * len(s))
+    lo, _ = enc.forward_mels(segs)
+    owner = np.array(owner)
+    out = np.zeros((len(mels), lo.shape[1]), dtype=np.float32)
+    for i in range(len(mels)):
+        sel = lo[owner == i]
+        if pooling == "segments-mean-logit":
+            out[i] = softmax(pool_segments(sel)[None])[0]
+        else:
+            out[i] = pool_segments(softmax(sel))
+    return out
+
+
+def _run_key(ds_root, fmt, exclude_fold, seed, hp, arch, fconf) -> str:
+    blob = json.dumps([str(Path(ds_root).resolve()), fmt, exclude_fold, seed, hp, arch, fconf.to_dict()], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out: str | None = None,
+          epochs: int | None = None, seed: int = 0, cache: str | None = None, arch: dict | None = None,
+          hparams: dict | None = None, feature_config: FeatureConfig = FeatureConfig(), threads: int | None = None,
+          command: str | None = None, quiet: bool = False, progress: bool = True,
+          max_epochs_this_run: int | None = None) -> dict:
+    """Train (or resume) and write a model folder. Returns a summary dict (paths, metrics).
+
+    max_epochs_this_run: stop after this many epochs in this call (the checkpoint stays; for tests)."""
+    import torch
+
+    from nels.models import datasets as D
+    from nels.models.cnn import DEFAULT_ARCH, build_model, save_model
+
+    hp = {**default_hparams(), **(hparams or {})}
+    if epochs is not None:
+        if epochs < 1:
+            raise DatasetError("--epochs must be >= 1")
+        hp["epochs"] = int(epochs)
+    arch = {**DEFAULT_ARCH, **(arch or {})}
+    if threads:
+        torch.set_num_threads(threads)
+    ds = D.load_dataset(dataset, fmt)
+    if exclude_fold is not None and fmt == "esc50" and exclude_fold not in ds.folds:
+        raise DatasetError(f"--exclude-fold {exclude_fold}: the dataset's folds are {ds.folds}")
+    out = Path(out) if out else Path("models") / f"{Path(dataset).resolve().name}-cnn" + (
+        f"-no-fold{exclude_fold}" if exclude_fold is not None else "")
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "training.log", quiet=quiet)
+    key = _run_key(dataset, fmt, exclude_fold, seed, hp, arch, feature_config)
+    log(f"nels train: {command or ''}".strip())
+    log(f"dataset {ds.root} ({fmt}): {len(ds.items)} clips, {len(ds.labels)} classes; run key {key}")
+    feats = D.compute_features(ds, feature_config, cache, log=log, progress=progress and not quiet)
+    if feats.skipped:
+        log(f"{len(feats.skipped)} clip(s) skipped (reasons above)")
+    labels_all = np.array([it.label for it in feats.items])
+    folds_all = np.array([it.fold if it.fold is not None else 0 for it in feats.items])
+    test_idx = np.flatnonzero(folds_all == exclude_fold) if (exclude_fold is not None and fmt == "esc50") else np.array([], int)
+    pool_idx = np.setdiff1d(np.arange(len(feats.items)), test_idx)
+    rng = np.random.RandomState(seed)
+    tr_rel, va_rel = stratified_split(labels_all[pool_idx], hp["val_fraction"], rng)
+    tr_idx, va_idx = pool_idx[tr_rel], pool_idx[va_rel]
+    if len(tr_idx) == 0:
+        raise DatasetError(f"{ds.root}: no training clips left after the split")
+    log(f"split: train {len(tr_idx)}, validation {len(va_idx)}, held-out test {len(test_idx)}")
+    mels = feats.mels
+    n_classes = len(ds.labels)
+
+    torch.manual_seed(seed)
+    model = build_model(n_classes, feature_config.n_mels, arch)
+    frames = np.concatenate([mels[i] for i in tr_idx])
+    with torch.no_grad():
+        model.mel_mean.copy_(torch.from_numpy(frames.mean(axis=0)))
+        model.mel_std.copy_(torch.from_numpy(np.maximum(frames.std(axis=0), 1e-3)))
+    del frames
+    bs = min(hp["batch_size"], len(tr_idx))
+    steps = max(1, len(tr_idx) // bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=hp["epochs"] * steps, pct_start=0.15)
+    patience = hp["patience"] or max(30, hp["epochs"] // 3)
+    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "best_state": None, "history": [], "train_seconds": 0.0}
+    ckpt = out / ".checkpoint.pt"
+    if ckpt.exists():
+        try:
+            c = torch.load(ckpt, map_location="cpu", weights_only=False)
+            if c.get("key") != key:
+                log(f"checkpoint {ckpt} belongs to another run configuration; starting afresh")
+            else:
+                model.load_state_dict(c["model"])
+                opt.load_state_dict(c["opt"])
+                sched.load_state_dict(c["sched"])
+                state = c["state"]
+                rng.set_state(c["np_rng"])
+                torch.set_rng_state(c["torch_rng"])
+                log(f"resumed from {ckpt} after epoch {state['epoch']}")
+        except Exception as exc:  # noqa: BLE001
+            log(f"checkpoint {ckpt} unreadable ({exc}); starting afresh")
+    crop = hp["crop_frames"]
+    t_start = time.time()
+    done_this_run = 0
+    bar = None
+    if progress and not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep")
+    stopped_early = False
+    while state["epoch"] < hp["epochs"]:
+        if state["epoch"] - state["best_epoch"] >= patience and state["best_state"] is not None:
+            stopped_early = True
+            log(f"early stop: no validation gain for {patience} epochs (best epoch {state['best_epoch']})")
+            break
+        if max_epochs_this_run is not None and done_this_run >= max_epochs_this_run:
+            break
+        t0 = time.time()
+        model.train()
+        order = tr_idx[rng.permutation(len(tr_idx))]
+        tot, nb = 0.0, 0
+        for s in range(steps):
+            b = order[s * bs:(s + 1) * bs]
+            x = sample_crops(mels, b, rng, crop)
+            x, tgt = augment(x, labels_all[b], n_classes, hp, rng)
+            if hp["label_smoothing"]:
+                tgt = tgt * (1 - hp["label_smoothing"]) + hp["label_smoothing"] / n_classes
+            logits, _ = model(torch.from_numpy(x))
+            loss = -(torch.from_numpy(tgt) * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+            nb += 1
+        model.eval()
+        val_acc = float("nan")
+        if len(va_idx):
+            with torch.inference_mode():
+                p = clip_predictions(model, [mels[i] for i in va_idx])
+            val_acc = float((p.argmax(1) == labels_all[va_idx]).mean())
+        else:
+            val_acc = -tot / nb  # no validation: use (negative) training loss
+        state["epoch"] += 1
+        done_this_run += 1
+        state["train_seconds"] += time.time() - t0
+        state["history"].append({"epoch": state["epoch"], "loss": round(tot / nb, 4), "val_acc": round(val_acc, 4),
+                                 "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 2)})
+        if val_acc > state["best_acc"]:
+            state["best_acc"], state["best_epoch"] = val_acc, state["epoch"]
+            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"epoch {state['epoch']}/{hp['epochs']} loss {tot / nb:.3f} val_acc {val_acc:.3f} "
+            f"(best {state['best_acc']:.3f} @ {state['best_epoch']}) {time.time() - t0:.1f}s")
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "state": state, "np_rng": rng.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, ckpt)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{tot / nb:.3f}", val=f"{val_acc:.3f}")
+    if bar:
+        bar.close()
+    finished = state["epoch"] >= hp["epochs"] or stopped_early
+    summary = {"out": str(out), "epochs_done": state["epoch"], "finished": finished,
+               "best_val_acc": state["best_acc"], "best_epoch": state["best_epoch"],
+               "train_seconds": round(state["train_seconds"], 1)}
+    if not finished:
+        log(f"stopped after epoch {state['epoch']} (checkpoint kept; re-run the same command to resume)")
+        return summary
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    metrics = {"validation_accuracy": round(state["best_acc"], 4), "best_epoch": state["best_epoch"],
+               "epochs_run": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
+               "train_clips": int(len(tr_idx)), "validation_clips": int(len(va_idx)),
+               "skipped_clips": len(feats.skipped)}
+    if len(test_idx):
+        from nels.models.evaluate import classification_metrics
+
+        test_mels = [mels[i] for i in test_idx]
+        by_pool = {}
+        with torch.inference_mode():
+            for pooling in ("segments-mean-prob", "segments-mean-logit", "whole"):
+                p = clip_predictions(model, test_mels, pooling)
+                m = classification_metrics(labels_all[test_idx], p, n_classes)
+                by_pool[pooling] = {"accuracy": m["accuracy"], "mAP": m["mAP"]}
+                log(f"held-out fold {exclude_fold} [{pooling}]: accuracy {m['accuracy']:.4f}, mAP {m['mAP']:.4f}")
+        metrics["test_fold"] = exclude_fold
+        metrics["test"] = by_pool
+    cmd = command or "nels train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    name = f"{out.name}-v{MODEL_VERSION}"
+    extra = {"version": MODEL_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "training": {"command": cmd, "dataset": str(ds.root), "format": fmt, "exclude_fold": exclude_fold,
+                          "seed": seed, "hparams": hp, "run_key": key},
+             "metrics": metrics, "pooling": "segments-mean-prob"}
+    save_model(out, model, ds.labels, feature_config, arch, name, extra)
+    write_model_card(out, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch)
+    log(f"model written to {out}")
+    summary.update({"model": str(out), "metrics": metrics})
+    return summary
+
+
+def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch) -> None:
+    esc = fmt == "esc50"
+    lines = [f"# {name}", "",
+             "Sound-event CNN for NELS (per-segment class probabilities + a 128-d embedding for acoustic similarity).", "",
+             "## Made by", "", "```", cmd, "```", "",
+             "## Data", "",
+             f"- dataset: `{ds.root}` ({fmt}), {len(ds.labels)} classes"
+             + (f"; fold {exclude_fold} held out (never seen in training)" if exclude_fold is not None else ""),
+             f"- training clips {metrics['train_clips']}, validation clips {metrics['validation_clips']} "
+             f"(drawn from the training folds), skipped clips {metrics['skipped_clips']}", "",
+             "## Metrics", "",
+             f"- validation accuracy (model selection): {metrics['validation_accuracy']:.4f} at epoch {metrics['best_epoch']} "
+             f"of {metrics['epochs_run']}; training time {metrics['train_seconds'] / 60:.1f} min"]
+    if "test" in metrics:
+        lines += ["", f"Held-out fold {metrics['test_fold']} (clip level):", "",
+                  "| clip pooling | accuracy | mAP |", "|---|---|---|"]
+        for k, v in metrics["test"].items():
+            lines.append(f"| {k} | {v['accuracy']:.4f} | {v['mAP']:.4f} |")
+    lines += ["", "## Model", "",
+              f"- architecture: {json.dumps(arch)}",
+              "- input: 64-band log-mel (FeatureConfig in model.json), any length; trained on 2 s crops",
+              f"- hyper-parameters: {json.dumps(hp)}", "",
+              "## Licence", ""]
+    if esc:
+        lines.append("Trained on ESC-50 (K. J. Piczak), which is licensed CC BY-NC 3.0: these weights are fine "
+                     "for research and non-commercial use, not for commercial use.")
+    else:
+        lines.append("Trained on a user-supplied dataset: the weights carry that dataset's licence terms.")
+    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def cli_train(args) -> int:
+    from nels.cli import print_json
+
+    arch = json.loads(args.arch) if getattr(args, "arch", None) else None
+    cmd = "nels train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    summary = train(args.dataset, args.format, args.exclude_fold, args.out, args.epochs, args.seed, args.cache,
+                    arch=arch, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
+                    max_epochs_this_run=getattr(args, "max_epochs_this_run", None))
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{'model written to ' + summary['model'] if summary.get('model') else 'checkpoint kept in ' + summary['out']}"
+              f" (best validation accuracy {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']})")
+    return 0

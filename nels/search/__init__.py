@@ -1,0 +1,1 @@
+"""Queries -> ranked, explained results: linguistic, acoustic, joint and fused search."""

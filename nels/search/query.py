@@ -1,0 +1,202 @@
+"""Queries -> ranked results. One code path for the Python API, the CLI and the website.
+
+Modes:
+  linguistic  text only: query vs label phrases (MiniLM), times each segment's class probabilities.
+  acoustic    audio only: the query's embedding vs every segment's (FAISS, cosine).
+  joint       text or audio, compared with segments in the cross-modal joint space.
+  fused       reciprocal-rank fusion of every mode that applies to the query.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+
+from nels.audio.segment import SegmentConfig, segments
+from nels.errors import QueryError
+from nels.search import linguistic
+from nels.search.results import Candidate, Filters, Results, group_and_page, top_labels
+
+MAX_QUERY_CHARS = 1000
+MAX_K = 200
+RRF_K = 60
+# below this best query-label cosine, no label means the query: say so instead of returning noise
+MIN_LABEL_SIMILARITY = 0.30
+# below this cosine, an audio query has no acoustically similar segment
+MIN_ACOUSTIC_SCORE = 0.30
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _label_space(labels: tuple[str, ...]):
+    from nels.models.text import LabelSpace
+
+    return LabelSpace(list(labels))
+
+
+def label_space(labels) -> "object":
+    with _lock:
+        return _label_space(tuple(labels))
+
+
+def _encoder_for(lib):
+    """The library's acoustic encoder, loaded once per library object."""
+    enc = lib._cache.get("encoder")
+    if enc is None:
+        from nels.models.encoder import load_encoder
+
+        enc = load_encoder(lib.get_meta("model") or "default")
+        lib._cache["encoder"] = enc
+    return enc
+
+
+def query_audio(audio, start: float | None = None, end: float | None = None, sr: int = 16000) -> np.ndarray:
+    """A query waveform from a path, bytes or array, cropped to [start, end] seconds."""
+    from nels.audio.decode import decode
+
+    if isinstance(audio, np.ndarray):
+        x = audio.astype(np.float32).reshape(-1)
+    else:
+        x = decode(audio, max_seconds=(end + 1) if end else 600.0)
+    a = int((start or 0) * sr)
+    b = int(end * sr) if end is not None else x.size
+    if a < 0 or b <= a:
+        raise QueryError(f"bad query span: start {start}, end {end}")
+    x = x[a:b]
+    if x.size < int(0.1 * sr):
+        raise QueryError("the query audio is shorter than 0.1 s")
+    if np.abs(x).max() < 1e-4:
+        raise QueryError("the query audio is silent")
+    return x
+
+
+def encode_query_audio(encoder, x: np.ndarray):
+    """Mean embedding (re-normalised) and mean class probabilities over the query's 2 s windows."""
+    from nels.models.encoder import encode_audio, l2_normalize
+
+    segs = [s.audio for s in segments([x], SegmentConfig())] or [x]
+    enc = encode_audio(encoder, segs)
+    vec = l2_normalize(enc.embeddings.mean(axis=0, keepdims=True))[0]
+    probs = enc.probs.mean(axis=0) if enc.probs is not None else None
+    return vec, probs
+
+
+def _acoustic(lib, vec: np.ndarray, space: str, n: int) -> list[Candidate]:
+    scores, ids = lib.store(space).search(vec[None], n)
+    return [Candidate(int(i), float(s), f"sounds like the query (cosine {s:.2f})", {"acoustic": float(s)})
+            for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
+    pm = lib.prob_matrix()
+    if pm is None:
+        raise QueryError("this library has no class probabilities (it was indexed without a classifier);"
+                         " run 'nels reindex --model default' to add them")
+    ids, probs, labels, _ = pm
+    space = label_space(labels)
+    sims, matched = space.query([text])
+    sims, matched = sims[0], matched[0]
+    w = linguistic.label_weights(sims)
+    s = linguistic.score(w, probs)
+    top = np.argsort(-s)[:n]
+    out = []
+    for j in top:
+        if s[j] <= 0:
+            break
+        expl = linguistic.explain(text, sims, matched, probs[j], labels, space.names)
+        out.append(Candidate(int(ids[j]), float(s[j]), expl, {"linguistic": float(s[j])}))
+    return out, float(sims.max())
+
+
+def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
+    from nels.models import joint
+
+    return joint.search_candidates(lib, text=text, audio=audio_vec, n=n)
+
+
+def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K) -> list[Candidate]:
+    """Reciprocal rank fusion: score = sum over modes of 1 / (k + rank)."""
+    fused: dict[int, Candidate] = {}
+    for mode, cands in lists.items():
+        for rank, c in enumerate(cands):
+            f = fused.setdefault(c.segment_id, Candidate(c.segment_id, 0.0, "", {}))
+            f.score += 1.0 / (k + rank + 1)
+            f.parts[mode] = c.parts.get(mode, c.score)
+            f.explanation = (f.explanation + "; " if f.explanation else "") + c.explanation
+    return list(fused.values())
+
+
+def search(lib, text: str | None = None, audio=None, mode: str | None = None, k: int = 10, page: int = 1,
+           start: float | None = None, end: float | None = None, label: str | None = None,
+           source: str | None = None, min_duration: float | None = None,
+           max_duration: float | None = None) -> Results:
+    """Search `lib`. See the module docstring for modes; `mode=None` picks the best available."""
+    from nels.models import joint as joint_mod
+
+    if text is not None:
+        text = " ".join(str(text).split())
+        if not text:
+            text = None
+        elif len(text) > MAX_QUERY_CHARS:
+            raise QueryError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    if text is None and audio is None:
+        raise QueryError("empty query: give some text, an audio file, or both")
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}")
+    if page < 1:
+        raise QueryError("page must be >= 1")
+    if lib.stats_cached()["segments"] == 0:
+        return Results([], notice="the library is empty: add audio with 'nels ingest'", mode=mode or "")
+
+    filters = Filters(label, source, min_duration, max_duration)
+    has_joint = joint_mod.library_has_joint(lib)
+    if mode is None:
+        mode = "fused" if (has_joint or (text is not None and audio is not None)) else (
+            "linguistic" if text is not None else "acoustic")
+    if mode == "acoustic" and audio is None:
+        raise QueryError("acoustic mode needs an audio query (--audio FILE)")
+    if mode == "linguistic" and text is None:
+        raise QueryError("linguistic mode needs a text query")
+    if mode == "joint" and not has_joint:
+        raise QueryError("this library has no joint-space vectors; run 'nels reindex' after 'nels train-joint'")
+
+    n = max(200, 10 * k * page) * (20 if filters.active() else 1)
+    lists: dict[str, list[Candidate]] = {}
+    notice, qlabels = None, []
+    vec = None
+    if audio is not None:
+        enc = _encoder_for(lib)
+        x = query_audio(audio, start, end, enc.feature_config.sr)
+        vec, qprobs = encode_query_audio(enc, x)
+        if qprobs is not None:
+            qlabels = top_labels(qprobs, list(enc.labels))
+        if mode in ("acoustic", "fused"):
+            lists["acoustic"] = _acoustic(lib, vec, enc.space, n)
+            if lists["acoustic"] and lists["acoustic"][0].score < MIN_ACOUSTIC_SCORE:
+                notice = "nothing in the library sounds much like this query"
+    if text is not None and mode in ("linguistic", "fused"):
+        try:
+            cands, best_sim = _linguistic(lib, text, n)
+        except QueryError:
+            if mode == "linguistic" or has_joint:
+                raise
+            cands, best_sim = [], 1.0
+        if best_sim < MIN_LABEL_SIMILARITY:
+            notice = f"no known sound matches {text!r} well (best label similarity {best_sim:.2f})"
+            if mode == "linguistic":
+                return Results([], notice=notice, mode=mode)
+            cands = []
+        lists["linguistic"] = cands
+    if mode in ("joint", "fused") and has_joint:
+        if text is not None:
+            lists["joint_text"] = _joint(lib, text, None, n) or []
+        if vec is not None:
+            lists["joint_audio"] = _joint(lib, None, vec, n) or []
+
+    lists = {m: c for m, c in lists.items() if c}
+    if not lists:
+        return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode)
+    cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists)
+    return Results(group_and_page(lib, cands, k, page, filters), notice=notice, query_labels=qlabels, mode=mode)

@@ -1,0 +1,89 @@
+"""Turning scored segments into results: one per clip (its best segment), filtered and paged."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+
+class Results(list):
+    """A list of result dicts (the `search --json` contract) with what a person should also be told.
+
+    notice : a sentence when the query had no good match, or a mode had to fall back.
+    query_labels : for audio queries, "what is this sound?" (top labels of the query itself).
+    mode : the mode that produced the ranking.
+    """
+
+    def __init__(self, items: Iterable[dict] = (), notice: str | None = None, query_labels=None, mode: str = ""):
+        super().__init__(items)
+        self.notice, self.query_labels, self.mode = notice, query_labels or [], mode
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "notice": self.notice, "query_labels": self.query_labels, "results": list(self)}
+
+
+@dataclass
+class Filters:
+    label: str | None = None
+    source: str | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.label, self.source, self.min_duration, self.max_duration))
+
+    def keep(self, row: dict) -> bool:
+        if self.label is not None and self.label not in {l["label"] for l in row["labels"][:3]}:
+            return False
+        if self.source is not None:
+            hay = " ".join(str(row.get(k) or "") for k in ("source_uri", "webpage_url", "title")).lower()
+            if self.source.lower() not in hay:
+                return False
+        if self.min_duration is not None and row["duration"] < self.min_duration:
+            return False
+        if self.max_duration is not None and row["duration"] > self.max_duration:
+            return False
+        return True
+
+
+@dataclass
+class Candidate:
+    segment_id: int
+    score: float
+    explanation: str
+    parts: dict = field(default_factory=dict)  # per-mode scores, for fused explanations
+
+
+def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filters) -> list[dict]:
+    """Best segment per clip, in score order; filters applied; page `page` of size `k`."""
+    cands = sorted(cands, key=lambda c: -c.score)
+    want = k * page
+    out: list[dict] = []
+    seen: set[int] = set()
+    step = 512
+    for i in range(0, len(cands), step):
+        block = cands[i:i + step]
+        rows = lib.segment_rows([c.segment_id for c in block])
+        for c in block:
+            row = rows.get(c.segment_id)
+            if row is None or row["clip_id"] in seen or not filters.keep(row):
+                continue
+            seen.add(row["clip_id"])
+            out.append(_result(row, c))
+            if len(out) >= want:
+                return out[k * (page - 1):]
+    return out[k * (page - 1):]
+
+
+def _result(row: dict, c: Candidate) -> dict:
+    return {"clip_id": row["clip_id"], "segment_id": c.segment_id, "source": row["webpage_url"] or row["source_uri"],
+            "title": row["title"], "start": round(row["start"], 3), "end": round(row["end"], 3),
+            "duration": row["duration"], "score": round(float(c.score), 4), "labels": row["labels"],
+            "explanation": c.explanation, "scores": {k: round(float(v), 4) for k, v in c.parts.items()},
+            "media_url": f"/media/{row['clip_id']}"}
+
+
+def top_labels(probs: np.ndarray, labels: list[str], n: int = 5) -> list[dict]:
+    order = np.argsort(-probs)[:n]
+    return [{"label": labels[j], "prob": round(float(probs[j]), 4)} for j in order]
