@@ -14,7 +14,7 @@ from typing import Iterator
 from urllib.parse import quote_plus
 
 from nels.crawl.guard import check_public_url
-from nels.crawl.source import Fetched, Item, is_url, provenance_of
+from nels.crawl.source import Fetched, Item, is_url, is_ytdlp_target, provenance_of
 from nels.errors import SourceError
 
 
@@ -31,7 +31,13 @@ def search_target(query: str, n: int) -> str:
 
 def entry_to_item(entry: dict, query: str | None) -> Item | None:
     """Turn one yt-dlp (flat) entry into an Item; None when it has no usable URL."""
-    url = entry.get("webpage_url") or entry.get("url")
+    if entry.get("_type") in ("url", "url_transparent"):  # a flat search/playlist entry: its video page
+        url = entry.get("url")
+    elif entry.get("extractor_key") in ("Generic", "HTML5MediaEmbed"):
+        # media found on a web page (<audio src=...>): the page may hold several, so the media URL is the identity
+        url = entry.get("url") or (entry.get("formats") or [{}])[-1].get("url")
+    else:
+        url = entry.get("webpage_url") or entry.get("url")
     if not url and entry.get("formats"):
         url = entry["formats"][-1].get("url")
     if not url:
@@ -96,8 +102,10 @@ class YtDlpSource:
         for target, query in jobs:
             if not self.allow_private and is_url(target):
                 check_public_url(target)
+            # YouTube lists flat (metadata only, fast); other pages are resolved to find their media
+            flat = "in_playlist" if target.startswith("ytsearch") or is_ytdlp_target(target) else False
             try:
-                with yt_dlp.YoutubeDL(self._opts(extract_flat="in_playlist")) as ydl:
+                with yt_dlp.YoutubeDL(self._opts(extract_flat=flat)) as ydl:
                     info = ydl.extract_info(target, download=False, process=True)
             except Exception as exc:
                 raise SourceError(f"{target}: yt-dlp could not list it ({_clean(exc)})") from None

@@ -90,8 +90,14 @@ class Library:
         The media file is placed first (named by hash, so a re-run overwrites the same name); a
         crash before COMMIT leaves at most an orphan media file, which `vacuum` removes.
         `on_commit(conn, clip_id)` runs inside the same transaction (the crawl table marks its item
-        done there, so an item is never both stored and pending). Returns the clip id.
+        done there, so an item is never both stored and pending). Returns the clip id (the existing
+        one, with nothing written, when this content is already stored).
         """
+        existing = self.clip_by_hash(rec.content_hash)
+        if existing is not None:
+            if on_commit is not None:
+                on_commit(self.conn, existing)
+            return existing
         ext = rec.media_file.suffix.lower() or ".bin"
         rel = f"media/{rec.content_hash[:2]}/{rec.content_hash}{ext}"
         dest = self.path / rel

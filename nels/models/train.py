@@ -33,6 +33,7 @@ from nels.audio.features import FeatureConfig
 from nels.errors import DatasetError, ModelError
 
 CROP_FRAMES = 200  # 2 s at a 10 ms hop: the library's segment length
+MIN_STEPS = 20  # optimiser steps per epoch, at least
 MODEL_VERSION = "1"
 
 
@@ -245,7 +246,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         model.mel_std.copy_(torch.from_numpy(np.maximum(frames.std(axis=0), 1e-3)))
     del frames
     bs = min(hp["batch_size"], len(tr_idx))
-    steps = max(1, len(tr_idx) // bs)
+    steps = max(MIN_STEPS, len(tr_idx) // bs)  # a tiny dataset still gets a useful number of steps per epoch
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=hp["epochs"] * steps, pct_start=0.15)
     patience = hp["patience"] or max(30, hp["epochs"] // 3)
@@ -284,7 +285,8 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
             break
         t0 = time.time()
         model.train()
-        order = tr_idx[rng.permutation(len(tr_idx))]
+        order = np.concatenate([tr_idx[rng.permutation(len(tr_idx))]
+                                for _ in range(int(math.ceil(steps * bs / len(tr_idx))))])
         tot, nb = 0.0, 0
         for s in range(steps):
             b = order[s * bs:(s + 1) * bs]

@@ -73,20 +73,29 @@ def query_audio(audio, start: float | None = None, end: float | None = None, sr:
 
 
 def encode_query_audio(encoder, x: np.ndarray):
-    """Mean embedding (re-normalised) and mean class probabilities over the query's 2 s windows."""
-    from nels.models.encoder import encode_audio, l2_normalize
+    """Embeddings of the query's 2 s windows (n, dim), and its mean class probabilities.
+
+    A query is windowed like the library, so a 5 s query matches a segment that resembles any part
+    of it (see `_acoustic`), rather than a blurred average of its parts.
+    """
+    from nels.models.encoder import encode_audio
 
     segs = [s.audio for s in segments([x], SegmentConfig())] or [x]
     enc = encode_audio(encoder, segs)
-    vec = l2_normalize(enc.embeddings.mean(axis=0, keepdims=True))[0]
     probs = enc.probs.mean(axis=0) if enc.probs is not None else None
-    return vec, probs
+    return enc.embeddings, probs
 
 
-def _acoustic(lib, vec: np.ndarray, space: str, n: int) -> list[Candidate]:
-    scores, ids = lib.store(space).search(vec[None], n)
-    return [Candidate(int(i), float(s), f"sounds like the query (cosine {s:.2f})", {"acoustic": float(s)})
-            for s, i in zip(scores[0], ids[0]) if i >= 0]
+def _acoustic(lib, vecs: np.ndarray, space: str, n: int) -> list[Candidate]:
+    """k-NN for every query window; a segment scores its best cosine to any window."""
+    scores, ids = lib.store(space).search(vecs, n)
+    best: dict[int, float] = {}
+    for srow, irow in zip(scores, ids):
+        for s, i in zip(srow, irow):
+            if i >= 0 and s > best.get(int(i), -2.0):
+                best[int(i)] = float(s)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n]
+    return [Candidate(i, s, f"sounds like the query (cosine {s:.2f})", {"acoustic": s}) for i, s in ranked]
 
 
 def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
@@ -165,15 +174,15 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     n = max(200, 10 * k * page) * (20 if filters.active() else 1)
     lists: dict[str, list[Candidate]] = {}
     notice, qlabels = None, []
-    vec = None
+    vecs = None
     if audio is not None:
         enc = _encoder_for(lib)
         x = query_audio(audio, start, end, enc.feature_config.sr)
-        vec, qprobs = encode_query_audio(enc, x)
+        vecs, qprobs = encode_query_audio(enc, x)
         if qprobs is not None:
             qlabels = top_labels(qprobs, list(enc.labels))
         if mode in ("acoustic", "fused"):
-            lists["acoustic"] = _acoustic(lib, vec, enc.space, n)
+            lists["acoustic"] = _acoustic(lib, vecs, enc.space, n)
             if lists["acoustic"] and lists["acoustic"][0].score < MIN_ACOUSTIC_SCORE:
                 notice = "nothing in the library sounds much like this query"
     if text is not None and mode in ("linguistic", "fused"):
@@ -192,8 +201,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     if mode in ("joint", "fused") and has_joint:
         if text is not None:
             lists["joint_text"] = _joint(lib, text, None, n) or []
-        if vec is not None:
-            lists["joint_audio"] = _joint(lib, None, vec, n) or []
+        if vecs is not None:
+            lists["joint_audio"] = _joint(lib, None, vecs, n) or []
 
     lists = {m: c for m, c in lists.items() if c}
     if not lists:

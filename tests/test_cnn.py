@@ -1,0 +1,277 @@
+"""The sound-event CNN end to end on tiny synthetic datasets (no ESC-50 needed): learning, save/load,
+resume, evaluation, and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nels.audio.features import FeatureConfig
+from nels.errors import DatasetError, ModelError
+
+SR = 16_000
+CLASSES = ["low_tone", "high_tone", "noise_burst", "chirp"]
+TINY_ARCH = {"widths": [8, 16, 32], "emb_dim": 16, "dropout": 0.0}
+FAST_HP = {"batch_size": 16, "lr": 1e-2, "mix_prob": 0.0, "val_fraction": 0.15, "crop_frames": 100}
+
+
+def _sound(cls: str, seconds: float, rng: np.random.RandomState) -> np.ndarray:
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    if cls == "low_tone":
+        x = np.sin(2 * np.pi * rng.uniform(250, 350) * t)
+    elif cls == "high_tone":
+        x = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t)
+    elif cls == "noise_burst":
+        x = np.zeros(n)
+        for s in range(0, n, SR // 4):
+            x[s:s + SR // 16] = rng.randn(min(SR // 16, n - s))
+    else:  # chirp 500 -> 5000 Hz, repeating every 0.5 s
+        tt = t % 0.5
+        x = np.sin(2 * np.pi * (500 * tt + 4500 * tt ** 2))
+    x = x + 0.01 * rng.randn(n)
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def make_folders(root: Path, per_class: int = 6, seconds: float = 1.5, seed: int = 0) -> Path:
+    rng = np.random.RandomState(seed)
+    for c in CLASSES:
+        for i in range(per_class):
+            _write_wav(root / c / f"{c}-{i}.wav", _sound(c, seconds, rng))
+    return root
+
+
+def make_esc50(root: Path, folds: int = 2, per_class_fold: int = 4, seed: int = 1) -> Path:
+    rng = np.random.RandomState(seed)
+    rows = []
+    for f in range(1, folds + 1):
+        for t, c in enumerate(CLASSES):
+            for i in range(per_class_fold):
+                stem = f"{f}-{t}{i:03d}-A-{t}"
+                # the CSV says .wav, the disk holds .wav under the same stem (resolution is by stem)
+                _write_wav(root / "audio" / f"{stem}.wav", _sound(c, 5.0, rng))
+                rows.append({"filename": f"{stem}.wav", "fold": f, "target": t, "category": c,
+                             "esc10": "False", "src_file": stem, "take": "A"})
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    with open(root / "meta" / "esc50.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders_ds(tmp_path_factory):
+    return make_folders(tmp_path_factory.mktemp("folders"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, folders_ds):
+    """One tiny model trained on the folder dataset, shared by the tests that only read it."""
+    from nels.models.train import train
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    cache = tmp_path_factory.mktemp("cache")
+    s = train(str(folders_ds), "folders", out=str(out), epochs=12, seed=0, cache=str(cache), arch=TINY_ARCH,
+              hparams=FAST_HP, quiet=True, progress=False, threads=2)
+    return Path(s["model"]), cache, s
+
+
+def test_folders_dataset_is_learnt(trained, tmp_path):
+    from nels.models.evaluate import evaluate_classification
+
+    model, cache, summary = trained
+    assert summary["finished"] and (model / "model.json").exists() and (model / "MODEL_CARD.md").exists()
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["labels"] == sorted(CLASSES)
+    assert meta["feature_config"] == FeatureConfig().to_dict()
+    assert "nels train" in meta["training"]["command"] or meta["training"]["command"]
+    fresh = make_folders(tmp_path / "test", per_class=4, seed=7)  # unseen clips
+    r = evaluate_classification(str(fresh), "folders", None, str(model), str(tmp_path / "rep"), str(cache), progress=False)
+    assert r["accuracy"] >= 0.9, r
+    assert r["mAP"] >= 0.9
+    assert Path(r["confusion_png"]).stat().st_size > 1000
+
+
+def test_encoder_protocol_and_round_trip(trained, tmp_path):
+    from nels.models.cnn import CNNEncoder, pool_segments, save_model
+    from nels.models.encoder import Encoder, load_encoder
+
+    model_dir, _, _ = trained
+    enc = load_encoder(model_dir)
+    assert isinstance(enc, CNNEncoder) and isinstance(enc, Encoder)
+    assert enc.space == "cnn" and enc.dim == TINY_ARCH["emb_dim"] and enc.labels == sorted(CLASSES)
+    rng = np.random.RandomState(3)
+    mels = [rng.randn(n, 64).astype(np.float32) * 10 - 40 for n in (200, 200, 57, 3, 501)]
+    out = enc.encode_mels(mels)
+    assert out.embeddings.shape == (5, enc.dim) and out.probs.shape == (5, len(CLASSES))
+    np.testing.assert_allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-4)
+    np.testing.assert_allclose(out.probs.sum(1), 1, atol=1e-4)
+    # batching must not change answers
+    one = enc.encode_mels([mels[4]])
+    np.testing.assert_allclose(one.probs[0], out.probs[4], atol=1e-5)
+    # save -> load gives the same outputs
+    import torch
+
+    raw = torch.load(model_dir / "weights.pt", weights_only=True)
+    from nels.models.cnn import build_model
+
+    m = build_model(len(enc.labels), 64, enc.arch)
+    m.load_state_dict({k: v.float() for k, v in raw.items()})
+    save_model(tmp_path / "copy", m, enc.labels, enc.feature_config, enc.arch, "copy")
+    again = CNNEncoder.load(tmp_path / "copy").encode_mels(mels)
+    np.testing.assert_allclose(again.probs, out.probs, atol=1e-5)
+    np.testing.assert_allclose(again.embeddings, out.embeddings, atol=1e-5)
+    assert pool_segments(out.probs[:2]).shape == (len(CLASSES),)
+
+
+def test_mini_esc50_cli_train_and_evaluate(tmp_path, capsys):
+    from nels.cli import main
+
+    ds = make_esc50(tmp_path / "esc")
+    out = tmp_path / "model"
+    rc = main(["train", "--dataset", str(ds), "--format", "esc50", "--exclude-fold", "1", "--out", str(out),
+               "--epochs", "10", "--cache", str(tmp_path / "cache"), "--arch", json.dumps(TINY_ARCH), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metrics"]["test_fold"] == 1
+    rc = main(["evaluate", "classification", "--dataset", str(ds), "--fold", "1", "--model", str(out),
+               "--out", str(tmp_path / "rep"), "--cache", str(tmp_path / "cache"), "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_clips"] == 16 and r["accuracy"] >= 0.85, r
+    assert set(r["per_class_ap"]) == set(CLASSES)
+    assert (tmp_path / "rep" / "confusion-fold1.png").exists()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC 3.0" in card and "nels train" in card
+
+
+def test_resume_from_checkpoint(tmp_path, folders_ds):
+    from nels.models.train import train
+
+    kw = dict(epochs=4, seed=3, cache=str(tmp_path / "c"), arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False)
+    s1 = train(str(folders_ds), "folders", out=str(tmp_path / "a"), max_epochs_this_run=2, **kw)
+    assert not s1["finished"] and s1["epochs_done"] == 2
+    assert (tmp_path / "a" / ".checkpoint.pt").exists() and not (tmp_path / "a" / "model.json").exists()
+    s2 = train(str(folders_ds), "folders", out=str(tmp_path / "a"), **kw)
+    assert s2["finished"] and s2["epochs_done"] == 4
+    assert "resumed from" in (tmp_path / "a" / "training.log").read_text()
+    # an uninterrupted run with the same seed ends in the same place
+    s3 = train(str(folders_ds), "folders", out=str(tmp_path / "b"), **kw)
+    h2 = json.loads((tmp_path / "a" / "model.json").read_text())["metrics"]
+    h3 = json.loads((tmp_path / "b" / "model.json").read_text())["metrics"]
+    assert h2["validation_accuracy"] == h3["validation_accuracy"] and s2["best_epoch"] == s3["best_epoch"]
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_missing_dataset(tmp_path, capsys):
+    from nels.cli import main
+    from nels.models.datasets import load_dataset
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope", "esc50")
+    assert main(["train", "--dataset", str(tmp_path / "nope"), "--format", "folders"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="meta/esc50.csv"):
+        load_dataset(tmp_path, "esc50")
+
+
+def _small_esc(tmp_path) -> Path:
+    return make_esc50(tmp_path / "e", folds=1, per_class_fold=1)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda rows: [{k: v for k, v in r.items() if k != "target"} for r in rows], "missing column"),
+    (lambda rows: [{**r, "fold": "one"} for r in rows], "must be integers"),
+    (lambda rows: [{**r, "target": "-1"} for r in rows], "target must be >= 0"),
+    (lambda rows: [{**r, "category": "dog"} if i == 1 else r for i, r in enumerate(rows)], "is 'dog' here"),
+])
+def test_malformed_csv(tmp_path, edit, match):
+    from nels.models.datasets import load_esc50
+
+    root = _small_esc(tmp_path)
+    meta = root / "meta" / "esc50.csv"
+    rows = edit(list(csv.DictReader(open(meta))))
+    with open(meta, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(DatasetError, match=match):
+        load_esc50(root)
+
+
+def test_empty_class(tmp_path):
+    from nels.models.datasets import load_esc50, load_folders
+
+    root = make_folders(tmp_path / "f", per_class=1, seconds=0.5)
+    for p in (root / "chirp").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match="chirp"):
+        load_folders(root)
+    esc = _small_esc(tmp_path)
+    for p in (esc / "audio").glob("*-2.wav"):
+        p.unlink()
+    with pytest.raises(DatasetError, match="noise_burst"):
+        load_esc50(esc)
+
+
+def test_corrupt_and_wrong_length_clips_are_skipped_and_reported(tmp_path):
+    from nels.models.datasets import compute_features, load_dataset
+
+    root = make_folders(tmp_path / "f", per_class=2, seconds=0.5)
+    (root / "chirp" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    msgs = []
+    f = compute_features(load_dataset(root, "folders"), cache_dir=tmp_path / "c", log=msgs.append, progress=False)
+    assert len(f.items) == 8 and any("broken.wav" in m and "decode" in m for m in msgs)
+    assert all("broken" not in str(it.path) for it in f.items)
+    # esc50: a clip of the wrong length is skipped, not mislabelled
+    esc = _small_esc(tmp_path)
+    victim = sorted((esc / "audio").glob("*.wav"))[0]
+    _write_wav(victim, np.zeros(SR, dtype=np.float32) + 0.1)
+    msgs = []
+    f = compute_features(load_dataset(esc, "esc50"), cache_dir=tmp_path / "c", log=msgs.append, progress=False)
+    assert len(f.items) == 3 and any("wrong length" in m and victim.name in m for m in msgs)
+    # a class that loses every clip is an error
+    for p in (esc / "audio").glob("*-1.wav"):
+        p.write_bytes(b"not audio")
+    with pytest.raises(DatasetError, match="high_tone"):
+        compute_features(load_dataset(esc, "esc50"), cache_dir=tmp_path / "c", log=lambda m: None, progress=False)
+
+
+def test_mismatched_or_broken_model_refused(trained, tmp_path):
+    from nels.models.cnn import CNNEncoder
+
+    model_dir, _, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["feature_config"]["hop"] = 320
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="another feature config.*hop=320"):
+        CNNEncoder.load(bad)
+    shutil.copy(model_dir / "model.json", bad / "model.json")
+    w = (bad / "weights.pt").read_bytes()
+    (bad / "weights.pt").write_bytes(w[: len(w) // 2])
+    with pytest.raises(ModelError, match="checksum"):
+        CNNEncoder.load(bad)
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="broken model description"):
+        CNNEncoder.load(bad)
+    with pytest.raises(ModelError, match="no model.json"):
+        CNNEncoder.load(tmp_path / "nothing")
