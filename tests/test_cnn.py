@@ -200,7 +200,8 @@ def _small_esc(tmp_path) -> Path:
     (lambda rows: [{k: v for k, v in r.items() if k != "target"} for r in rows], "missing column"),
     (lambda rows: [{**r, "fold": "one"} for r in rows], "must be integers"),
     (lambda rows: [{**r, "target": "-1"} for r in rows], "target must be >= 0"),
-    (lambda rows: [{**r, "category": "dog"} if i == 1 else r for i, r in enumerate(rows)], "is 'dog' here"),
+    (lambda rows: [{**r, "category": "low_tone"} if i == 1 else r for i, r in enumerate(rows)], "share a category"),
+    (lambda rows: rows + [{**rows[0], "filename": "x.wav", "category": "dog"}], "is 'dog' here"),
 ])
 def test_malformed_csv(tmp_path, edit, match):
     from nels.models.datasets import load_esc50

@@ -1,0 +1,299 @@
+"""The website's JSON API against a real library built from synthesised sounds (baseline encoder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+SR = 16000
+TOKEN = "s3cret-test-token"
+
+
+from nels.web.devserver import SR, build_library, synth_sounds, wav_bytes, write_wav  # noqa: E402,F401
+from nels.web.devserver import tone as _tone  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    return build_library(tmp_path_factory.mktemp("weblib"))
+
+
+@pytest.fixture()
+def client(library, monkeypatch):
+    from nels.web.app import create_app
+
+    monkeypatch.setenv("NELS_ADMIN_TOKEN", TOKEN)
+    with TestClient(create_app(library, max_upload_bytes=1024 * 1024), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _clip_id(library: Path, name: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(library / "nels.db") as conn:
+        return conn.execute("SELECT id FROM clips WHERE title LIKE ? OR source_uri LIKE ?",
+                            (f"%{name}%", f"%{name}%")).fetchone()[0]
+
+
+# -- search ------------------------------------------------------------------------------------------------
+def test_upload_query_first_hit_is_the_same_sound(client, library):
+    sounds = synth_sounds()
+    for name in ("clicks", "chirp", "hum"):
+        r = client.post("/api/search", files={"audio": (f"{name}.wav", wav_bytes(sounds[name]), "audio/wav")},
+                        data={"mode": "acoustic", "k": "3"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["mode"] == "acoustic" and body["results"], body
+        top = body["results"][0]
+        assert top["clip_id"] == _clip_id(library, name), (name, body["results"])
+        assert top["media_url"] == f"/media/{top['clip_id']}"
+        assert {"clip_id", "segment_id", "start", "end", "score", "labels", "explanation"} <= set(top)
+
+
+def test_upload_segment_and_paging(client, library):
+    tone = _tone(1000, 2)
+    r = client.post("/api/search", files={"audio": ("q.wav", wav_bytes(tone), "audio/wav")}, data={"k": "1"})
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["clip_id"] == _clip_id(library, "tone_late") and top["start"] >= 2.0
+    r2 = client.post("/api/search", files={"audio": ("q.wav", wav_bytes(tone), "audio/wav")}, data={"k": "1", "page": "2"})
+    assert r2.status_code == 200 and r2.json()["results"][0]["clip_id"] != top["clip_id"]
+
+
+def test_text_search_without_classifier_is_a_clear_json_error(client):
+    r = client.get("/api/search", params={"q": "dog barking", "mode": "linguistic"})
+    assert r.status_code == 400
+    assert "class probabilities" in r.json()["error"]
+    r = client.get("/api/search", params={"q": "   "})
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    r = client.get("/api/search", params={"q": "x", "mode": "telepathic"})
+    assert r.status_code == 422 and "mode" in r.json()["error"]
+    r = client.get("/api/search", params={"q": "x", "k": 0})
+    assert r.status_code == 422 and r.json()["error"]
+
+
+def test_modes_and_stats(client):
+    m = client.get("/api/modes").json()
+    assert "acoustic" in m["available"] and "linguistic" not in m["available"] and "joint" not in m["available"]
+    s = client.get("/api/stats").json()
+    assert s["clips"] == 5 and s["modes"] == m and s["admin_enabled"] is True
+
+
+def test_non_audio_upload_is_422(client):
+    r = client.post("/api/search", files={"audio": ("notes.txt", b"this is not audio at all" * 50, "text/plain")})
+    assert r.status_code == 422
+    assert "not an audio file" in r.json()["error"]
+    r = client.post("/api/search", files={"audio": ("empty.wav", b"", "audio/wav")})
+    assert r.status_code == 422 and r.json()["error"]
+
+
+def test_oversize_upload_is_413(client):
+    big = b"\0" * (2 * 1024 * 1024)  # the test app caps uploads at 1 MB
+    r = client.post("/api/search", files={"audio": ("big.wav", big, "audio/wav")})
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+    just_over = b"\0" * (1024 * 1024 + 10)  # within the multipart envelope allowance, over the file cap
+    r = client.post("/api/search", files={"audio": ("big.wav", just_over, "audio/wav")})
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+# -- clips & media -------------------------------------------------------------------------------------------
+def test_clip_page_data(client, library):
+    cid = _clip_id(library, "hum")
+    c = client.get(f"/api/clips/{cid}").json()
+    assert c["id"] == cid and c["segments"] and c["media_url"] == f"/media/{cid}"
+    assert "media_path" not in c and "content_hash" not in c
+    r = client.get("/api/clips/999999")
+    assert r.status_code == 404 and "no clip" in r.json()["error"]
+    page = client.get(f"/clip/{cid}")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+def test_media_range_requests(client, library):
+    cid = _clip_id(library, "chirp")
+    full = client.get(f"/media/{cid}")
+    assert full.status_code == 200 and full.headers["content-type"].startswith("audio/")
+    assert full.headers.get("accept-ranges") == "bytes"
+    data = full.content
+    on_disk = next((library / "media").rglob("*.wav"))  # any media file is a real wav from the library
+    assert data[:4] == b"RIFF" and on_disk.exists()
+    r = client.get(f"/media/{cid}", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206
+    assert r.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert r.content == data[100:200]
+    r = client.get(f"/media/{cid}", headers={"Range": "bytes=-50"})
+    assert r.status_code == 206 and r.content == data[-50:]
+    r = client.get(f"/media/{cid}", headers={"Range": f"bytes={len(data) - 10}-"})
+    assert r.status_code == 206 and r.content == data[-10:]
+    r = client.get(f"/media/{cid}", headers={"Range": f"bytes={len(data) + 10}-"})
+    assert r.status_code == 416
+
+
+@pytest.mark.parametrize("path", ["/media/../../etc/passwd", "/media/..%2F..%2Fetc%2Fpasswd", "/media/abc",
+                                  "/media/%2e%2e/nels.db", "/media/-1", "/media/99999", "/media/1%2F..%2F..%2Fnels.db",
+                                  "/static/../nels.db", "/api/spectrogram/..%2Fetc.png"])
+def test_no_path_traversal(client, path):
+    r = client.get(path)
+    assert r.status_code in (404, 422), (path, r.status_code)
+    assert b"root:" not in r.content and b"SQLite" not in r.content
+    assert "error" in r.json()
+
+
+def test_spectrogram_png(client, library):
+    cid = _clip_id(library, "tone_late")
+    r = client.get(f"/api/spectrogram/{cid}.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    r2 = client.get(f"/api/spectrogram/{cid}.png", params={"start": 3, "end": 5})
+    assert r2.status_code == 200 and r2.content != r.content
+    assert list((library / "cache" / "spectrograms").glob(f"{cid}-*.png"))
+
+
+# -- feedback ------------------------------------------------------------------------------------------------------
+def test_feedback_persists_across_restart(library, monkeypatch):
+    from nels.web.app import create_app
+
+    cid = _clip_id(library, "bursts")
+    with TestClient(create_app(library)) as c:
+        seg = c.get(f"/api/clips/{cid}").json()["segments"][0]["segment_id"]
+        r = c.post("/api/feedback", json={"query": "noise  bursts", "mode": "acoustic", "clip_id": cid,
+                                          "segment_id": seg, "relevant": True})
+        assert r.status_code == 200 and r.json()["ok"]
+        assert c.post("/api/feedback", json={"query": "x", "clip_id": 424242, "relevant": True}).status_code == 404
+        assert c.post("/api/feedback", json={"query": "x", "clip_id": cid, "relevant": "maybe"}).status_code == 422
+        before = c.get("/api/stats").json()["feedback"]
+    with TestClient(create_app(library)) as c2:  # a new app instance, a new connection
+        fb = c2.get("/api/feedback", params={"query": "noise bursts"}).json()["feedback"]
+        assert [(f["clip_id"], f["segment_id"], f["relevant"]) for f in fb] == [(cid, seg, True)]
+        assert c2.get("/api/stats").json()["feedback"] == before >= 1
+
+
+# -- admin -------------------------------------------------------------------------------------------------------------
+ADMIN_GETS = ["/api/admin/jobs", "/api/admin/models", "/api/admin/iterations"]
+
+
+def test_admin_needs_a_token(client):
+    for path in ADMIN_GETS:
+        r = client.get(path)
+        assert r.status_code == 401 and "token" in r.json()["error"]
+        r = client.get(path, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 403 and r.json()["error"]
+        r = client.get(path, headers={"X-Admin-Token": "wrong"})
+        assert r.status_code == 403
+        r = client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+        r = client.get(path, headers={"X-Admin-Token": TOKEN})
+        assert r.status_code == 200
+    r = client.post("/api/admin/crawl", json={"queries": ["rain"], "per_query": 1})
+    assert r.status_code == 401
+    r = client.post("/api/admin/ingest", json={"urls": ["https://example.org/a.wav"]},
+                    headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 403
+
+
+def test_admin_disabled_without_env(library, monkeypatch):
+    from nels.web.app import create_app
+
+    monkeypatch.delenv("NELS_ADMIN_TOKEN", raising=False)
+    with TestClient(create_app(library)) as c:
+        r = c.get("/api/admin/jobs", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 403 and "disabled" in r.json()["error"]
+        assert c.get("/api/stats").json()["admin_enabled"] is False
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/x.wav", "http://127.0.0.1:8000/media/1", "http://localhost/a.wav",
+                                 "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/a.wav",
+                                 "http://192.168.1.1/a.wav", "http://[::1]/a.wav", "file:///etc/passwd",
+                                 "/etc/passwd"])
+def test_admin_ingest_refuses_non_public_urls(client, url):
+    r = client.post("/api/admin/ingest", json={"urls": [url]}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400, (url, r.text)
+    err = r.json()["error"]
+    assert "refused" in err or "only http(s)" in err, err
+    assert client.get("/api/admin/jobs", headers={"X-Admin-Token": TOKEN}).json()["jobs"] == []
+
+
+def test_admin_accepts_with_token(client, monkeypatch):
+    import nels.ingest.runner as runner
+
+    calls = []
+
+    def fake_crawl(lib, queries, per_query=10, model=None, options=None, runner=None):
+        calls.append((queries, per_query))
+        return runner_report()
+
+    def runner_report():
+        return runner.IngestReport(added=[], duplicates=0)
+
+    monkeypatch.setattr(runner, "crawl", fake_crawl)  # no network: the job machinery is what's tested
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/api/admin/crawl", json={"queries": ["rain on a roof"], "per_query": 2}, headers=h)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    import time
+
+    for _ in range(100):
+        j = client.get(f"/api/admin/jobs/{job_id}", headers=h).json()
+        if j["status"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    assert j["status"] == "done", j
+    assert j["result"]["added"] == 0 and calls == [(["rain on a roof"], 2)]
+    assert client.get("/api/admin/iterations", headers=h).json() == {"iterations": [], "chart": None}
+    assert client.get("/api/admin/iterations.png", headers=h).status_code == 404
+    m = client.get("/api/admin/models", headers=h).json()
+    assert m["library"]["model"] == "baseline"
+
+
+def test_iterations_chart(library, monkeypatch):
+    import json as _json
+    import sqlite3
+    import time
+
+    from nels.web.app import create_app
+
+    with sqlite3.connect(library / "nels.db") as conn:
+        for i in range(3):
+            conn.execute("INSERT OR REPLACE INTO iterations(run, iteration, strategy, model, map, per_class, selected,"
+                         " created_at) VALUES(?,?,?,?,?,?,?,?)",
+                         ("r1", i, "threshold", "m", 0.5 + 0.1 * i, _json.dumps({"dog": 0.4 + 0.1 * i, "rain": 0.6}),
+                          None, time.time()))
+    monkeypatch.setenv("NELS_ADMIN_TOKEN", TOKEN)
+    with TestClient(create_app(library)) as c:
+        h = {"X-Admin-Token": TOKEN}
+        it = c.get("/api/admin/iterations", headers=h).json()
+        assert len(it["iterations"]) == 3 and it["chart"] == "/api/admin/iterations.png"
+        assert it["iterations"][0]["per_class"]["rain"] == 0.6
+        r = c.get("/api/admin/iterations.png", headers=h)
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    with sqlite3.connect(library / "nels.db") as conn:
+        conn.execute("DELETE FROM iterations")
+
+
+def test_errors_are_json(client):
+    for path in ("/api/nothing-here", "/api/clips/abc", "/api/clips/0"):
+        r = client.get(path)
+        assert r.status_code in (404, 422) and r.headers["content-type"].startswith("application/json")
+        assert set(r.json()) == {"error"}
+    r = client.post("/api/feedback", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    assert client.get("/openapi.json").json()["paths"]["/api/search"]
+
+
+def test_concurrent_requests(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    q = wav_bytes(_tone(1000, 2))
+
+    def one(i):
+        if i % 3 == 0:
+            return client.get("/api/stats").status_code
+        if i % 3 == 1:
+            return client.get("/api/search", params={"q": "dog"}).status_code
+        return client.post("/api/search", files={"audio": ("q.wav", q, "audio/wav")}).status_code
+
+    with ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(one, range(24)))
+    assert set(codes) <= {200, 400} and codes.count(200) >= 16
