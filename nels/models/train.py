@@ -246,7 +246,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         model.mel_std.copy_(torch.from_numpy(np.maximum(frames.std(axis=0), 1e-3)))
     del frames
     bs = min(hp["batch_size"], len(tr_idx))
-    steps = max(MIN_STEPS, len(tr_idx) // bs)  # a tiny dataset still gets a useful number of steps per epoch
+    steps = max(int(hp.get("min_steps", MIN_STEPS)), len(tr_idx) // bs)  # a tiny dataset still gets a useful number of steps per epoch
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=hp["epochs"] * steps, pct_start=0.15)
     patience = hp["patience"] or max(30, hp["epochs"] // 3)

@@ -86,7 +86,7 @@ async function loadModes() {
     input.parentElement.title = ok ? "" : "not available for this library";
   }
   const q = $("#q");
-  if (!S.modes.text) q.placeholder = "This library has no classifier: search by sound (upload or record)";
+  if (!S.modes.text) q.placeholder = "No classifier here: search by sound (upload or record)";
 }
 
 async function loadLibraryLine() {
@@ -176,7 +176,7 @@ function resultItem(r, data, i) {
   const fb = (relevant) => h("button", {
     type: "button", class: relevant ? "yes" : "no", "aria-pressed": "false",
     onclick: (ev) => sendFeedback(ev.currentTarget, data, r, relevant),
-  }, relevant ? "👍 Relevant" : "👎 Not relevant");
+  }, relevant ? "✓ Relevant" : "✕ Not relevant");
   return h("li", { class: "result", dataset: { clip: r.clip_id, segment: r.segment_id, start: r.start } },
     h("h2", {}, h("a", { href: `/clip/${r.clip_id}?t=${r.start}` }, `${i + 1 + (data.page - 1) * data.k}. ${title}`),
       h("span", { class: "score", title: "score" }, `score ${Number(r.score).toFixed(3)}`)),
