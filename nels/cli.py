@@ -95,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.models.train:cli_train")
 
+    s = sub.add_parser("train-joint", help="train the cross-modal joint space (audio tower + text tower)")
+    s.add_argument("--dataset", required=True, metavar="DIR")
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--exclude-fold", type=int, default=None, metavar="K")
+    s.add_argument("--model", default=None, help="the acoustic model whose embeddings the audio tower reads")
+    s.add_argument("--loss", default="both", choices=["contrastive", "infonce", "both"],
+                   help="'both' trains each and keeps the one with the better validation MAP@3")
+    s.add_argument("--vocabulary", default=None, metavar="FILE", help="class descriptions and synonyms (JSON)")
+    s.add_argument("--out", default=None, metavar="PATH")
+    s.add_argument("--epochs", type=int, default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.models.joint_train:cli_train_joint")
+
     s = sub.add_parser("evaluate", help="measure classification, retrieval, joint space or learning")
     s.add_argument("what", nargs="?", default="classification",
                    choices=["classification", "retrieval", "joint", "learning"])

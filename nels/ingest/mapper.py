@@ -51,11 +51,15 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
     total = 0
 
     def flush():
+        base = None
         for i, enc in enumerate(encoders):
-            r = enc.encode_mels(batch)
+            # a derived encoder (the joint space) maps the first encoder's output: the CNN runs once
+            r = enc.encode_from(base) if hasattr(enc, "encode_from") else enc.encode_mels(batch)
+            if i == 0:
+                base = r
+                if r.probs is not None:
+                    probs_out.append(r.probs)
             outs[i].append(r.embeddings)
-            if i == 0 and r.probs is not None:
-                probs_out.append(r.probs)
         batch.clear()
 
     def counted():

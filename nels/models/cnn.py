@@ -48,6 +48,21 @@ def _torch():
     return torch
 
 
+def _max_pool_2x2():
+    """2x2 max-pooling (floor mode) as the max of four strided views: identical to nn.MaxPool2d(2) but
+    3-10x faster on CPU, where PyTorch's pooling falls back to a slow kernel for some memory layouts."""
+    torch = _torch()
+
+    class MaxPool2x2(torch.nn.Module):
+        def forward(self, x):
+            h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+            x = x[:, :, :h, :w]
+            return torch.maximum(torch.maximum(x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2]),
+                                 torch.maximum(x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]))
+
+    return MaxPool2x2()
+
+
 def build_model(n_classes: int, n_mels: int, arch: dict | None = None):
     """Create the torch module (import of torch deferred so `import nels` stays cheap)."""
     torch = _torch()
@@ -62,14 +77,14 @@ def build_model(n_classes: int, n_mels: int, arch: dict | None = None):
             self.register_buffer("mel_mean", torch.zeros(n_mels))
             self.register_buffer("mel_std", torch.ones(n_mels))
             layers = [nn.Conv2d(1, w[0], k, stride=2, padding=k // 2, bias=False), nn.BatchNorm2d(w[0]),
-                      nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+                      nn.ReLU(inplace=True), _max_pool_2x2()]
             cin = w[0]
             for i, cout in enumerate(w[1:]):
                 for j in range(int(a["convs_per_block"])):
                     layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
                     cin = cout
                 if i < len(w) - 2:
-                    layers.append(nn.MaxPool2d(2))
+                    layers.append(_max_pool_2x2())
             self.features = nn.Sequential(*layers)
             self.emb = nn.Linear(2 * cin, int(a["emb_dim"]))
             self.drop = nn.Dropout(float(a["dropout"]))

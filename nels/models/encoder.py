@@ -73,4 +73,6 @@ def load_encoder(spec: str | os.PathLike | None = None) -> Encoder:
         raise ModelError(f"{path}: not a NELS model folder (no model.json); use 'baseline' or a folder made by 'nels train'")
     from nels.models.cnn import CNNEncoder
 
-    return CNNEncoder.load(path)
+    enc = CNNEncoder.load(path)
+    enc.path = path.resolve()  # where its companions (the joint model) live
+    return enc

@@ -19,7 +19,7 @@ from nels.search import linguistic
 from nels.search.results import Candidate, Filters, Results, group_and_page, top_labels
 
 MAX_QUERY_CHARS = 1000
-MAX_K = 200
+MAX_K = 1000
 RRF_K = 60
 # below this best query-label cosine, no label means the query: say so instead of returning noise
 MIN_LABEL_SIMILARITY = 0.30

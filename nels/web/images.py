@@ -73,6 +73,25 @@ def spectrogram_png(media: Path, duration: float, start: float | None = None, en
     return out.getvalue()
 
 
+def _per_class(raw) -> dict[str, float]:
+    """{class: AP} from the stored JSON: a dict, a list of {label|class, ap} rows, or a plain list."""
+    try:
+        val = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return {}
+    if isinstance(val, dict):
+        return {str(k): float(v["ap"] if isinstance(v, dict) else v or 0) for k, v in val.items()}
+    if isinstance(val, list):
+        out = {}
+        for i, v in enumerate(val):
+            if isinstance(v, dict):
+                out[str(v.get("label", v.get("class", i)))] = float(v.get("ap", 0) or 0)
+            else:
+                out[str(i)] = float(v or 0)
+        return out
+    return {}
+
+
 def iterations_png(rows: list[dict]) -> bytes:
     """mAP per iteration for each (run, strategy), and per-class AP of the latest run/strategy as a heatmap."""
     import matplotlib
@@ -96,7 +115,7 @@ def iterations_png(rows: list[dict]) -> bytes:
     latest = max(rows, key=lambda r: r["created_at"]) if rows else None
     if latest is not None:
         rs = sorted(groups[(latest["run"], latest["strategy"])], key=lambda r: r["iteration"])
-        per = [json.loads(r["per_class"]) if r.get("per_class") else {} for r in rs]
+        per = [_per_class(r.get("per_class")) for r in rs]
         classes = sorted({c for p in per for c in p})
         if classes:
             mat = np.array([[float(p.get(c, np.nan) or 0) for p in per] for c in classes])

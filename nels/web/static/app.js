@@ -351,9 +351,15 @@ async function loadJobs() {
 async function loadAdmin() {
   try {
     const s = await api("/api/stats");
-    const { failures, top_labels, ...rest } = s;
-    $("#stats").replaceChildren(...kv({ ...rest, top_labels: (top_labels || []).map((t) => `${t.label} (${t.segments})`).join(", ") || "—",
-                                        recent_failures: failures.length }));
+    const fmt = (o) => Object.entries(o || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "—";
+    $("#stats").replaceChildren(...kv({
+      library: s.library, clips: s.clips, segments: s.segments, hours: s.hours,
+      "vector spaces": Object.entries(s.spaces || {}).map(([k, v]) => `${k} (${v.vectors} vectors, ${v.model})`).join(", ") || "—",
+      classifier: s.classifier || "none", "search modes": s.modes.available.join(", ") || "—",
+      "crawl items": fmt(s.items), feedback: s.feedback, "admin enabled": s.admin_enabled ? "yes" : "no",
+      "top labels": (s.top_labels || []).map((t) => `${t.label} (${t.segments})`).join(", ") || "—",
+      "recent failures": (s.failures || []).length ? s.failures.slice(0, 5).map((f) => `${f.uri}: ${f.error}`).join("\n") : "0",
+    }));
   } catch (e) { $("#stats").replaceChildren(h("dd", {}, e.message)); }
   if (!token()) {
     setStatus($("#admin-msg"), "Enter the admin token to manage crawls, ingests, models and iterations.");

@@ -1,0 +1,117 @@
+"""Inference throughput of the sound-event CNN on ONE core: decode + log-mel + model, in x real time.
+
+    python bench/bench_inference.py [--model DIR] [--clips 200] [--batch 64] [--json]
+
+ESC-50 clips (5 s FLAC) are decoded with PyAV, cut into the library's 2 s windows with a 1 s hop
+(4 windows per clip), log-melled and encoded in batches of `--batch` windows. Two front-end variants:
+
+* ``per-segment``: each 2 s window is log-melled on its own (what `nels.models.encoder.encode_audio`
+  does for library segments, loudness normalisation per window);
+* ``clip-sliced``: the clip is log-melled once and the windows are slices of it (10 ms hop: exact
+  frame alignment), which halves the front-end work for overlapping windows.
+
+x real time = seconds of audio (clip durations, not window durations) / wall seconds.
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    from nels.audio.decode import decode
+    from nels.audio.features import logmel
+    from nels.audio.segment import segment_array
+    from nels.models.cnn import CNNEncoder, segment_mels
+    from nels.models.encoder import DEFAULT_MODEL_DIR
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--dataset", default=str(ROOT.parent / "shared" / "datasets" / "esc50"))
+    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=64, help="2 s windows per model call")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N timed passes")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+
+    enc = CNNEncoder.load(a.model)
+    files = sorted((Path(a.dataset) / "audio").glob("*.flac"))[: a.clips]
+    if not files:
+        print(f"no clips under {a.dataset}/audio", file=sys.stderr)
+        return 2
+    cfg = enc.feature_config
+
+    def run(mode: str):
+        t_dec = t_feat = t_model = 0.0
+        audio_s = 0.0
+        pending: list[np.ndarray] = []
+        n_win = 0
+
+        def flush():
+            nonlocal t_model, pending, n_win
+            if pending:
+                t = time.perf_counter()
+                enc.encode_mels(pending)
+                t_model += time.perf_counter() - t
+                n_win += len(pending)
+                pending = []
+
+        t_all = time.perf_counter()
+        for f in files:
+            t = time.perf_counter()
+            audio = decode(f)
+            t_dec += time.perf_counter() - t
+            audio_s += audio.size / cfg.sr
+            t = time.perf_counter()
+            if mode == "per-segment":
+                mels = [logmel(s.audio, cfg) for s in segment_array(audio)]
+            else:
+                mels = segment_mels(logmel(audio, cfg))
+            t_feat += time.perf_counter() - t
+            pending.extend(mels)
+            if len(pending) >= a.batch:
+                flush()
+        flush()
+        wall = time.perf_counter() - t_all
+        return {"mode": mode, "clips": len(files), "windows": n_win, "audio_seconds": round(audio_s, 1),
+                "wall_seconds": round(wall, 3), "x_realtime": round(audio_s / wall, 1),
+                "decode_ms_per_clip": round(1000 * t_dec / len(files), 3),
+                "features_ms_per_clip": round(1000 * t_feat / len(files), 3),
+                "model_ms_per_window": round(1000 * t_model / max(1, n_win), 3),
+                "model_only_x_realtime": round(audio_s / max(t_model, 1e-9), 1)}
+
+    run("clip-sliced")  # warm-up (file cache, allocator, oneDNN kernels)
+    results = []
+    for mode in ("per-segment", "clip-sliced"):
+        best = min((run(mode) for _ in range(a.repeats)), key=lambda r: r["wall_seconds"])
+        results.append(best)
+    out = {"model": enc.name, "threads": torch.get_num_threads(), "batch_windows": a.batch, "results": results}
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"model {enc.name}, 1 thread, batches of {a.batch} x 2 s windows (1 s hop), {len(files)} ESC-50 clips")
+        for r in results:
+            print(f"  {r['mode']:12s}: {r['x_realtime']:7.1f}x real time  (decode {r['decode_ms_per_clip']:.2f} ms/clip, "
+                  f"features {r['features_ms_per_clip']:.2f} ms/clip, model {r['model_ms_per_window']:.3f} ms/window; "
+                  f"model alone {r['model_only_x_realtime']:.0f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

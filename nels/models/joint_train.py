@@ -1,0 +1,194 @@
+"""`nels train-joint`: fit the twin towers on segment embeddings of a labelled dataset.
+
+Segment embeddings come from the acoustic model (2 s windows, 1 s hop, as the library indexes
+them) and are cached; phrases from the vocabulary. A validation split of the training clips picks
+the epoch (and, with --loss both, the loss); the test fold is never looked at.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nels.errors import DatasetError, ModelError
+from nels.models.joint import build_towers, contrastive_loss, infonce_loss, save_joint
+
+CACHE = Path.home() / ".cache" / "nels" / "joint"
+
+
+def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = True):
+    """(embeddings (n, d), clip index (n,), label id (n,)) for every segment of every dataset clip."""
+    from tqdm import tqdm
+
+    from nels.audio.decode import decode
+    from nels.audio.features import logmel
+    from nels.audio.segment import SegmentConfig, segment_array
+
+    key = hashlib.sha256(json.dumps([encoder.name, str(ds.root), len(ds.items)]).encode()).hexdigest()[:20]
+    f = cache_dir / f"{key}.npz"
+    if f.exists():
+        z = np.load(f)
+        return z["emb"], z["clip"], z["label"]
+    embs, clips, labels = [], [], []
+    for ci, it in enumerate(tqdm(ds.items, desc="embeddings", unit="clip", disable=not progress, file=sys.stderr)):
+        try:
+            segs = segment_array(decode(it.path), SegmentConfig())
+        except Exception as exc:  # noqa: BLE001 - reported, never a silent wrong label
+            print(f"skipped {it.path}: {exc}", file=sys.stderr)
+            continue
+        if not segs:
+            continue
+        e = encoder.encode_mels([logmel(s.audio, encoder.feature_config) for s in segs]).embeddings
+        embs.append(e)
+        clips += [ci] * len(e)
+        labels += [it.label] * len(e)
+    emb, clip, label = np.concatenate(embs), np.asarray(clips), np.asarray(labels)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(f, emb=emb, clip=clip, label=label)
+    return emb, clip, label
+
+
+def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], np.ndarray]:
+    """Every phrase of every class (name, description, synonyms), and its class id. A class the
+    vocabulary lacks is an error: its text side would be only its file-system name."""
+    from nels.models.text import load_vocabulary
+
+    voc = load_vocabulary(vocabulary_path)
+    voc.require(labels)
+    phrases, owner = [], []
+    for i, l in enumerate(labels):
+        for p in voc.get(l).phrases():
+            phrases.append(p)
+            owner.append(i)
+    return phrases, np.asarray(owner)
+
+
+def clip_map_at3(a_emb, a_clip, a_label, t_emb, t_owner, n_classes) -> float:
+    """Validation MAP@3 of audio->text on clips (clip vector = mean of its segments' joint vectors)."""
+    from nels.search.metrics import average_precision_at
+
+    ids = np.unique(a_clip)
+    cv = np.stack([a_emb[a_clip == c].mean(0) for c in ids])
+    cl = np.array([a_label[a_clip == c][0] for c in ids])
+    # class vector = mean of its phrases
+    tv = np.stack([t_emb[t_owner == k].mean(0) for k in range(n_classes)])
+    sims = cv @ tv.T
+    return float(np.mean([average_precision_at(np.argsort(-s) == y, 3, 1) for s, y in zip(sims, cl)]))
+
+
+def fit(loss_name: str, emb, label, clip_ids, train_clips, val_clips, t_vecs, t_owner, n_classes,
+        epochs: int, seed: int, hidden: int = 256, dim: int = 128, progress: bool = True):
+    """Train towers with one loss; returns (towers, best validation MAP@3, history)."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    towers = build_towers(emb.shape[1], t_vecs.shape[1], dim, hidden)
+    opt = torch.optim.AdamW(towers.parameters(), lr=2e-3, weight_decay=1e-2)
+    tr = np.isin(clip_ids, train_clips)
+    va = np.isin(clip_ids, val_clips)
+    E, Y = torch.from_numpy(emb[tr]), label[tr]
+    T = torch.from_numpy(t_vecs)
+    by_class = [np.flatnonzero(Y == k) for k in range(n_classes)]
+    phrases_of = [np.flatnonzero(t_owner == k) for k in range(n_classes)]
+    steps = max(1, len(Y) // n_classes)
+    best, best_state, hist = -1.0, None, []
+    for ep in tqdm(range(epochs), desc=f"joint {loss_name}", disable=not progress, file=sys.stderr):
+        towers.train()
+        for _ in range(steps):
+            # one segment of every class, each with a random phrase of its class
+            ai = np.array([rng.choice(ix) for ix in by_class if len(ix)])
+            ya = Y[ai]
+            ti = np.array([rng.choice(phrases_of[k]) for k in ya])
+            a = towers.embed_audio(E[ai] + 0.02 * torch.randn(len(ai), E.shape[1]))
+            t = towers.embed_text(T[ti])
+            if loss_name == "infonce":
+                loss = infonce_loss(a, t, towers.log_scale)
+            else:
+                loss = contrastive_loss(a, t, torch.from_numpy(ya), torch.from_numpy(t_owner[ti]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        towers.eval()
+        with torch.no_grad():
+            va_a = towers.embed_audio(torch.from_numpy(emb[va])).numpy()
+            va_t = towers.embed_text(T).numpy()
+        score = clip_map_at3(va_a, clip_ids[va], label[va], va_t, t_owner, n_classes)
+        hist.append(round(score, 4))
+        if score > best:
+            best = score
+            best_state = {k: v.clone() for k, v in towers.state_dict().items()}
+    towers.load_state_dict(best_state)
+    towers.eval()
+    return towers, best, hist
+
+
+def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, model: str | None = None,
+                loss: str = "both", out: str | None = None, epochs: int = 60, seed: int = 0,
+                vocabulary: str | None = None, progress: bool = True) -> dict:
+    from nels.models.datasets import load_dataset
+    from nels.models.encoder import load_encoder
+    from nels.models.text import TextEncoder
+
+    t0 = time.time()
+    enc = load_encoder(model)
+    if not enc.labels:
+        raise ModelError("the joint space needs a trained acoustic model (the baseline has no classes to pair)")
+    ds = load_dataset(dataset, fmt)
+    labels = list(ds.labels)
+    phrases, t_owner = class_phrases(labels, vocabulary)
+    keep = [i for i, it in enumerate(ds.items) if exclude_fold is None or it.fold != exclude_fold]
+    if not keep:
+        raise DatasetError("no training clips left after --exclude-fold")
+    emb, clip, label = segment_embeddings(ds, enc, progress=progress)
+    m = np.isin(clip, keep)
+    emb, clip, label = emb[m], clip[m], label[m]
+    missing = sorted(set(range(len(labels))) - set(label.tolist()))
+    if missing:
+        raise DatasetError("no audio for class(es): " + ", ".join(labels[i] for i in missing))
+    t_vecs = TextEncoder().encode(phrases)
+    rng = np.random.default_rng(seed)
+    clips = np.unique(clip)
+    val = rng.choice(clips, size=max(len(labels), len(clips) // 10), replace=False)
+    train = np.setdiff1d(clips, val)
+    results = {}
+    losses = ["contrastive", "infonce"] if loss == "both" else [loss]
+    fitted = {}
+    for ln in losses:
+        towers, score, hist = fit(ln, emb, label, clip, train, val, t_vecs, t_owner, len(labels), epochs, seed,
+                                  progress=progress)
+        fitted[ln] = towers
+        results[ln] = {"val_MAP@3": round(score, 4), "history": hist}
+    chosen = max(results, key=lambda k: results[k]["val_MAP@3"])
+    from nels.models.joint import joint_dir_for
+
+    out_dir = Path(out) if out else joint_dir_for(enc)
+    meta = {"name": f"joint-{chosen}-{enc.name}", "audio_model": enc.name, "audio_space": enc.space,
+            "audio_dim": int(emb.shape[1]), "text_dim": int(t_vecs.shape[1]), "dim": 128, "hidden": 256,
+            "loss": chosen, "losses": results, "labels": labels, "exclude_fold": exclude_fold,
+            "dataset": str(dataset), "seed": seed, "epochs": epochs, "train_seconds": round(time.time() - t0, 1),
+            "command": "nels " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nels") else None,
+            "feature_config": enc.feature_config.to_dict()}
+    from nels.models.text import DEFAULT_VOCABULARY
+
+    save_joint(out_dir, fitted[chosen], meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
+    return {k: v for k, v in meta.items() if k != "labels"} | {"out": str(out_dir)}
+
+
+def cli_train_joint(args) -> int:
+    from nels.cli import print_json
+
+    res = train_joint(args.dataset, args.format, args.exclude_fold, args.model, args.loss, args.out, args.epochs,
+                      args.seed, args.vocabulary, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print_json(res)
+    else:
+        for ln, r in res["losses"].items():
+            print(f"{ln:<12} validation MAP@3 {r['val_MAP@3']:.3f}")
+        print(f"kept {res['loss']}; wrote {res['out']} ({res['train_seconds']:.0f} s)")
+    return 0

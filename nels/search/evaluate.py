@@ -1,0 +1,137 @@
+"""`nels evaluate retrieval`: index a held-out fold and measure search the way a user meets it.
+
+Everything goes through `Library.search` (the code path of the CLI and website), on a library
+built from the test fold with a model that never saw it:
+
+* text -> audio, class-name queries ("sea waves"), and the committed paraphrase set
+  (nels/data/eval/paraphrases.json, written before any measurement);
+* audio -> audio: every clip queries the rest (the query clip itself is dropped from its ranking);
+* mAP over the whole ranking of the fold's clips, and P@10. Relevant = same class.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nels.search.metrics import average_precision, average_precision_at, precision_at
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def build_fold_library(dataset: str, fmt: str, fold: int, model: str | None, where: Path):
+    """A library of the fold's clips (cached in `where` across runs); returns (lib, clip id -> label)."""
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.models.datasets import load_dataset
+
+    ds = load_dataset(dataset, fmt)
+    items = [it for it in ds.items if it.fold == fold] if fmt == "esc50" else ds.items
+    lib = Library(where)
+    ingest(lib, [str(it.path) for it in items], model=model, options=IngestOptions(progress=sys.stderr.isatty()))
+    by_path = {str(Path(it.path).resolve()): ds.labels[it.label] for it in items}
+    truth = {r[0]: by_path.get(str(Path(r[1]).resolve())) for r in lib.conn.execute("SELECT id, source_uri FROM clips")}
+    return lib, {k: v for k, v in truth.items() if v is not None}
+
+
+def rank_text(lib, queries, truth, mode, n):
+    """Per query: AP, AP@3 and P@10 of the clip ranking; plus latencies."""
+    from collections import Counter
+
+    counts = Counter(truth.values())
+    aps, ap3, p10, lat = [], [], [], []
+    for text, label in queries:
+        t = time.perf_counter()
+        res = lib.search(text=text, mode=mode, k=n)
+        lat.append(time.perf_counter() - t)
+        rel = [truth.get(r["clip_id"]) == label for r in res]
+        aps.append(average_precision(rel, counts[label]))
+        ap3.append(average_precision_at(rel, 3, counts[label]))
+        p10.append(precision_at(rel, 10))
+    return _summary(aps, ap3, p10, lat)
+
+
+def rank_audio(lib, truth, mode, n, limit=None):
+    from collections import Counter
+
+    counts = Counter(truth.values())
+    aps, ap3, p10, lat = [], [], [], []
+    rows = lib.conn.execute("SELECT id, media_path FROM clips ORDER BY id").fetchall()
+    for cid, media in rows[:limit]:
+        label = truth.get(cid)
+        if label is None:
+            continue
+        t = time.perf_counter()
+        res = lib.search(audio=lib.path / media, mode=mode, k=n)
+        lat.append(time.perf_counter() - t)
+        rel = [truth.get(r["clip_id"]) == label for r in res if r["clip_id"] != cid]
+        aps.append(average_precision(rel, counts[label] - 1))
+        ap3.append(average_precision_at(rel, 3, counts[label] - 1))
+        p10.append(precision_at(rel, 10))
+    return _summary(aps, ap3, p10, lat)
+
+
+def _summary(aps, ap3, p10, lat):
+    return {"mAP": round(float(np.mean(aps)), 4), "MAP@3": round(float(np.mean(ap3)), 4),
+            "P@10": round(float(np.mean(p10)), 4), "queries": len(aps),
+            "latency_ms_p50": round(float(np.percentile(lat, 50)) * 1000, 2),
+            "latency_ms_p95": round(float(np.percentile(lat, 95)) * 1000, 2)}
+
+
+def class_queries(labels) -> list[tuple[str, str]]:
+    from nels.models.text import load_vocabulary
+
+    voc = load_vocabulary()
+    return [(voc.name(l), l) for l in labels]
+
+
+def paraphrase_queries(labels) -> list[tuple[str, str]]:
+    data = json.loads((DATA / "eval" / "paraphrases.json").read_text())
+    return [(q["text"], q["class"]) for q in data["queries"] if q["class"] in set(labels)]
+
+
+def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: str | None = None,
+                       workdir: str | None = None, modes_text=None, modes_audio=None) -> dict:
+    from nels.models import joint
+
+    where = Path(workdir or tempfile.mkdtemp(prefix="nels-eval-")) / f"fold{fold}-library"
+    lib, truth = build_fold_library(dataset, fmt, fold, model, where)
+    labels = sorted(set(truth.values()))
+    n = len(truth)
+    has_joint = joint.library_has_joint(lib)
+    modes_text = modes_text or (["linguistic", "joint", "fused"] if has_joint else ["linguistic"])
+    modes_audio = modes_audio or (["acoustic", "joint", "fused"] if has_joint else ["acoustic"])
+    out = {"dataset": str(dataset), "fold": fold, "model": lib.get_meta("model_name"), "clips": n,
+           "segments": lib.stats()["segments"], "text_class_names": {}, "text_paraphrases": {}, "audio": {}}
+    for m in modes_text:
+        out["text_class_names"][m] = rank_text(lib, class_queries(labels), truth, m, n)
+        out["text_paraphrases"][m] = rank_text(lib, paraphrase_queries(labels), truth, m, n)
+    for m in modes_audio:
+        out["audio"][m] = rank_audio(lib, truth, m, n)
+    return out
+
+
+def cli_evaluate_retrieval(args) -> int:
+    from nels.cli import print_json
+
+    if not args.dataset:
+        from nels.errors import DatasetError
+
+        raise DatasetError("nels evaluate retrieval needs --dataset DIR")
+    res = evaluate_retrieval(args.dataset, args.format, args.fold, args.model, args.out)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"retrieval-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"retrieval on fold {res['fold']} ({res['clips']} clips, {res['segments']} segments), model {res['model']}")
+    for name in ("text_class_names", "text_paraphrases", "audio"):
+        for mode, r in res[name].items():
+            print(f"  {name:<17} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
+                  f"  ({r['queries']} queries, p95 {r['latency_ms_p95']:.0f} ms)")
+    return 0

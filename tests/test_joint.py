@@ -1,0 +1,76 @@
+"""The joint space on a tiny synthetic world: 4 sound classes, a CNN trained in seconds, twin towers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cnn import CLASSES, FAST_HP, TINY_ARCH, make_folders
+
+VOCAB = {"classes": {
+    "low_tone": {"name": "low tone", "description": "a steady deep hum", "synonyms": ["bass drone", "low hum"]},
+    "high_tone": {"name": "high tone", "description": "a steady piercing whistle", "synonyms": ["high beep", "whistle"]},
+    "noise_burst": {"name": "noise burst", "description": "short bursts of hiss", "synonyms": ["static bursts", "hiss"]},
+    "chirp": {"name": "chirp", "description": "a rising sweep repeating", "synonyms": ["sweep", "rising whoop"]},
+}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from nels.models.train import train
+
+    root = tmp_path_factory.mktemp("joint")
+    ds = make_folders(root / "ds", per_class=6, seconds=3.0)
+    s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
+              arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    vocab = root / "vocab.json"
+    vocab.write_text(json.dumps(VOCAB))
+    return root, ds, Path(s["model"]), vocab
+
+
+def test_train_joint_and_search_text_and_audio(world, monkeypatch):
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.models import joint
+    from nels.models.encoder import load_encoder
+    from nels.models.joint_train import train_joint
+
+    root, ds, cnn, vocab = world
+    monkeypatch.setattr("nels.models.joint_train.CACHE", root / "jcache")
+    res = train_joint(str(ds), "folders", model=str(cnn), loss="both", epochs=15, vocabulary=str(vocab),
+                      progress=False)
+    assert set(res["losses"]) == {"contrastive", "infonce"} and res["losses"][res["loss"]]["val_MAP@3"] >= 0.75
+    enc = joint.joint_encoder_for(load_encoder(str(cnn)))
+    assert enc is not None and (cnn / "joint" / "joint.json").exists()
+    # ingest builds the joint index alongside the acoustic one
+    lib = Library(root / "lib")
+    ingest(lib, [str(ds)], model=str(cnn), options=IngestOptions(progress=False))
+    assert joint.library_has_joint(lib) and len(lib.store("joint")) == len(lib.store("cnn"))
+    hits = lib.search(text="bass drone", mode="joint", k=5)
+    labels = [Path(h["source"]).parent.name for h in hits]
+    assert labels.count("low_tone") >= 4, labels
+    hits = lib.search(audio=next((ds / "chirp").iterdir()), mode="joint", k=5)
+    assert [Path(h["source"]).parent.name for h in hits].count("chirp") >= 4
+
+
+def test_vocabulary_missing_a_class_is_refused(world, tmp_path):
+    from nels.errors import NelsError
+    from nels.models.joint_train import train_joint
+
+    root, ds, cnn, vocab = world
+    partial = {"classes": {k: v for k, v in VOCAB["classes"].items() if k != "chirp"}}
+    bad = tmp_path / "v.json"
+    bad.write_text(json.dumps(partial))
+    with pytest.raises(NelsError, match="chirp"):
+        train_joint(str(ds), "folders", model=str(cnn), epochs=1, vocabulary=str(bad), progress=False)
+
+
+def test_joint_search_without_joint_vectors_names_the_command(tmp_path, sounds):
+    from nels.errors import QueryError
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+
+    lib = Library(tmp_path / "lib")
+    ingest(lib, [str(sounds)], model="baseline", options=IngestOptions(progress=False))
+    with pytest.raises(QueryError, match="nels train-joint"):
+        lib.search(text="a hum", mode="joint")
