@@ -124,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.evaluate:cli_evaluate")
 
+    s = sub.add_parser("learn", help="the never-ending loop: self-train on the library's crawled audio")
+    s.add_argument("--dataset", required=True, metavar="DIR", help="labelled seed + test data")
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--test-fold", type=int, default=1)
+    s.add_argument("--strategy", default="clarity+semantic",
+                   choices=["threshold", "calibrated", "clarity", "clarity+semantic"])
+    s.add_argument("--iterations", type=int, default=5)
+    s.add_argument("--cap", type=int, default=5, help="max clips selected per class per iteration")
+    s.add_argument("--patience", type=int, default=2, help="stop after this many iterations with no class improving")
+    s.add_argument("--run", default=None, help="run name (re-use it to resume)")
+    s.add_argument("--add-class", default=None, metavar="NAME", help="a new class, bootstrapped from --query")
+    s.add_argument("--query", default=None, help="crawl query for --add-class")
+    s.add_argument("--per-query", type=int, default=20)
+    s.add_argument("--apply", action="store_true", help="re-index the library with the new model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.learn.commands:cli_learn")
+
     s = sub.add_parser("serve", help="serve the website and JSON API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)

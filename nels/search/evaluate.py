@@ -39,18 +39,23 @@ def build_fold_library(dataset: str, fmt: str, fold: int, model: str | None, whe
 
 
 def rank_text(lib, queries, truth, mode, n):
-    """Per query: AP, AP@3 and P@10 of the clip ranking; plus latencies."""
+    """Per query: AP, AP@3 and P@10 of the clip ranking; plus latencies.
+
+    queries: (text, label) or (text, [labels]) pairs; a clip is relevant when its class is one of them.
+    """
     from collections import Counter
 
     counts = Counter(truth.values())
     aps, ap3, p10, lat = [], [], [], []
     for text, label in queries:
+        ok = {label} if isinstance(label, str) else set(label)
+        total = sum(counts[l] for l in ok)
         t = time.perf_counter()
         res = lib.search(text=text, mode=mode, k=n)
         lat.append(time.perf_counter() - t)
-        rel = [truth.get(r["clip_id"]) == label for r in res]
-        aps.append(average_precision(rel, counts[label]))
-        ap3.append(average_precision_at(rel, 3, counts[label]))
+        rel = [truth.get(r["clip_id"]) in ok for r in res]
+        aps.append(average_precision(rel, total))
+        ap3.append(average_precision_at(rel, 3, total))
         p10.append(precision_at(rel, 10))
     return _summary(aps, ap3, p10, lat)
 

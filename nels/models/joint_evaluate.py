@@ -1,0 +1,127 @@
+"""`nels evaluate joint`: the joint space on a held-out fold.
+
+Two parts:
+
+* the space itself (numpy over the fold's segment embeddings): MAP@3 and mAP for text->audio (class
+  names vs clips), audio->text (clips vs the class names), audio->audio and text->text (phrases vs
+  phrases of the vocabulary), against the chance level a ranking without a shared space gets;
+* the search modes a user meets (through Library.search on a library of the fold): paraphrases,
+  out-of-vocabulary queries and the words-vs-sounds disagreement set, linguistic vs joint vs fused.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nels.errors import ModelError
+from nels.search.metrics import average_precision, average_precision_at
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "eval"
+
+
+def _scores(sims: np.ndarray, relevant: np.ndarray) -> dict:
+    """sims (n_queries, n_items), relevant boolean same shape -> mAP and MAP@3 over the queries."""
+    aps, ap3 = [], []
+    for s, r in zip(sims, relevant):
+        order = np.argsort(-s)
+        aps.append(average_precision(r[order], int(r.sum())))
+        ap3.append(average_precision_at(r[order], 3, int(r.sum())))
+    return {"mAP": round(float(np.mean(aps)), 4), "MAP@3": round(float(np.mean(ap3)), 4), "queries": len(aps)}
+
+
+def space_metrics(joint, emb, clip, label, labels, phrases, owners, seed: int = 0) -> dict:
+    """The four retrieval directions inside the joint space, plus chance level."""
+    a = joint.audio(emb)
+    clips = np.unique(clip)
+    cl = np.array([label[clip == c][0] for c in clips])
+    clip_vec = np.stack([a[clip == c].mean(0) for c in clips])
+    clip_vec /= np.linalg.norm(clip_vec, axis=1, keepdims=True)
+    from nels.models.text import load_vocabulary
+
+    voc = load_vocabulary()
+    names = joint.text([voc.name(l) for l in labels])
+    # text -> audio: a clip scores its best segment
+    seg_sims = names @ a.T
+    t2a = np.stack([np.array([seg_sims[q, clip == c].max() for c in clips]) for q in range(len(labels))])
+    out = {"text_to_audio": _scores(t2a, cl[None, :] == np.arange(len(labels))[:, None]),
+           "audio_to_text": _scores(clip_vec @ names.T, cl[:, None] == np.arange(len(labels))[None, :])}
+    aa = clip_vec @ clip_vec.T
+    np.fill_diagonal(aa, -np.inf)
+    rel = cl[:, None] == cl[None, :]
+    np.fill_diagonal(rel, False)
+    out["audio_to_audio"] = _scores(aa, rel)
+    pv = joint.text(phrases)
+    tt = pv @ pv.T
+    np.fill_diagonal(tt, -np.inf)
+    rel = owners[:, None] == owners[None, :]
+    np.fill_diagonal(rel, False)
+    out["text_to_text"] = _scores(tt, rel)
+    rng = np.random.default_rng(seed)
+    rand = rng.random((len(labels), len(clips)))
+    out["chance_text_to_audio"] = _scores(rand, cl[None, :] == np.arange(len(labels))[:, None])
+    rand = rng.random((len(clips), len(labels)))
+    out["chance_audio_to_text"] = _scores(rand, cl[:, None] == np.arange(len(labels))[None, :])
+    return out
+
+
+def evaluate_joint(dataset: str, fmt: str = "esc50", fold: int = 1, model: str | None = None,
+                   workdir: str | None = None, progress: bool = True) -> dict:
+    import tempfile
+
+    from nels.models.datasets import load_dataset
+    from nels.models.encoder import load_encoder
+    from nels.models.joint import joint_encoder_for
+    from nels.models.joint_train import class_phrases, segment_embeddings
+    from nels.search.evaluate import build_fold_library, rank_text
+
+    enc = load_encoder(model)
+    joint = joint_encoder_for(enc)
+    if joint is None:
+        raise ModelError(f"no joint model for {enc.name}; train one with 'nels train-joint --dataset DIR'")
+    if joint.meta.get("exclude_fold") not in (None, fold) or joint.meta.get("exclude_fold") is None:
+        print(f"warning: the joint model was trained without excluding fold {fold}", file=sys.stderr)
+    ds = load_dataset(dataset, fmt)
+    labels = list(ds.labels)
+    emb, clip, label = segment_embeddings(ds, enc, progress=progress)
+    keep = np.array([ds.items[c].fold == fold for c in clip])
+    phrases, owners = class_phrases(labels)
+    out = {"dataset": str(dataset), "fold": fold, "model": enc.name, "joint_model": joint.name,
+           "loss": joint.meta.get("loss"), "space": space_metrics(joint, emb[keep], clip[keep], label[keep], labels,
+                                                                 phrases, owners)}
+    where = Path(workdir or tempfile.mkdtemp(prefix="nels-eval-")) / f"fold{fold}-library"
+    lib, truth = build_fold_library(dataset, fmt, fold, model, where)
+    n = len(truth)
+    sets = {
+        "paraphrases": [(q["text"], q["class"]) for q in json.loads((DATA / "paraphrases.json").read_text())["queries"]],
+        "out_of_vocabulary": [(q["text"], q["classes"]) for q in json.loads((DATA / "oov.json").read_text())["queries"]],
+        "words_vs_sounds": [(q["text"], q["class"]) for q in json.loads((DATA / "disagree.json").read_text())["queries"]],
+    }
+    out["search"] = {name: {m: rank_text(lib, qs, truth, m, n) for m in ("linguistic", "joint", "fused")}
+                     for name, qs in sets.items()}
+    return out
+
+
+def cli_evaluate_joint(args) -> int:
+    from nels.cli import print_json
+    from nels.errors import DatasetError
+
+    if not args.dataset:
+        raise DatasetError("nels evaluate joint needs --dataset DIR")
+    res = evaluate_joint(args.dataset, args.format, args.fold, args.model, args.out,
+                         progress=not args.json and sys.stderr.isatty())
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"joint-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"joint space {res['joint_model']} ({res['loss']}) on fold {res['fold']}")
+    for k, v in res["space"].items():
+        print(f"  {k:<22} MAP@3 {v['MAP@3']:.3f}  mAP {v['mAP']:.3f}")
+    for name, modes in res["search"].items():
+        for m, r in modes.items():
+            print(f"  {name:<18} {m:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}")
+    return 0

@@ -1,0 +1,78 @@
+"""The learning loop on synthetic embeddings: strategies, recording and resuming."""
+import numpy as np
+import pytest
+
+from nels.index.library import Library
+from nels.learn import loop, select
+
+
+def test_clarity_index_band_and_semantic_agreement():
+    p = np.array([[0.90, 0.05, 0.05],   # CI 0.85: clear -> selected
+                  [0.50, 0.45, 0.05],   # CI 0.05: ambiguous -> not
+                  [0.99, 0.01, 0.00],   # CI 0.98: trivial -> not (above the band)
+                  [0.05, 0.80, 0.15]])  # CI 0.65, class 1
+    assert select.clarity_index(p) == pytest.approx([0.85, 0.05, 0.98, 0.65])
+    view = select.PoolView(p, text_sims=np.array([[0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [0.9, 0.1, 0.0],
+                                                  [0.1, 0.0, 0.9]]), taken=np.zeros(4, bool))
+    assert select.Clarity().select(view, cap=5) == {0: 0, 3: 1}
+    # the text of clip 3 names class 2 first, class 0 second: with top=1 it disagrees with class 1
+    assert select.ClaritySemantic(top=1).select(view, cap=5) == {0: 0}
+    assert select.Threshold(0.7).select(view, cap=5) == {0: 0, 2: 0, 3: 1}
+    assert select.Threshold(0.7).select(view, cap=1) == {2: 0, 3: 1}  # per-class cap keeps the best
+
+
+def test_calibrated_thresholds_reach_target_precision():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    conf = rng.random(400)
+    pred = np.where(conf > 0.6, y, 1 - y)  # confident predictions are right, the others wrong
+    probs = np.zeros((400, 2))
+    probs[np.arange(400), pred] = 0.5 + conf / 2
+    probs[np.arange(400), 1 - pred] = 0.5 - conf / 2
+    cal = select.Calibrated(precision=0.95).fit(probs, y)
+    sel = cal.select(select.PoolView(probs, taken=np.zeros(400, bool)), cap=1000)
+    precision = np.mean([y[i] == k for i, k in sel.items()])
+    assert precision >= 0.95 and len(sel) > 100
+
+
+def _world(seed=0, C=4, d=8):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((C, d)) * 2
+
+    def split(n_per, truth_noise=0.0):
+        y = np.repeat(np.arange(C), n_per)
+        X = centers[np.repeat(y, 2)] + rng.standard_normal((len(y) * 2, d)) * 3.0
+        return loop.Split(X.astype(np.float32), np.repeat(np.arange(len(y)), 2), y)
+
+    seed_s, pool, test = split(2), split(30), split(20)
+    sims = np.eye(C)[pool.y] + 0.1 * rng.random((pool.n_clips, C))
+    return loop.LoopData([f"c{i}" for i in range(C)], seed_s, pool, test, sims)
+
+
+def test_loop_improves_records_and_resumes(tmp_path):
+    data = _world()
+    lib = Library(tmp_path / "lib")
+    rec = loop.recorder(lib.conn, "r1", "clarity", "m", data.labels)
+    full, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=4, cap=5, patience=10)
+    assert full[-1]["map"] > full[0]["map"]  # pseudo-labels help a 2-clips-per-class seed
+    part, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=2, cap=5, patience=10, record=rec)
+    assert [r["iteration"] for r in part] == [0, 1, 2]
+    done = loop.load_done(lib.conn, "r1", "clarity", data.labels)
+    resumed, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=4, cap=5, patience=10, done=done, record=rec)
+    assert [r["iteration"] for r in resumed] == [0, 1, 2, 3, 4]
+    assert [round(r["map"], 6) for r in resumed] == [round(r["map"], 6) for r in full]
+    rows = lib.conn.execute("SELECT COUNT(*) FROM iterations WHERE run='r1'").fetchone()[0]
+    assert rows == 5
+
+
+def test_loop_stops_when_no_class_improves():
+    data = _world()
+    # a strategy that never selects anything: no class can improve, patience 2 stops after 2 iterations
+    class Nothing:
+        name = "nothing"
+
+        def select(self, view, cap):
+            return {}
+
+    hist, _ = loop.run(data, Nothing(), iterations=10, cap=5, patience=2)
+    assert [r["iteration"] for r in hist] == [0, 1, 2]
