@@ -54,14 +54,33 @@ class Library:
             self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "media").mkdir(exist_ok=True)
         (self.path / "indexes").mkdir(exist_ok=True)
-        self.conn = db.connect(dbfile)
+        self._dbfile = dbfile
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._conns: list = []
+        self.conn  # noqa: B018 - open (and migrate) now, so a bad library fails here
         self.hnsw_threshold = hnsw_threshold
         self._stores: dict[str, FaissStore] = {}
-        self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
 
+    @property
+    def conn(self):
+        """This thread's SQLite connection: WAL lets readers in many threads (the web server's
+        workers) run beside one writer, so searches need no global lock."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = db.connect(self._dbfile)
+            self._local.conn = c
+            with self._lock:
+                self._conns.append(c)
+        return c
+
     def close(self) -> None:
-        self.conn.close()
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
 
     def __enter__(self):
         return self

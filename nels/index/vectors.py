@@ -86,14 +86,16 @@ class FaissStore:
         with self._lock:
             if self.kind == "hnsw":
                 raise NotImplementedError("HNSW cannot delete in place; rebuild from the catalogue")
-            self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+            index = _faiss().clone_index(self.index)  # searches in flight keep the old one
+            index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+            self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        with self._lock:
-            if self.index.ntotal == 0:
-                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-            return self.index.search(q, min(k, self.index.ntotal))
+        index = self.index  # searches run concurrently (FAISS search is read-only); `build` swaps the object
+        if index.ntotal == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        return index.search(q, min(k, index.ntotal))
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -142,15 +144,20 @@ class FaissStore:
                 return False
             below = conn.execute("SELECT COUNT(*) FROM vectors WHERE space=? AND segment_id<=?",
                                  (space, self.max_id)).fetchone()[0]
+            # never mutate the live index: concurrent searches may be reading it; build, then swap
             if below == len(self) and (count < self.hnsw_threshold or self.kind == "hnsw"):
+                index, max_id = _faiss().clone_index(self.index), self.max_id
                 cur = conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? AND segment_id>? "
                                    "ORDER BY segment_id", (space, self.max_id))
             else:  # removals or a crash left them apart: rebuild
-                self.index, self.max_id = self._new_index(count), -1
+                index, max_id = self._new_index(count), -1
                 cur = conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? ORDER BY segment_id", (space,))
             while rows := cur.fetchmany(50_000):
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-                self.add(ids, vecs)
-            self.model = model
+                index.add_with_ids(vecs, ids)
+                max_id = max(max_id, int(ids.max()))
+            if self.kind == "hnsw" or "HNSW" in type(_faiss().downcast_index(index.index)).__name__:
+                _faiss().downcast_index(index.index).hnsw.efSearch = self.ef_search
+            self.index, self.max_id, self.model = index, max_id, model
         return True

@@ -242,9 +242,10 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
                     mode: Mode | None = None, k: int = Query(10, ge=1, le=200), page: int = Query(1, ge=1, le=1000),
                     label: str | None = None, source: str | None = None,
                     min_duration: float | None = None, max_duration: float | None = None):
-        with st.lock:
-            res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
-                             min_duration=min_duration, max_duration=max_duration)
+        # no global lock: Library gives each worker thread its own SQLite connection, and FAISS
+        # searches run concurrently on an index that is only ever swapped, never mutated in place
+        res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
+                         min_duration=min_duration, max_duration=max_duration)
         return _answer(res, q, k, page)
 
     @app.post("/api/search", tags=["search"], summary="Search by an uploaded sound (optionally with text)")
@@ -269,9 +270,8 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             except DecodeError as exc:
                 raise DecodeError(f"{audio.filename or 'upload'}: not an audio file we can read"
                                   f" ({str(exc).split(': ', 1)[-1]})") from None
-            with st.lock:
-                return lib.search(text=q, audio=x, mode=mode, k=k, page=page, start=start, end=end,
-                                  label=label, source=source)
+            return lib.search(text=q, audio=x, mode=mode, k=k, page=page, start=start, end=end,
+                              label=label, source=source)
 
         res = await run_in_threadpool(run)
         return _answer(res, q or f"audio: {audio.filename or 'upload'}", k, page)
