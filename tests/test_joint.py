@@ -74,3 +74,15 @@ def test_joint_search_without_joint_vectors_names_the_command(tmp_path, sounds):
     ingest(lib, [str(sounds)], model="baseline", options=IngestOptions(progress=False))
     with pytest.raises(QueryError, match="nels train-joint"):
         lib.search(text="a hum", mode="joint")
+
+
+def test_joint_results_carry_tags_and_related_words(world):
+    from nels.index.library import Library
+
+    root, ds, cnn, vocab = world
+    lib = Library(root / "lib", create=False)  # built by the first test of this module
+    res = lib.search(audio=next((ds / "high_tone").iterdir()), k=3)
+    assert res.mode == "fused" and res.suggested_tags
+    assert res.suggested_tags[0]["label"] == "high_tone"
+    res = lib.search(text="whistle", k=3)
+    assert res.related_words and {w["label"] for w in res.related_words[:2]} == {"high_tone"}

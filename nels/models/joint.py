@@ -223,7 +223,7 @@ def library_joint(lib) -> JointEncoder | None:
 
 def search_candidates(lib, text: str | None = None, audio: np.ndarray | None = None, n: int = 100):
     """Joint-space k-NN: `text` (a string) or `audio` (acoustic embeddings of the query's windows)."""
-    from nels.search.results import Candidate
+    from nels.search.results import Candidate, nearest_segments
 
     enc = library_joint(lib)
     if enc is None:
@@ -234,13 +234,7 @@ def search_candidates(lib, text: str | None = None, audio: np.ndarray | None = N
     else:
         q = enc.audio(audio)
         what = "the sound"
-    scores, ids = lib.store("joint").search(q, n)
-    best: dict[int, float] = {}
-    for srow, irow in zip(scores, ids):
-        for s, i in zip(srow, irow):
-            if i >= 0 and s > best.get(int(i), -2.0):
-                best[int(i)] = float(s)
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n]
+    ranked = nearest_segments(lib.store("joint"), q, n)
     return [Candidate(i, s, f"close to {what} in the joint space (cosine {s:.2f})", {"joint": s}) for i, s in ranked]
 
 

@@ -18,6 +18,10 @@ def cli_search(args) -> int:
         return 0
     if res.query_labels:
         print("the query sounds like: " + ", ".join(f"{l['label']} ({l['prob']:.2f})" for l in res.query_labels[:3]))
+    if res.suggested_tags:
+        print("tags for this sound: " + ", ".join(t["phrase"] for t in res.suggested_tags))
+    if res.related_words:
+        print("related sound words: " + ", ".join(t["phrase"] for t in res.related_words[:6]))
     if res.notice:
         print(f"note: {res.notice}", file=sys.stderr)
     if not res:

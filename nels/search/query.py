@@ -16,7 +16,7 @@ import numpy as np
 from nels.audio.segment import SegmentConfig, segments
 from nels.errors import QueryError
 from nels.search import linguistic
-from nels.search.results import Candidate, Filters, Results, group_and_page, top_labels
+from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 1000
@@ -88,13 +88,7 @@ def encode_query_audio(encoder, x: np.ndarray):
 
 def _acoustic(lib, vecs: np.ndarray, space: str, n: int) -> list[Candidate]:
     """k-NN for every query window; a segment scores its best cosine to any window."""
-    scores, ids = lib.store(space).search(vecs, n)
-    best: dict[int, float] = {}
-    for srow, irow in zip(scores, ids):
-        for s, i in zip(srow, irow):
-            if i >= 0 and s > best.get(int(i), -2.0):
-                best[int(i)] = float(s)
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n]
+    ranked = nearest_segments(lib.store(space), vecs, n)
     return [Candidate(i, s, f"sounds like the query (cosine {s:.2f})", {"acoustic": s}) for i, s in ranked]
 
 
@@ -204,8 +198,16 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         if vecs is not None:
             lists["joint_audio"] = _joint(lib, None, vecs, n) or []
 
+    extras = {}
+    if has_joint and page == 1:
+        jenc = joint_mod.library_joint(lib)
+        if jenc is not None and vecs is not None:
+            extras["suggested_tags"] = joint_mod.suggest_tags(jenc, vecs)
+        if jenc is not None and text is not None:
+            extras["related_words"] = joint_mod.related_words(jenc, text)
     lists = {m: c for m, c in lists.items() if c}
     if not lists:
-        return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode)
+        return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode, **extras)
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists)
-    return Results(group_and_page(lib, cands, k, page, filters), notice=notice, query_labels=qlabels, mode=mode)
+    return Results(group_and_page(lib, cands, k, page, filters), notice=notice, query_labels=qlabels, mode=mode,
+                   **extras)

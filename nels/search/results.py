@@ -13,14 +13,20 @@ class Results(list):
     notice : a sentence when the query had no good match, or a mode had to fall back.
     query_labels : for audio queries, "what is this sound?" (top labels of the query itself).
     mode : the mode that produced the ranking.
+
+    suggested_tags : audio queries with a joint space: free-text tags near the sound (audio -> text).
+    related_words : text queries with a joint space: sound words near the query (text -> text).
     """
 
-    def __init__(self, items: Iterable[dict] = (), notice: str | None = None, query_labels=None, mode: str = ""):
+    def __init__(self, items: Iterable[dict] = (), notice: str | None = None, query_labels=None, mode: str = "",
+                 suggested_tags=None, related_words=None):
         super().__init__(items)
         self.notice, self.query_labels, self.mode = notice, query_labels or [], mode
+        self.suggested_tags, self.related_words = suggested_tags or [], related_words or []
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "notice": self.notice, "query_labels": self.query_labels, "results": list(self)}
+        return {"mode": self.mode, "notice": self.notice, "query_labels": self.query_labels,
+                "suggested_tags": self.suggested_tags, "related_words": self.related_words, "results": list(self)}
 
 
 @dataclass
@@ -82,6 +88,18 @@ def _result(row: dict, c: Candidate) -> dict:
             "duration": row["duration"], "score": round(float(c.score), 4), "labels": row["labels"],
             "explanation": c.explanation, "scores": {k: round(float(v), 4) for k, v in c.parts.items()},
             "media_url": f"/media/{row['clip_id']}"}
+
+
+def nearest_segments(store, queries: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """k-NN for several query vectors (the windows of an audio query); a segment keeps its best
+    cosine to any of them. Returns up to `n` (segment id, score), best first."""
+    scores, ids = store.search(queries, n)
+    best: dict[int, float] = {}
+    for srow, irow in zip(scores, ids):
+        for s, i in zip(srow, irow):
+            if i >= 0 and s > best.get(int(i), -2.0):
+                best[int(i)] = float(s)
+    return sorted(best.items(), key=lambda kv: -kv[1])[:n]
 
 
 def top_labels(probs: np.ndarray, labels: list[str], n: int = 5) -> list[dict]:

@@ -1,0 +1,105 @@
+"""Search by text and by sound on a library indexed with a small CNN trained on synthetic classes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_wav
+from nels.errors import DecodeError, QueryError
+from test_cnn import FAST_HP, TINY_ARCH, _sound, make_folders
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.models.train import train
+
+    root = tmp_path_factory.mktemp("search")
+    ds = make_folders(root / "ds", per_class=6, seconds=3.0)
+    s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
+              arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    lib = Library(root / "lib")
+    ingest(lib, [str(ds)], model=s["model"], options=IngestOptions(progress=False))
+    lib.model_dir = s["model"]
+    return lib
+
+
+def cls(r):
+    return Path(r["source"]).parent.name
+
+
+def test_text_query_ranks_the_named_class_first_and_explains(lib):
+    res = lib.search(text="low tone", k=5)
+    assert res.mode == "linguistic"
+    assert [cls(r) for r in res].count("low_tone") >= 4
+    assert "low tone" in res[0]["explanation"] and res[0]["labels"][0]["label"] == "low_tone"
+
+
+def test_audio_query_finds_the_same_sound_and_says_what_it_is(lib, tmp_path):
+    q = write_wav(tmp_path / "q.wav", _sound("chirp", 3.0, np.random.RandomState(99)))
+    res = lib.search(audio=q, k=5)
+    assert res.mode == "acoustic" and [cls(r) for r in res].count("chirp") >= 4
+    assert res.query_labels[0]["label"] == "chirp"
+    # a part of a file: --start/--end
+    res2 = lib.search(audio=q, start=1.0, end=2.5, k=3)
+    assert cls(res2[0]) == "chirp"
+
+
+def test_filters_and_paging(lib):
+    p1 = lib.search(text="noise burst", k=3, page=1)
+    p2 = lib.search(text="noise burst", k=3, page=2)
+    assert len(p1) == 3 and len(p2) == 3 and not {r["clip_id"] for r in p1} & {r["clip_id"] for r in p2}
+    only = lib.search(text="noise burst", k=20, label="high_tone")
+    assert only and all(any(l["label"] == "high_tone" for l in r["labels"][:3]) for r in only)
+    src = lib.search(text="noise burst", k=20, source="chirp-1")
+    assert [Path(r["source"]).name for r in src] == ["chirp-1.wav"]
+
+
+def test_bad_queries_get_clear_errors(lib, tmp_path):
+    with pytest.raises(QueryError, match="empty"):
+        lib.search(text="   ")
+    with pytest.raises(QueryError, match="limit is 1000"):
+        lib.search(text="dog " * 2500)
+    bad = tmp_path / "x.wav"
+    bad.write_text("not audio")
+    with pytest.raises(DecodeError):
+        lib.search(audio=bad)
+    with pytest.raises(QueryError, match="needs an audio query"):
+        lib.search(text="hum", mode="acoustic")
+
+
+def test_no_good_match_says_so(lib):
+    res = lib.search(text="a lecture on medieval tax law", mode="linguistic")
+    assert len(res) == 0 and "no known sound matches" in res.notice
+
+
+def test_text_search_on_a_library_without_classifier(tmp_path, sounds):
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+
+    lib = Library(tmp_path / "lib")
+    ingest(lib, [str(sounds)], model="baseline", options=IngestOptions(progress=False))
+    with pytest.raises(QueryError, match="nels reindex"):
+        lib.search(text="a chirp")
+
+
+def test_cli_search_json_contract_and_tag(lib, tmp_path):
+    cmd = [sys.executable, "-m", "nels.cli", "--library", str(lib.path)]
+    out = subprocess.run(cmd + ["search", "high tone", "--json", "-k", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3
+    assert {"clip_id", "source", "title", "start", "end", "score", "labels", "explanation"} <= set(rows[0])
+    # a long file: 4 s of low tone, then 4 s of noise bursts -> two events with times
+    rng = np.random.RandomState(5)
+    f = write_wav(tmp_path / "long.wav", np.concatenate([_sound("low_tone", 4.0, rng), _sound("noise_burst", 4.0, rng)]))
+    out = subprocess.run(cmd + ["tag", str(f), "--model", lib.model_dir, "--threshold", "0.5", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    ev = {e["label"]: e for e in json.loads(out.stdout)}
+    assert ev["low_tone"]["start"] == 0.0 and ev["low_tone"]["end"] <= 5.0
+    assert ev["noise_burst"]["start"] >= 3.0 and ev["noise_burst"]["end"] == 8.0
