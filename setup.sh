@@ -18,4 +18,5 @@ if [[ "${1:-}" == "--browser" ]]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
   fi
 fi
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true  # make the `nels` script visible on PATH
 echo "nels installed: $($PY -m nels.cli --version)"

@@ -1,4 +1,6 @@
 """The learning loop on synthetic embeddings: strategies, recording and resuming."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,53 @@ def test_loop_stops_when_no_class_improves():
 
     hist, _ = loop.run(data, Nothing(), iterations=10, cap=5, patience=2)
     assert [r["iteration"] for r in hist] == [0, 1, 2]
+
+
+def test_nels_learn_on_a_library_with_feedback_and_a_new_class(tmp_path, http_server, monkeypatch):
+    """End to end: a mini ESC-50 (seed + test), a crawled pool, website feedback, a class added by query."""
+    import json
+
+    from conftest import synth, write_wav
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.learn.commands import learn
+    from nels.models.train import train
+    from test_cnn import FAST_HP, TINY_ARCH, _sound, make_esc50
+
+    monkeypatch.setattr("nels.learn.embed.CACHE", tmp_path / "cache")
+    esc = make_esc50(tmp_path / "esc", folds=2, per_class_fold=4)
+    s = train(str(esc), "esc50", exclude_fold=1, out=str(tmp_path / "cnn"), epochs=10, seed=0,
+              cache=str(tmp_path / "fcache"), arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    rng = np.random.RandomState(3)
+    pool = tmp_path / "pool"
+    for c in ["low_tone", "high_tone", "noise_burst", "chirp"]:
+        for i in range(4):
+            write_wav(pool / f"{c}-{i}.wav", _sound(c, 3.0, rng))
+    lib = Library(tmp_path / "lib")
+    ingest(lib, [str(pool)], model=s["model"], options=IngestOptions(progress=False))
+    # feedback from the website: one clip judged relevant for "high tone", one not relevant
+    ids = {r[1]: r[0] for r in lib.conn.execute("SELECT id, title FROM clips")}
+    lib.conn.execute("INSERT INTO feedback(query, clip_id, relevant, created_at) VALUES('high tone', ?, 1, 0)",
+                     (ids["high_tone-0.wav"],))
+    lib.conn.execute("INSERT INTO feedback(query, clip_id, relevant, created_at) VALUES('chirp', ?, 0, 0)",
+                     (ids["chirp-0.wav"],))
+    # a new class, crawled through yt-dlp from a local "search engine"
+    base, www, srv = http_server
+    for i in range(3):
+        write_wav(www / f"clk{i}.wav", synth("clicks", 3.0, seed=i))
+        srv.files.add(f"clk{i}.wav")
+    monkeypatch.setenv("NELS_YTDLP_SEARCH", base + "/search?q={query}&n={n}")
+    res = learn(lib, str(esc), "esc50", test_fold=1, strategy="clarity", iterations=2, patience=5, run="r1",
+                add_classes=[("clicking", "clicking sound")], per_query=3, apply=True, progress=False)
+    assert len(res["map"]) == 3 and res["classes"] == 5 and res["feedback_labels"] == 1
+    meta = json.loads((Path(res["model"]) / "model.json").read_text())
+    assert meta["labels"][-1] == "clicking" and meta["parent"]
+    assert lib.conn.execute("SELECT COUNT(*) FROM iterations WHERE run='r1'").fetchone()[0] == 3
+    # applied: the library is re-indexed with the new model, whose classes include the new one
+    assert lib.get_meta("model_name") == meta["name"]
+    hits = lib.search(text="clicking", mode="linguistic", k=3)
+    assert hits and all(lib.clip(h["clip_id"])["query"] == "clicking sound" for h in hits)
+    # a re-run of the same run resumes: nothing new to do
+    again = learn(lib, str(esc), "esc50", test_fold=1, strategy="clarity", iterations=2, patience=5, run="r1",
+                  progress=False)
+    assert again["map"] == res["map"]
