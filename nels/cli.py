@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--out", default=None, metavar="DIR", help="where reports and PNGs go")
     s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
-    s.add_argument("--pooling", default="segments-mean-prob",
+    s.add_argument("--pooling", default=None,
                    choices=["segments-mean-prob", "segments-mean-logit", "whole"],
-                   help="classification: how 2 s window predictions make a clip prediction")
+                   help="classification: how a clip prediction is made (default: the model's own, from model.json)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.evaluate:cli_evaluate")
 

@@ -1,8 +1,9 @@
 """`nels evaluate classification`: clip-level accuracy, per-class AP, mAP and a confusion matrix.
 
-Protocol: clips of the held-out fold (esc50) or every clip (folders) are cut into 2 s windows with a
-1 s hop, the way the library segments audio, and the window probabilities are averaged per clip
-(the pooling measured best; see bench/RESULTS.md).
+Protocol: clips of the held-out fold (esc50) or every clip (folders) are scored with the pooling the model
+records in model.json ("pooling"): one pass over the whole clip ('whole'), or 2 s windows with a 1 s hop,
+the way the library segments audio, whose probabilities ('segments-mean-prob') or logits
+('segments-mean-logit') are averaged per clip. bench/RESULTS.md compares them.
 """
 from __future__ import annotations
 
@@ -72,7 +73,10 @@ def save_confusion_png(conf: np.ndarray, labels: list[str], path: Path, title: s
 
 def evaluate_classification(dataset: str, fmt: str = "esc50", fold: int | None = 1, model=None,
                             out: str | None = None, cache: str | None = None,
-                            pooling: str = "segments-mean-prob", progress: bool = True) -> dict:
+                            pooling: str | None = None, progress: bool = True) -> dict:
+    """Clip-level metrics of a model on a dataset (esc50: one fold). pooling None: the model's own choice
+    (model.json "pooling", measured per model at training time), else 'segments-mean-prob',
+    'segments-mean-logit' or 'whole'."""
     from nels.models import datasets as D
     from nels.models.cnn import CNNEncoder
     from nels.models.encoder import DEFAULT_MODEL_DIR
@@ -82,6 +86,7 @@ def evaluate_classification(dataset: str, fmt: str = "esc50", fold: int | None =
     if not (mpath / "model.json").exists():
         raise ModelError(f"{mpath}: no trained model there (model.json missing); train one with 'nels train'")
     enc = CNNEncoder.load(mpath)
+    pooling = pooling or enc.meta.get("pooling", "segments-mean-prob")
     ds = D.load_dataset(dataset, fmt)
     if fmt == "esc50":
         if fold not in ds.folds:
@@ -121,13 +126,13 @@ def cli_evaluate_classification(args) -> int:
     if not args.dataset:
         raise DatasetError("--dataset DIR is required for 'nels evaluate classification'")
     r = evaluate_classification(args.dataset, args.format, args.fold, args.model, args.out,
-                                getattr(args, "cache", None), getattr(args, "pooling", "segments-mean-prob"),
+                                getattr(args, "cache", None), getattr(args, "pooling", None),
                                 progress=not args.json)
     if args.json:
         print_json({k: v for k, v in r.items() if k != "confusion"})
         return 0
     print(f"{r['model_name']} on {r['dataset']} ({'fold ' + str(r['fold']) if r['fold'] else 'all clips'}, "
-          f"{r['n_clips']} clips): accuracy {r['accuracy']:.4f}, mAP {r['mAP']:.4f}")
+          f"{r['n_clips']} clips, pooling {r['pooling']}): accuracy {r['accuracy']:.4f}, mAP {r['mAP']:.4f}")
     worst = sorted(((v, k) for k, v in r["per_class_ap"].items() if v is not None))[:5]
     print("lowest AP: " + ", ".join(f"{k} {v:.2f}" for v, k in worst))
     for s in r["skipped"]:

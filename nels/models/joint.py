@@ -200,8 +200,9 @@ def joint_encoder_for(acoustic_encoder) -> JointEncoder | None:
                 meta = json.loads((d / "joint.json").read_text())
             except ValueError:
                 meta = {}
-            if meta.get("audio_model") == acoustic_encoder.name:
-                found = load_joint(d)
+            sha = getattr(acoustic_encoder, "meta", {}).get("weights_sha256")
+            if meta.get("audio_model") == acoustic_encoder.name and meta.get("audio_model_sha256") in (None, sha):
+                found = load_joint(d)  # only for the exact weights it was trained on
         _loaded[key] = found
     return _loaded[key]
 

@@ -157,8 +157,7 @@ def clip_predictions(model, mels, pooling: str = "segments-mean-prob", batch: in
     enc.model, enc.batch_size = model, batch
     enc.labels = [None] * model.fc.out_features
     enc.dim = model.emb.out_features
-    enc.feature_config = FeatureConfig(n_mels=mels[0].shape[1]) if mels else FeatureConfig()
-    enc.feature_config = FeatureConfig(**{**FeatureConfig().to_dict(), "n_mels": mels[0].shape[1]})
+    enc.feature_config = FeatureConfig(n_mels=mels[0].shape[1]) if len(mels) else FeatureConfig()
     return predict_clips(enc, mels, pooling)
 
 
@@ -184,6 +183,23 @@ def predict_clips(enc, mels, pooling: str = "segments-mean-prob") -> np.ndarray:
         else:
             out[i] = pool_segments(softmax(sel))
     return out
+
+
+POOLINGS = ("segments-mean-prob", "segments-mean-logit", "whole")
+
+
+def choose_pooling(model, val_mels, val_labels) -> tuple[str, dict]:
+    """The clip pooling with the best validation accuracy (ties: the first of POOLINGS); never the test fold."""
+    import torch
+
+    if not len(val_mels):
+        return POOLINGS[0], {}
+    accs = {}
+    with torch.inference_mode():
+        for p in POOLINGS:
+            accs[p] = round(float((clip_predictions(model, val_mels, p).argmax(1) == np.asarray(val_labels)).mean()), 4)
+    best = max(POOLINGS, key=lambda p: (accs[p], -POOLINGS.index(p)))
+    return best, accs
 
 
 def _run_key(ds_root, fmt, exclude_fold, seed, hp, arch, fconf) -> str:
@@ -338,7 +354,10 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         return summary
     model.load_state_dict(state["best_state"])
     model.eval()
+    pooling, val_by_pool = choose_pooling(model, [mels[i] for i in va_idx], labels_all[va_idx])
+    log(f"clip pooling chosen on validation: {pooling} ({val_by_pool})")
     metrics = {"validation_accuracy": round(state["best_acc"], 4), "best_epoch": state["best_epoch"],
+               "validation_accuracy_by_pooling": val_by_pool,
                "epochs_run": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
                "train_clips": int(len(tr_idx)), "validation_clips": int(len(va_idx)),
                "skipped_clips": len(feats.skipped)}
@@ -348,11 +367,11 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         test_mels = [mels[i] for i in test_idx]
         by_pool = {}
         with torch.inference_mode():
-            for pooling in ("segments-mean-prob", "segments-mean-logit", "whole"):
-                p = clip_predictions(model, test_mels, pooling)
+            for pl in POOLINGS:
+                p = clip_predictions(model, test_mels, pl)
                 m = classification_metrics(labels_all[test_idx], p, n_classes)
-                by_pool[pooling] = {"accuracy": m["accuracy"], "mAP": m["mAP"]}
-                log(f"held-out fold {exclude_fold} [{pooling}]: accuracy {m['accuracy']:.4f}, mAP {m['mAP']:.4f}")
+                by_pool[pl] = {"accuracy": m["accuracy"], "mAP": m["mAP"]}
+                log(f"held-out fold {exclude_fold} [{pl}]: accuracy {m['accuracy']:.4f}, mAP {m['mAP']:.4f}")
         metrics["test_fold"] = exclude_fold
         metrics["test"] = by_pool
     cmd = command or "nels train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -360,7 +379,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     extra = {"version": MODEL_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "training": {"command": cmd, "dataset": str(ds.root), "format": fmt, "exclude_fold": exclude_fold,
                           "seed": seed, "hparams": hp, "run_key": key},
-             "metrics": metrics, "pooling": "segments-mean-prob"}
+             "metrics": metrics, "pooling": pooling}
     save_model(out, model, ds.labels, feature_config, arch, name, extra)
     write_model_card(out, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch)
     log(f"model written to {out}")
@@ -381,6 +400,11 @@ def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, a
              "## Metrics", "",
              f"- validation accuracy (model selection): {metrics['validation_accuracy']:.4f} at epoch {metrics['best_epoch']} "
              f"of {metrics['epochs_run']}; training time {metrics['train_seconds'] / 60:.1f} min"]
+    if metrics.get("validation_accuracy_by_pooling"):
+        vp = metrics["validation_accuracy_by_pooling"]
+        best = max(vp, key=vp.get)
+        lines.append(f"- clip pooling used by `nels evaluate` (chosen on validation): {best} "
+                     f"(validation accuracy: {', '.join(f'{k} {v:.3f}' for k, v in vp.items())})")
     if "test" in metrics:
         lines += ["", f"Held-out fold {metrics['test_fold']} (clip level):", "",
                   "| clip pooling | accuracy | mAP |", "|---|---|---|"]
