@@ -41,7 +41,10 @@ def _torch():
     return torch
 
 
-def build_towers(audio_dim: int, text_dim: int = TEXT_DIM, dim: int = 128, hidden: int = 256, dropout: float = 0.2):
+def build_towers(audio_dim: int, text_dim: int = TEXT_DIM, dim: int = 128, hidden: int = 256, dropout: float = 0.2,
+                 text_tower: str = "mlp"):
+    """Audio tower: an MLP. Text tower: an MLP, or "linear" (one projection of the MiniLM space, which
+    keeps its geometry and so generalises better to wordings never seen in training)."""
     torch = _torch()
     nn = torch.nn
 
@@ -52,7 +55,8 @@ def build_towers(audio_dim: int, text_dim: int = TEXT_DIM, dim: int = 128, hidde
     class Towers(nn.Module):
         def __init__(self):
             super().__init__()
-            self.audio, self.text = tower(audio_dim), tower(text_dim)
+            self.audio = tower(audio_dim)
+            self.text = tower(text_dim) if text_tower == "mlp" else nn.Linear(text_dim, dim)
             self.log_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
 
         def embed_audio(self, x):
@@ -172,7 +176,8 @@ def load_joint(path: Path) -> JointEncoder:
         meta = json.loads((path / "joint.json").read_text())
         if meta.get("format") != FORMAT:
             raise ValueError("not a joint model")
-        towers = build_towers(meta["audio_dim"], meta.get("text_dim", TEXT_DIM), meta["dim"], meta["hidden"])
+        towers = build_towers(meta["audio_dim"], meta.get("text_dim", TEXT_DIM), meta["dim"], meta["hidden"],
+                              text_tower=meta.get("text_tower", "mlp"))
         towers.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load the joint model ({exc})") from None
