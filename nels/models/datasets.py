@@ -175,9 +175,18 @@ class Features:
     cache_path: Path | None = None
 
 
+def _frontend_fingerprint() -> str:
+    """Hash of the log-mel code itself: a change to the front end (not only to FeatureConfig) must never
+    serve features cached by the old code."""
+    import nels.audio.features as F
+
+    return hashlib.sha1(Path(F.__file__).read_bytes()).hexdigest()[:12]
+
+
 def _cache_key(ds: Dataset, config: FeatureConfig) -> str:
     h = hashlib.sha1()
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(_frontend_fingerprint().encode())
     h.update(f"{ds.format}|{ds.expected_seconds}".encode())
     for it in ds.items:
         st = it.path.stat()

@@ -381,13 +381,13 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
                           "seed": seed, "hparams": hp, "run_key": key},
              "metrics": metrics, "pooling": pooling}
     save_model(out, model, ds.labels, feature_config, arch, name, extra)
-    write_model_card(out, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch)
+    write_model_card(out, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch, pooling)
     log(f"model written to {out}")
     summary.update({"model": str(out), "metrics": metrics})
     return summary
 
 
-def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch) -> None:
+def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, arch, pooling: str | None = None) -> None:
     esc = fmt == "esc50"
     lines = [f"# {name}", "",
              "Sound-event CNN for NELS (per-segment class probabilities + a 128-d embedding for acoustic similarity).", "",
@@ -402,8 +402,8 @@ def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, a
              f"of {metrics['epochs_run']}; training time {metrics['train_seconds'] / 60:.1f} min"]
     if metrics.get("validation_accuracy_by_pooling"):
         vp = metrics["validation_accuracy_by_pooling"]
-        best = max(vp, key=vp.get)
-        lines.append(f"- clip pooling used by `nels evaluate` (chosen on validation): {best} "
+        best = pooling or max(vp, key=vp.get)
+        lines.append(f"- clip pooling used by `nels evaluate`: {best} "
                      f"(validation accuracy: {', '.join(f'{k} {v:.3f}' for k, v in vp.items())})")
     if "test" in metrics:
         lines += ["", f"Held-out fold {metrics['test_fold']} (clip level):", "",
