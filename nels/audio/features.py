@@ -1,7 +1,7 @@
 """Log-mel spectrograms, the one front end shared by every encoder (baseline and CNN alike).
 
-Pure numpy (rfft over strided frames + a Slaney mel filterbank): no torchaudio (the PyPI build
-does not import here) and no librosa/numba start-up cost. `FeatureConfig` is saved with every
+Strided frames, torch's rfft and a Slaney mel filterbank (built in numpy): no torchaudio (the PyPI
+build does not import here) and no librosa/numba start-up cost. `FeatureConfig` is saved with every
 model, and a model is refused on a library whose config differs.
 """
 from __future__ import annotations
@@ -94,16 +94,25 @@ def mel_frames(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np
     one FFT is zero-padded to one frame. The floor is far below FLOOR_DB so that a later loudness
     shift followed by the FLOOR_DB clamp gives the same result as normalising first.
     """
+    import torch  # its FFT + matmul are ~4x faster than numpy's here (bench: 0.39 vs 1.48 ms per 2 s)
+
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if x.size < config.n_fft:
         x = np.pad(x, (0, config.n_fft - x.size))
     n_frames = 1 + (x.size - config.n_fft) // config.hop
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, config.n_fft), strides=(x.strides[0] * config.hop, x.strides[0]), writeable=False)
-    spec = np.fft.rfft(frames * _window(config.win, config.n_fft), axis=1)
-    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
-    mel = power @ mel_filterbank(config.sr, config.n_fft, config.n_mels, config.fmin, config.fmax).T
-    return (10.0 * np.log10(np.maximum(mel, 1e-20))).astype(np.float32)
+    spec = torch.fft.rfft(torch.from_numpy(frames * _window(config.win, config.n_fft)), dim=1)
+    power = spec.real ** 2 + spec.imag ** 2
+    mel = power @ _filterbank_t(config.sr, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    return (10.0 * torch.log10(torch.clamp(mel, min=1e-20))).numpy()
+
+
+@lru_cache(maxsize=8)
+def _filterbank_t(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(mel_filterbank(sr, n_fft, n_mels, fmin, fmax).T))
 
 
 def loudness_shift(mean_power: float, config: FeatureConfig = FeatureConfig()) -> float:
