@@ -45,7 +45,7 @@ TOP_LABELS = 5
 class Library:
     """A library folder. `create=False` refuses a folder that holds no library (LibraryError)."""
 
-    def __init__(self, path: str | os.PathLike, create: bool = True, hnsw_threshold: int = 200_000):
+    def __init__(self, path: str | os.PathLike, create: bool = True, hnsw_threshold: int = 50_000):
         self.path = Path(path).expanduser().resolve()
         dbfile = self.path / "nels.db"
         if not dbfile.exists():
@@ -243,13 +243,18 @@ class Library:
                 st = FaissStore(len(row[0]) // 4, self.path / "indexes" / f"{space}.faiss", self.hnsw_threshold)
                 st.load()
                 self._stores[space] = st
-            if st.sync(self.conn, space):
+                full = True  # first use: catch anything (removals, a crash) since the file was written
+            else:
+                full = False  # later: new vectors only; this object's own removals update the index directly
+            if st.sync(self.conn, space, full=full):
                 st.save()
             return st
 
     def save_indexes(self) -> None:
         for space in self.spaces():
-            self.store(space)  # sync + save when behind
+            st = self.store(space)  # sync + save when behind
+            if st.sync(self.conn, space, full=True):
+                st.save()
 
     # -- reading -------------------------------------------------------------------------------------
     def segment_rows(self, seg_ids: Sequence[int]) -> dict[int, dict]:
@@ -282,11 +287,13 @@ class Library:
 
     def prob_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
         """(segment ids, probs (n, C), labels, model) over the whole library, cached until it changes."""
-        stamp = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(segment_id), 0) FROM probs").fetchone()
+        # MAX over the primary key is O(log n) (COUNT(*) scanned 100k rows: 12 ms per search); rows of
+        # segments removed since are harmless: results are looked up in the catalogue and dropped
+        stamp = self.conn.execute("SELECT MAX(segment_id) FROM probs").fetchone()
         cached = self._cache.get("probs")
         if cached and cached[0] == tuple(stamp):
             return cached[1]
-        if stamp[0] == 0:
+        if stamp[0] is None:
             return None
         model = self.conn.execute("SELECT model FROM probs LIMIT 1").fetchone()[0]
         labels = json.loads(self.conn.execute("SELECT labels FROM models WHERE name=?", (model,)).fetchone()[0])
@@ -321,9 +328,9 @@ class Library:
         }
 
     def stats_cached(self) -> dict:
-        """Cheap counts for hot paths (search): clips and segments."""
-        row = self.conn.execute("SELECT (SELECT COUNT(*) FROM clips), (SELECT COUNT(*) FROM segments)").fetchone()
-        return {"clips": row[0], "segments": row[1]}
+        """Cheap figures for hot paths (search): is there anything, and the newest ids (no full counts)."""
+        row = self.conn.execute("SELECT (SELECT MAX(id) FROM clips), (SELECT MAX(id) FROM segments)").fetchone()
+        return {"clips": row[0] or 0, "segments": row[1] or 0}
 
     # -- search (one code path for CLI, website and API) -----------------------------------------------
     def search(self, text: str | None = None, audio=None, **kw) -> list[dict]:

@@ -1,8 +1,8 @@
 """Vector indexes, one per embedding space, behind the VectorStore seam.
 
-`FaissStore` is exact (inner product over every vector) below `hnsw_threshold` vectors and HNSW
-above it: exact search is ~1.9 ms/query at 1M batched but tens of ms for a single query, HNSW is
-sub-millisecond with recall@10 reported in bench/RESULTS.md. Ids are segment ids. The store is a
+`FaissStore` is exact (inner product over every vector) below `hnsw_threshold` (50k) vectors and
+HNSW above it: exact search costs ~15 ms per query at 100k and ~110 ms at 1M on one core, HNSW
+under 1 ms with recall@10 0.93 at 1M (bench/RESULTS.md). Ids are segment ids. The store is a
 cache of the catalogue's `vectors` table: `sync` adds what the table has and the file lacks, and
 rebuilds when they disagree in any other way (after a crash, a removal under HNSW, a new model).
 """
@@ -41,7 +41,7 @@ def _faiss():
 class FaissStore:
     """An inner-product FAISS index keyed by segment id, persisted to `path` (+ a .json sidecar)."""
 
-    def __init__(self, dim: int, path: Path | None = None, hnsw_threshold: int = 200_000,
+    def __init__(self, dim: int, path: Path | None = None, hnsw_threshold: int = 50_000,
                  hnsw_m: int = 32, ef_search: int = 128):
         self.dim, self.path = dim, path
         self.hnsw_threshold, self.hnsw_m, self.ef_search = hnsw_threshold, hnsw_m, ef_search
@@ -134,13 +134,22 @@ class FaissStore:
         return True
 
     # -- catalogue sync -----------------------------------------------------------------------------
-    def sync(self, conn: sqlite3.Connection, space: str) -> bool:
-        """Make this index hold exactly the catalogue's vectors for `space`. True if it changed."""
+    def sync(self, conn: sqlite3.Connection, space: str, full: bool = True) -> bool:
+        """Make this index hold exactly the catalogue's vectors for `space`. True if it changed.
+
+        full=False only checks for new vectors (the newest id, an O(log n) look-up: cheap enough for
+        every search); the full check counts every row (12 ms at 100k) and also catches removals."""
+        if not full:
+            newest = conn.execute("SELECT MAX(segment_id) FROM vectors WHERE space=?", (space,)).fetchone()[0]
+            if (newest if newest is not None else -1) == self.max_id and not (
+                    self.kind == "exact" and len(self) >= self.hnsw_threshold):
+                return False
         row = conn.execute("SELECT COUNT(*), COALESCE(MAX(segment_id), -1), MIN(model) FROM vectors WHERE space=?",
                            (space,)).fetchone()
         count, max_id, model = int(row[0]), int(row[1]), row[2]
         with self._lock:
-            if count == len(self) and max_id == self.max_id:
+            wrong_kind = self.kind == "exact" and count >= self.hnsw_threshold
+            if count == len(self) and max_id == self.max_id and not wrong_kind:
                 return False
             below = conn.execute("SELECT COUNT(*) FROM vectors WHERE space=? AND segment_id<=?",
                                  (space, self.max_id)).fetchone()[0]

@@ -130,9 +130,9 @@ class JointEncoder:
             return self.towers.embed_audio(x).numpy()
 
     def text(self, texts: Sequence[str]) -> np.ndarray:
-        from nels.models.text import TextEncoder
+        from nels.models.text import shared_text_encoder
 
-        return self.text_from_sentence(TextEncoder().encode(list(texts)))
+        return self.text_from_sentence(shared_text_encoder().encode(list(texts)))
 
     def text_from_sentence(self, sentence_vecs: np.ndarray) -> np.ndarray:
         torch = _torch()

@@ -109,6 +109,17 @@ class TextEncoder:
         return out
 
 
+_shared: "TextEncoder | None" = None
+
+
+def shared_text_encoder() -> TextEncoder:
+    """One TextEncoder (and so one query cache) per process, for search's several users of it."""
+    global _shared
+    if _shared is None:
+        _shared = TextEncoder()
+    return _shared
+
+
 # ------------------------------------------------------------------------------------------ vocabulary
 
 
@@ -225,7 +236,7 @@ class LabelSpace:
         if not self.labels:
             raise VocabularyError("a label space needs at least one label")
         self.vocabulary = vocabulary if vocabulary is not None else load_vocabulary()
-        self.encoder = encoder if encoder is not None else TextEncoder()
+        self.encoder = encoder if encoder is not None else shared_text_encoder()
         self.phrases: list[list[str]] = [self.vocabulary.get(l).phrases() for l in self.labels]
         self.names: list[str] = [self.vocabulary.get(l).name for l in self.labels]
         flat = [p for ps in self.phrases for p in ps]

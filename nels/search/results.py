@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -57,8 +57,13 @@ class Filters:
 class Candidate:
     segment_id: int
     score: float
-    explanation: str
+    explanation: "str | Callable[[], str]"  # a callable is evaluated only if the candidate is shown
     parts: dict = field(default_factory=dict)  # per-mode scores, for fused explanations
+    why: list = field(default_factory=list)  # fused: the explanations of each mode that found it
+
+    def explain(self) -> str:
+        parts = [self.explanation] if self.explanation else []
+        return "; ".join(p() if callable(p) else p for p in parts + self.why)
 
 
 def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filters) -> list[dict]:
@@ -86,7 +91,7 @@ def _result(row: dict, c: Candidate) -> dict:
     return {"clip_id": row["clip_id"], "segment_id": c.segment_id, "source": row["webpage_url"] or row["source_uri"],
             "title": row["title"], "start": round(row["start"], 3), "end": round(row["end"], 3),
             "duration": row["duration"], "score": round(float(c.score), 4), "labels": row["labels"],
-            "explanation": c.explanation, "scores": {k: round(float(v), 4) for k, v in c.parts.items()},
+            "explanation": c.explain(), "scores": {k: round(float(v), 4) for k, v in c.parts.items()},
             "media_url": f"/media/{row['clip_id']}"}
 
 
