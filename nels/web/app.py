@@ -14,6 +14,7 @@ import logging
 import mimetypes
 import os
 import threading
+from collections import OrderedDict
 import time
 from pathlib import Path
 from typing import Literal
@@ -106,9 +107,31 @@ class BodyLimit:
 
 
 # -- state ---------------------------------------------------------------------------------------------
+class LRU:
+    """A small thread-safe LRU map (text-search answers)."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            v = self.data.get(key)
+            if v is not None:
+                self.data.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
 class AppState:
     def __init__(self, library_path, admin_token: str | None):
         self.lib = Library(library_path, create=False)
+        self.results = LRU()
         self.lock = threading.RLock()
         self.jobs = JobRunner(self.lib.path)
         self._token = admin_token
@@ -243,10 +266,18 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
                     label: str | None = None, source: str | None = None,
                     min_duration: float | None = None, max_duration: float | None = None):
         # no global lock: Library gives each worker thread its own SQLite connection, and FAISS
-        # searches run concurrently on an index that is only ever swapped, never mutated in place
+        # searches run concurrently on an index that is only ever swapped, never mutated in place.
+        # Answers are cached per library state: popular queries and paging back and forth are free.
+        key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
+        stamp = lib.stats_cached()["segments"]
+        hit = st.results.get(key)
+        if hit is not None and hit[0] == stamp and time.monotonic() - hit[2] < 60:  # removals: 60 s at most
+            return hit[1]
         res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
                          min_duration=min_duration, max_duration=max_duration)
-        return _answer(res, q, k, page)
+        out = _answer(res, q, k, page)
+        st.results.put(key, (stamp, out, time.monotonic()))
+        return out
 
     @app.post("/api/search", tags=["search"], summary="Search by an uploaded sound (optionally with text)")
     async def search_audio(audio: UploadFile = File(..., description="an audio file (wav, flac, mp3, ogg, webm...)"),
