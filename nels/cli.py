@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fold", type=int, default=1)
     s.add_argument("--model", default=None)
     s.add_argument("--out", default=None, metavar="DIR", help="where reports and PNGs go")
+    s.add_argument("--seed", type=int, default=0, help="learning: the pool's random seed")
     s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
     s.add_argument("--pooling", default=None,
                    choices=["segments-mean-prob", "segments-mean-logit", "whole"],

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nels.audio.features import FeatureConfig
+from conftest import write_wav
 from nels.errors import DatasetError, ModelError
 
 SR = 16_000
@@ -39,12 +39,7 @@ def _sound(cls: str, seconds: float, rng: np.random.RandomState) -> np.ndarray:
 
 
 def _write_wav(path: Path, audio: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    write_wav(path, audio, SR)
 
 
 def make_folders(root: Path, per_class: int = 6, seconds: float = 1.5, seed: int = 0) -> Path:
@@ -72,6 +67,16 @@ def make_esc50(root: Path, folds: int = 2, per_class_fold: int = 4, seed: int = 
         w.writeheader()
         w.writerows(rows)
     return root
+
+
+def train_tiny(root: Path) -> tuple[Path, Path]:
+    """A folder-per-class synthetic dataset under `root` and a tiny CNN trained on it in seconds."""
+    from nels.models.train import train
+
+    ds = make_folders(root / "ds", per_class=6, seconds=3.0)
+    s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
+              arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    return ds, Path(s["model"])
 
 
 @pytest.fixture(scope="module")

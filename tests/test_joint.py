@@ -2,10 +2,9 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from test_cnn import CLASSES, FAST_HP, TINY_ARCH, make_folders
+from test_cnn import train_tiny
 
 VOCAB = {"classes": {
     "low_tone": {"name": "low tone", "description": "a steady deep hum", "synonyms": ["bass drone", "low hum"]},
@@ -17,15 +16,11 @@ VOCAB = {"classes": {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from nels.models.train import train
-
     root = tmp_path_factory.mktemp("joint")
-    ds = make_folders(root / "ds", per_class=6, seconds=3.0)
-    s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
-              arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    ds, model = train_tiny(root)
     vocab = root / "vocab.json"
     vocab.write_text(json.dumps(VOCAB))
-    return root, ds, Path(s["model"]), vocab
+    return root, ds, model, vocab
 
 
 def test_train_joint_and_search_text_and_audio(world, monkeypatch):

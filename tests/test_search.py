@@ -9,22 +9,19 @@ import pytest
 
 from conftest import write_wav
 from nels.errors import DecodeError, QueryError
-from test_cnn import FAST_HP, TINY_ARCH, _sound, make_folders
+from test_cnn import _sound, train_tiny
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     from nels.index.library import Library
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.models.train import train
 
     root = tmp_path_factory.mktemp("search")
-    ds = make_folders(root / "ds", per_class=6, seconds=3.0)
-    s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
-              arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    ds, model = train_tiny(root)
     lib = Library(root / "lib")
-    ingest(lib, [str(ds)], model=s["model"], options=IngestOptions(progress=False))
-    lib.model_dir = s["model"]
+    ingest(lib, [str(ds)], model=str(model), options=IngestOptions(progress=False))
+    lib.model_dir = str(model)
     return lib
 
 

@@ -190,8 +190,8 @@ class Library:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for space in drop_spaces:
-                    self.conn.execute(f"DELETE FROM vectors WHERE space=? AND segment_id IN "
-                                      f"(SELECT id FROM segments WHERE clip_id=?)", (space, clip_id))
+                    self.conn.execute("DELETE FROM vectors WHERE space=? AND segment_id IN "
+                                      "(SELECT id FROM segments WHERE clip_id=?)", (space, clip_id))
                 if probs is None:
                     self.conn.execute("DELETE FROM probs WHERE segment_id IN (SELECT id FROM segments WHERE clip_id=?)",
                                       (clip_id,))

@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 from nels.audio.segment import SegmentConfig
 from nels.crawl import state
 from nels.crawl.source import Source, expand_inputs
-from nels.errors import DecodeError, LibraryError, NelsError, SourceError
+from nels.errors import DecodeError, LibraryError, SourceError
 from nels.index.library import Library
 from nels.ingest import mapper, reader, writer
 from nels.models.encoder import Encoder, load_encoder

@@ -138,12 +138,13 @@ def seed_model(root: Path, seed_rows: list[dict], epochs: int, seed: int, progre
     return out
 
 
-def prepare(root: Path, seed: int = 0, seed_epochs: int = 80, progress: bool = True):
+def prepare(root: Path, seed: int = 0, seed_epochs: int = 80, progress: bool = True, model_seed: int = 0):
+    """seed: the pool (crawl-text noise, distractors); model_seed: the starting CNN (trained once, cached)."""
     from nels.models.encoder import load_encoder
     from nels.search.query import label_space
 
     spec = build_pool(root, seed)
-    enc = load_encoder(seed_model(root, spec["seed"], seed_epochs, seed, progress))
+    enc = load_encoder(seed_model(root, spec["seed"], seed_epochs, model_seed, progress))
     labels = spec["labels"]
     if list(enc.labels) != labels:
         raise RuntimeError("seed model classes differ from the dataset's")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Sequence
 

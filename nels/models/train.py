@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nels.audio.features import FeatureConfig
-from nels.errors import DatasetError, ModelError
+from nels.errors import DatasetError
 
 CROP_FRAMES = 200  # 2 s at a 10 ms hop: the library's segment length
 MIN_STEPS = 20  # optimiser steps per epoch, at least
@@ -284,7 +284,6 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         except Exception as exc:  # noqa: BLE001
             log(f"checkpoint {ckpt} unreadable ({exc}); starting afresh")
     crop = hp["crop_frames"]
-    t_start = time.time()
     done_this_run = 0
     bar = None
     if progress and not quiet:
