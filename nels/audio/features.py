@@ -76,14 +76,6 @@ def _window(win: int, n_fft: int) -> np.ndarray:
     return np.pad(w, (pad, n_fft - win - pad))
 
 
-def normalize_loudness(audio: np.ndarray, target_db: float = -20.0) -> np.ndarray:
-    """Scale `audio` so its RMS is `target_db` dBFS (silence is returned unchanged)."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    if rms < 1e-6:
-        return audio
-    return (audio * (10 ** (target_db / 20) / rms)).astype(np.float32)
-
-
 FLOOR_DB = -100.0
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 from nels.crawl import state
 from nels.crawl.source import Fetched, Item, Source
@@ -46,7 +45,3 @@ def fetch(source: Source, row, workdir: Path, limiter: RateLimiter) -> Fetched:
     if row["kind"] != "file":
         limiter.wait()
     return source.fetch(item, workdir)
-
-
-def iter_rows(conn, ids: list[int], retries: int) -> Iterator:
-    yield from state.due(conn, ids, retries)

@@ -93,8 +93,7 @@ class SequentialRunner:
         workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=lib.path))
         limiter = reader.RateLimiter(options.rate_limit)
         try:
-            rows = reader.iter_rows(lib.conn, ids, options.retries)
-            rows = list(rows)
+            rows = state.due(lib.conn, ids, options.retries)
             bar = _bar(len(rows), options.progress, "ingest")
             pending = rows
             while pending:
