@@ -31,20 +31,15 @@ def main():
     lib.search(text="warm up", k=10)
     lib.search(audio=audios[0], k=10)
     print(f"library: {lib.stats()['segments']} segments")
-    for m in modes_t:
+    runs = [("text", m, [{"text": q} for q in texts[: a.queries]], "") for m in modes_t]
+    runs += [("audio", m, [{"audio": f} for f in audios[: a.queries]], " of 5 s") for m in modes_a]
+    for kind, m, queries, what in runs:
         lat = []
-        for q in texts[: a.queries]:
+        for q in queries:
             t = time.perf_counter()
-            lib.search(text=q, mode=m, k=10)
+            lib.search(mode=m, k=10, **q)
             lat.append(time.perf_counter() - t)
-        print(f"text  {m:<10} p50 {pct(lat, 50):6.1f} ms  p95 {pct(lat, 95):6.1f} ms  ({len(lat)} queries)")
-    for m in modes_a:
-        lat = []
-        for f in audios[: a.queries]:
-            t = time.perf_counter()
-            lib.search(audio=f, mode=m, k=10)
-            lat.append(time.perf_counter() - t)
-        print(f"audio {m:<10} p50 {pct(lat, 50):6.1f} ms  p95 {pct(lat, 95):6.1f} ms  ({len(lat)} queries of 5 s)")
+        print(f"{kind:<5} {m:<10} p50 {pct(lat, 50):6.1f} ms  p95 {pct(lat, 95):6.1f} ms  ({len(lat)} queries{what})")
 
 
 if __name__ == "__main__":

@@ -327,8 +327,9 @@ class Library:
             "schema_version": db.schema_version(c),
         }
 
-    def stats_cached(self) -> dict:
-        """Cheap figures for hot paths (search): is there anything, and the newest ids (no full counts)."""
+    def newest_ids(self) -> dict:
+        """The newest clip and segment ids (0 when empty): an O(log n) "anything here / anything new?"
+        for hot paths, where COUNT(*) would scan the tables."""
         row = self.conn.execute("SELECT (SELECT MAX(id) FROM clips), (SELECT MAX(id) FROM segments)").fetchone()
         return {"clips": row[0] or 0, "segments": row[1] or 0}
 

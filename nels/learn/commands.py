@@ -12,6 +12,7 @@ query), and brings the new class into the loop.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
                    {"learning": {"run": run, "strategy": st.name, "iterations": len(hist) - 1,
                                  "map": [r["map"] for r in hist]}})
     lib.conn.execute("INSERT OR IGNORE INTO models(name, kind, path, labels, created_at) VALUES(?,?,?,?,?)",
-                     (f"{enc.name}+{run}", "classifier", str(out), __import__("json").dumps(labels), time.time()))
+                     (f"{enc.name}+{run}", "classifier", str(out), json.dumps(labels), time.time()))
     result = {"run": run, "strategy": st.name, "map": [round(r["map"], 4) for r in hist],
               "selected": sum(len(r["selected"]) for r in hist), "best_iteration": best["iteration"],
               "model": str(out), "classes": len(labels), "feedback_labels": len(pos)}

@@ -166,7 +166,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         raise QueryError(f"k must be between 1 and {MAX_K}")
     if page < 1:
         raise QueryError("page must be >= 1")
-    if lib.stats_cached()["segments"] == 0:
+    if lib.newest_ids()["segments"] == 0:
         return Results([], notice="the library is empty: add audio with 'nels ingest'", mode=mode or "")
 
     filters = Filters(label, source, min_duration, max_duration)

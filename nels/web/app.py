@@ -269,7 +269,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
         # searches run concurrently on an index that is only ever swapped, never mutated in place.
         # Answers are cached per library state: popular queries and paging back and forth are free.
         key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
-        stamp = lib.stats_cached()["segments"]
+        stamp = lib.newest_ids()["segments"]
         hit = st.results.get(key)
         if hit is not None and hit[0] == stamp and time.monotonic() - hit[2] < 60:  # removals: 60 s at most
             return hit[1]
