@@ -149,6 +149,8 @@ def cli_demo(args) -> int:
     lib = Library(args.library, create=False)
     res = lib.search(text=example, k=5)
     print(f'\nexample search: "{example}"')
+    if res.notice:
+        print(f"  note: {res.notice}")
     for r in res:
         labels = ", ".join(f"{l['label']} {l['prob']:.2f}" for l in r["labels"][:2])
         print(f"  {r['score']:.3f}  {r['title']}  {r['start']:.0f}-{r['end']:.0f} s  [{labels}]")

@@ -100,3 +100,21 @@ def test_cli_search_json_contract_and_tag(lib, tmp_path):
     ev = {e["label"]: e for e in json.loads(out.stdout)}
     assert ev["low_tone"]["start"] == 0.0 and ev["low_tone"]["end"] <= 5.0
     assert ev["noise_burst"]["start"] >= 3.0 and ev["noise_burst"]["end"] == 8.0
+
+
+def test_weak_matches_come_with_a_notice(lib, tmp_path):
+    """A label that matches the words, but that no indexed segment is recognised as, is flagged."""
+    import shutil
+
+    from nels.index.library import Library
+    from nels.ingest.runner import IngestOptions, ingest
+
+    only_tones = tmp_path / "tones"
+    for f in sorted(Path(lib.model_dir).parent.joinpath("ds", "low_tone").iterdir())[:3]:
+        (only_tones / "low").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, only_tones / "low" / f.name)
+    small = Library(tmp_path / "small")
+    ingest(small, [str(only_tones)], model=lib.model_dir, options=IngestOptions(progress=False))
+    res = small.search(text="chirp", mode="linguistic")
+    assert res and "clearly recognised" in res.notice
+    assert small.search(text="low tone", mode="linguistic").notice is None

@@ -25,6 +25,8 @@ RRF_K = 60
 MIN_LABEL_SIMILARITY = 0.30
 # below this cosine, an audio query has no acoustically similar segment
 MIN_ACOUSTIC_SCORE = 0.30
+# below this probability mass on the query's labels, no segment is clearly recognised as what was asked
+MIN_LINGUISTIC_SCORE = 0.10
 
 _lock = threading.Lock()
 _threads_set = False
@@ -214,6 +216,9 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             if mode == "linguistic":
                 return Results([], notice=notice, mode=mode)
             cands = []
+        elif cands and cands[0].score < MIN_LINGUISTIC_SCORE:
+            notice = (f"nothing in the library is clearly recognised as {text!r} (best p={cands[0].score:.2f});"
+                      " these are only the closest")
         lists["linguistic"] = cands
     if mode in ("joint", "fused") and has_joint:
         if text is not None:
