@@ -3,10 +3,13 @@
     python bench/bench_web.py --library DIR [--seconds 60] [--clients 50] [--kind auto|text|audio]
                               [--query TEXT ...] [--audio FILE] [--browser-runs 5] [--no-browser] [--json]
 
-Starts `nels serve` on 127.0.0.1 (loopback only) on a free port, then runs `--clients` concurrent
-clients (threads, keep-alive HTTP/1.1) for `--seconds` seconds: text searches (GET /api/search) or audio
+Starts `nels serve --workers N` on 127.0.0.1 (loopback only) on a free port, then runs `--clients`
+concurrent keep-alive HTTP/1.1 clients for `--seconds` seconds: text searches (GET /api/search) or audio
 searches (POST /api/search, multipart upload). Reports latency p50/p95/p99, throughput and errors
-(any non-200 answer or a failed connection). Then Playwright + chromium measures, in the page, the time
+(any non-200 answer or a failed connection). The load generator is `wrk` (C, one thread: it takes
+little of the CPU the server needs on a small machine) for text searches when it is installed
+(`apt-get install wrk`), else Python threads (`--generator python`, which cost the server about half
+of a 2-core machine). Then Playwright + chromium measures, in the page, the time
 from the submit event to the first painted frame with results, `--browser-runs` times.
 Without --library, a small synthesised library is built in a temporary folder.
 """
@@ -16,6 +19,7 @@ import argparse
 import http.client
 import itertools
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nels.web.app import default_workers  # noqa: E402
 from nels.web.devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library, tone, wav_bytes  # noqa: E402
 
 TEXT_QUERIES = ["dog barking", "rain", "church bells", "a baby crying", "footsteps", "birds singing",
@@ -109,6 +114,49 @@ def load_test(port: int, seconds: float, clients: int, kind: str, queries: list[
             "error_samples": sorted(set(errors))[:5]}
 
 
+WRK_SCRIPT = """
+local paths = {%s}
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRKJSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"p50\\": %%d, \\"p95\\": %%d, " ..
+    "\\"p99\\": %%d, \\"max\\": %%d, \\"mean\\": %%.1f, \\"status\\": %%d, \\"connect\\": %%d, \\"read\\": %%d, " ..
+    "\\"write\\": %%d, \\"timeout\\": %%d}\\n", summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(95), latency:percentile(99), latency.max, latency.mean, e.status, e.connect, e.read,
+    e.write, e.timeout))
+end
+"""
+
+
+def load_test_wrk(port: int, seconds: float, clients: int, queries: list[str], k: int = 10, threads: int = 1,
+                  seed: int = 0) -> dict:
+    """Text-search load with wrk: `clients` connections, each sending its next request when the last one
+    is answered (closed loop, like the Python clients), a query drawn at random per request."""
+    import subprocess
+
+    paths = ", ".join(json.dumps("/api/search?" + urlencode({"q": q, "k": k})) for q in queries)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % (paths, seed))
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{clients}", f"-d{int(round(seconds))}s", "--timeout", "30s",
+                          "-s", f.name, f"http://127.0.0.1:{port}"], capture_output=True, text=True)
+    Path(f.name).unlink()
+    line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary: {out.stdout[-500:]} {out.stderr[-500:]}")
+    w = json.loads(line[8:])
+    wall = w["duration_us"] / 1e6
+    errors = w["status"] + w["connect"] + w["read"] + w["write"] + w["timeout"]
+    return {"kind": "text", "generator": "wrk", "clients": clients, "seconds": round(wall, 1),
+            "requests": w["requests"], "throughput_rps": round(w["requests"] / wall, 1),
+            "p50_ms": _r(w["p50"] / 1000), "p95_ms": _r(w["p95"] / 1000), "p99_ms": _r(w["p99"] / 1000),
+            "mean_ms": _r(w["mean"] / 1000), "max_ms": _r(w["max"] / 1000), "errors": errors,
+            "statuses": {"non-2xx": w["status"], "connect": w["connect"], "read": w["read"], "write": w["write"],
+                         "timeout": w["timeout"]}, "error_samples": []}
+
+
 def _r(x):
     return None if x is None else round(x, 1)
 
@@ -164,6 +212,12 @@ def main(argv=None) -> int:
                    help="auto: text when the library has a classifier, else audio")
     p.add_argument("--query", action="append", default=None, help="text query (repeatable)")
     p.add_argument("--audio", default=None, help="audio query file (default: a 2 s 1 kHz tone)")
+    p.add_argument("--queries-file", default=None,
+                   help="a JSON list of text queries, or a paraphrase file ({'queries': [{'text': ...}]})")
+    p.add_argument("--class-names", action="store_true", help="add the library's class names to the queries")
+    p.add_argument("--generator", default="auto", choices=["auto", "wrk", "python"],
+                   help="load generator for text searches (auto: wrk when installed)")
+    p.add_argument("--workers", type=int, default=None, help="nels serve --workers (default: its own default)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--browser-runs", type=int, default=5)
     p.add_argument("--no-browser", action="store_true")
@@ -172,12 +226,23 @@ def main(argv=None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="nels-bench-")
     library = Path(args.library) if args.library else build_library(Path(tmp.name))
-    queries = args.query or TEXT_QUERIES
+    queries = list(args.query or [])
+    if args.queries_file:
+        qf = json.loads(Path(args.queries_file).read_text())
+        qf = qf["queries"] if isinstance(qf, dict) else qf
+        queries += [q["text"] if isinstance(q, dict) else str(q) for q in qf]
+    if args.class_names:
+        import sqlite3
+
+        with sqlite3.connect(library / "nels.db") as conn:
+            row = conn.execute("SELECT labels FROM models WHERE labels IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        queries += [l.replace("_", " ") for l in json.loads(row[0] or "[]")] if row else []
+    queries = queries or TEXT_QUERIES
     audio_file = Path(args.audio) if args.audio else Path(tmp.name) / "query.wav"
     if not args.audio:
         audio_file.write_bytes(wav_bytes(tone(1000, 2)))
     report: dict = {"library": str(library)}
-    with Server(library) as srv:
+    with Server(library, workers=args.workers) as srv:
         with urllib.request.urlopen(f"{srv.url}/api/stats") as r:
             stats = json.load(r)
         kind = args.kind if args.kind != "auto" else ("text" if stats["modes"]["text"] else "audio")
@@ -187,7 +252,14 @@ def main(argv=None) -> int:
         if not args.json:
             print(f"load test: {args.clients} clients x {args.seconds:.0f} s, {kind} search, "
                   f"{stats['segments']} segments ...", file=sys.stderr)
-        report["load"] = load_test(srv.port, args.seconds, args.clients, kind, queries, audio, args.k)
+        gen = args.generator
+        if gen == "auto":
+            gen = "wrk" if (kind == "text" and shutil.which("wrk")) else "python"
+        if gen == "wrk":
+            report["load"] = load_test_wrk(srv.port, args.seconds, args.clients, queries, args.k)
+        else:
+            report["load"] = load_test(srv.port, args.seconds, args.clients, kind, queries, audio, args.k)
+        report.update(generator=gen, distinct_queries=len(set(queries)), workers=srv.workers or default_workers())
         if not args.no_browser:
             if Path(CHROMIUM).exists():
                 report["browser"] = browser_first_results(srv.url, kind, queries, audio_file, args.browser_runs)
@@ -199,6 +271,8 @@ def main(argv=None) -> int:
     else:
         L = report["load"]
         print(f"library: {report['library']} ({report['clips']} clips, {report['segments']} segments), {kind} search")
+        print(f"load:    {report['generator']}, {report['workers']} server worker(s), "
+              f"{report['distinct_queries']} distinct queries")
         print(f"load:    {L['clients']} clients, {L['seconds']} s, {L['requests']} requests, {L['throughput_rps']} req/s")
         print(f"latency: p50 {L['p50_ms']} ms, p95 {L['p95_ms']} ms, p99 {L['p99_ms']} ms (max {L['max_ms']} ms)")
         print(f"errors:  {L['errors']} {L['statuses']} {L['error_samples'] or ''}")

@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss", default="both", choices=["contrastive", "infonce", "both"],
                    help="'both' trains each and keeps the one with the better validation MAP@3")
     s.add_argument("--vocabulary", default=None, metavar="FILE", help="class descriptions and synonyms (JSON)")
+    s.add_argument("--phrases", default=None, metavar="FILE",
+                   help="extra training phrasings per class (default: the shipped ones; 'none' for the vocabulary only)")
     s.add_argument("--out", default=None, metavar="PATH")
-    s.add_argument("--epochs", type=int, default=60)
+    s.add_argument("--epochs", type=int, default=80)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.models.joint_train:cli_train_joint")
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the website and JSON API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="server processes (default: one per core, at most 4)")
     s.set_defaults(func="nels.web.app:cli_serve")
 
     s = sub.add_parser("demo", help="build a demo library (ESC-50 or synthetic) and serve it")

@@ -14,6 +14,14 @@ VOCAB = {"classes": {
 }}
 
 
+PHRASES = {
+    "low_tone": ["deep droning sound", "rumbling bass note", "subwoofer hum", "mains hum"],
+    "high_tone": ["shrill whine", "piercing beep", "high pitched squeal", "tinnitus ring"],
+    "noise_burst": ["bursts of static", "short hisses", "white noise pulses", "crackling radio bursts"],
+    "chirp": ["upward sweep", "rising glide", "slide whistle up", "zooming upward tone"],
+}
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("joint")
@@ -32,10 +40,18 @@ def test_train_joint_and_search_text_and_audio(world, monkeypatch):
 
     root, ds, cnn, vocab = world
     monkeypatch.setattr("nels.models.joint_train.CACHE", root / "jcache")
+    phrases = root / "phrases.json"
+    phrases.write_text(json.dumps({"classes": PHRASES}))
     res = train_joint(str(ds), "folders", model=str(cnn), loss="both", epochs=15, vocabulary=str(vocab),
-                      progress=False)
+                      progress=False, phrases=str(phrases))
     assert set(res["losses"]) == {"contrastive/mlp", "contrastive/linear", "infonce/mlp", "infonce/linear"}
     assert res["losses"][f"{res['loss']}/{res['text_tower']}"]["validation"] >= 0.75
+    # training text: vocabulary phrases + 3 of the 4 extra phrasings per class; the rest validate
+    assert res["training_text"]["extra_phrases"] == 12 and res["training_text"]["held_out_phrases"] == 4
+    assert (cnn / "joint" / "training_phrases.json").exists()
+    fusion = res["fusion"]["text"]
+    assert fusion["default_mode"] in ("linguistic", "joint", "fused") and fusion["weights"]["joint"] > 0
+    assert fusion[fusion["default_mode"]] == max(fusion["linguistic"], fusion["joint"], fusion["fused"])
     enc = joint.joint_encoder_for(load_encoder(str(cnn)))
     assert enc is not None and (cnn / "joint" / "joint.json").exists()
     # ingest builds the joint index alongside the acoustic one
@@ -47,6 +63,36 @@ def test_train_joint_and_search_text_and_audio(world, monkeypatch):
     assert labels.count("low_tone") >= 4, labels
     hits = lib.search(audio=next((ds / "chirp").iterdir()), mode="joint", k=5)
     assert [Path(h["source"]).parent.name for h in hits].count("chirp") >= 4
+
+
+def test_text_queries_default_to_the_mode_validation_chose(world):
+    from nels.index.library import Library
+    from nels.models import joint
+    from nels.models.encoder import load_encoder
+
+    root, ds, cnn, vocab = world
+    lib = Library(root / "lib", create=False)  # built by the first test of this module
+    chosen = joint.joint_encoder_for(load_encoder(str(cnn))).meta["fusion"]["text"]["default_mode"]
+    res = lib.search(text="a deep drone", k=3)
+    assert res.mode == chosen
+    assert Path(res[0]["source"]).parent.name == "low_tone"
+    fused = lib.search(text="a deep drone", k=3, mode="fused")
+    assert set(fused[0]["scores"]) == {"linguistic", "joint"}
+
+
+def test_bad_training_phrases_file_is_refused(world, tmp_path):
+    from nels.errors import NelsError
+    from nels.models.joint_train import train_joint
+
+    root, ds, cnn, vocab = world
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"low_tone": ["hum"]}))  # no "classes" object
+    with pytest.raises(NelsError, match="classes"):
+        train_joint(str(ds), "folders", model=str(cnn), epochs=1, vocabulary=str(vocab), progress=False,
+                    phrases=str(bad), out=str(tmp_path / "j"))
+    with pytest.raises(NelsError, match="not found"):
+        train_joint(str(ds), "folders", model=str(cnn), epochs=1, vocabulary=str(vocab), progress=False,
+                    phrases=str(tmp_path / "missing.json"), out=str(tmp_path / "j"))
 
 
 def test_vocabulary_missing_a_class_is_refused(world, tmp_path):

@@ -158,14 +158,9 @@ def test_score_ranks_matching_segment_first(space, labels):
 # ------------------------------------------------------------------------------------ evaluation sets
 
 def _stem(t: str) -> str:
-    """Light suffix stripping so that 'meowing' counts as 'meow' (and 'rapping' as 'rap')."""
-    for suf in ("ing", "ed", "es", "er", "s"):
-        if t.endswith(suf) and len(t) - len(suf) >= 3:
-            t = t[: -len(suf)]
-            if suf in ("ing", "ed", "er") and len(t) >= 4 and t[-1] == t[-2] and t[-1] not in "lsz":
-                t = t[:-1]
-            return t
-    return t
+    from nels.models.text import word_stem
+
+    return word_stem(t)
 
 
 def _tokens(s: str) -> list[str]:

@@ -297,3 +297,49 @@ def test_concurrent_requests(client):
     with ThreadPoolExecutor(8) as ex:
         codes = list(ex.map(one, range(24)))
     assert set(codes) <= {200, 400} and codes.count(200) >= 16
+
+
+def test_jobs_are_shared_between_server_processes(tmp_path):
+    """Two runners on one library (two `nels serve` workers): a job queued through one is listed by both,
+    runs once, and a job left 'running' by a dead process is reported as interrupted, not left hanging."""
+    import json as _json
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from nels.index.library import Library
+    from nels.web.jobs import JobRunner
+
+    Library(tmp_path / "lib").close()
+    ran = []
+
+    def slow(lib, params):
+        ran.append(params["n"])
+        time.sleep(0.2)
+        return {"n": params["n"]}
+
+    a = JobRunner(tmp_path / "lib", {"work": slow})
+    b = JobRunner(tmp_path / "lib", {"work": slow})
+    j1 = a.submit("work", {"n": 1})
+    j2 = b.submit("work", {"n": 2})
+    assert j1["status"] in ("queued", "running") and j1["params"] == {"n": 1}
+    assert [j["id"] for j in b.list()] == [j2["id"], j1["id"]]
+    for _ in range(100):
+        if all(a.get(j)["status"] == "done" for j in (j1["id"], j2["id"])):
+            break
+        time.sleep(0.05)
+    assert a.get(j1["id"])["result"] == {"n": 1} and b.get(j2["id"])["result"] == {"n": 2}
+    assert sorted(ran) == [1, 2]  # each ran exactly once, one at a time
+    done = [b.get(j) for j in (j1["id"], j2["id"])]
+    assert done[0]["finished_at"] <= done[1]["started_at"] or done[1]["finished_at"] <= done[0]["started_at"]
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with sqlite3.connect(tmp_path / "lib" / "nels.db") as conn:
+        conn.execute("INSERT INTO jobs(kind, params, status, pid, created_at, started_at) VALUES"
+                     " ('work', ?, 'running', ?, ?, ?)", (_json.dumps({"n": 3}), dead.pid, time.time(), time.time()))
+    stale = a.list()[0]
+    assert stale["status"] == "failed" and "interrupted" in stale["error"], stale
+    a.stop()
+    b.stop()

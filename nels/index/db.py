@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration brings the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -79,6 +79,16 @@ MIGRATIONS: list[str] = [
         model TEXT, map REAL, per_class TEXT, selected TEXT, created_at REAL NOT NULL,
         UNIQUE (run, strategy, iteration)
     );
+    """,
+    # 2 -> 3: admin jobs, shared by every server process
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'queued',   -- queued | running | done | failed
+        pid INTEGER,                             -- the server process running it
+        created_at REAL NOT NULL, started_at REAL, finished_at REAL, result TEXT, error TEXT
+    );
+    CREATE INDEX jobs_status ON jobs(status);
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

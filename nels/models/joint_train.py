@@ -1,8 +1,18 @@
 """`nels train-joint`: fit the twin towers on segment embeddings of a labelled dataset.
 
-Segment embeddings come from the acoustic model (2 s windows, 1 s hop, as the library indexes
-them) and are cached; phrases from the vocabulary. A validation split of the training clips picks
-the epoch (and, with --loss both, the loss); the test fold is never looked at.
+Segment embeddings (and class probabilities) come from the acoustic model (2 s windows, 1 s hop, as
+the library indexes them) and are cached. The text side is the vocabulary (names, descriptions,
+synonyms) plus the training phrasings of `nels/data/joint_phrases.json` (40 per ESC-50 class: search
+queries, descriptions, sound-library and video titles): with ~8 phrases per class the text tower learnt
+50 points and placed unseen wordings badly (paraphrase mAP 0.43); with ~45 it learns which directions of
+the sentence space matter for sounds.
+
+Validation never touches the test fold: clips = the acoustic model's own validation clips when its
+model.json lists them (clips the CNN never trained on, so its probabilities there are honest), else a
+random tenth; texts = held-out synonyms and a held-out quarter of the training phrasings (wordings the
+towers never saw). Validation picks the epoch, the loss and the text tower, and fits the weight of the
+joint space in fused text search (weighted reciprocal rank fusion with linguistic search), which is
+stored in joint.json and makes fused the default text mode when it beats linguistic on validation.
 """
 from __future__ import annotations
 
@@ -21,20 +31,23 @@ from nels.models.joint import build_towers, contrastive_loss, infonce_loss, save
 CACHE = Path.home() / ".cache" / "nels" / "joint"
 
 
-def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = True):
-    """(embeddings (n, d), clip index (n,), label id (n,)) for every segment of every dataset clip."""
+def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = True, with_probs: bool = False):
+    """(embeddings (n, d), clip index (n,), label id (n,)) for every segment of every dataset clip;
+    with_probs: also the class probabilities (n, C)."""
     from tqdm import tqdm
 
     from nels.audio.decode import decode
     from nels.audio.features import logmel
     from nels.audio.segment import SegmentConfig, segment_array
 
-    key = hashlib.sha256(json.dumps([encoder.name, str(ds.root), len(ds.items)]).encode()).hexdigest()[:20]
+    sha = getattr(encoder, "meta", {}).get("weights_sha256")
+    key = hashlib.sha256(json.dumps([encoder.name, sha, str(ds.root), len(ds.items), 2]).encode()).hexdigest()[:20]
     f = cache_dir / f"{key}.npz"
     if f.exists():
         z = np.load(f)
-        return z["emb"], z["clip"], z["label"]
-    embs, clips, labels = [], [], []
+        out = (z["emb"], z["clip"], z["label"])
+        return out + (z["probs"],) if with_probs else out
+    embs, probs, clips, labels = [], [], [], []
     for ci, it in enumerate(tqdm(ds.items, desc="embeddings", unit="clip", disable=not progress, file=sys.stderr)):
         try:
             segs = segment_array(decode(it.path), SegmentConfig())
@@ -43,14 +56,16 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
             continue
         if not segs:
             continue
-        e = encoder.encode_mels([logmel(s.audio, encoder.feature_config) for s in segs]).embeddings
-        embs.append(e)
-        clips += [ci] * len(e)
-        labels += [it.label] * len(e)
+        r = encoder.encode_mels([logmel(s.audio, encoder.feature_config) for s in segs])
+        embs.append(r.embeddings)
+        probs.append(r.probs if r.probs is not None else np.zeros((len(segs), 0), np.float32))
+        clips += [ci] * len(segs)
+        labels += [it.label] * len(segs)
     emb, clip, label = np.concatenate(embs), np.asarray(clips), np.asarray(labels)
+    prob = np.concatenate(probs)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(f, emb=emb, clip=clip, label=label)
-    return emb, clip, label
+    np.savez(f, emb=emb, clip=clip, label=label, probs=prob)
+    return (emb, clip, label, prob) if with_probs else (emb, clip, label)
 
 
 def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], np.ndarray]:
@@ -66,6 +81,87 @@ def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], n
             phrases.append(p)
             owner.append(i)
     return phrases, np.asarray(owner)
+
+
+DEFAULT_TRAINING_PHRASES = Path(__file__).resolve().parent.parent / "data" / "joint_phrases.json"
+TRAINING_PHRASES_COPY = "training_phrases.json"  # inside the joint model folder
+
+
+def training_phrases(labels: list[str], path=None) -> tuple[list[str], np.ndarray]:
+    """Extra training phrasings per class ({"classes": {label: [phrase, ...]}}); classes the file lacks
+    simply get none. path None: the shipped file; "" or "none": no extra phrasings."""
+    if path in ("", "none"):
+        return [], np.zeros(0, int)
+    p = Path(path) if path else DEFAULT_TRAINING_PHRASES
+    if not p.exists():
+        if path:
+            raise DatasetError(f"{p}: training phrases file not found")
+        return [], np.zeros(0, int)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))["classes"]
+        assert isinstance(raw, dict) and all(isinstance(v, list) for v in raw.values())
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise DatasetError(f'{p}: expected {{"classes": {{label: [phrase, ...]}}}}') from None
+    phrases, owner = [], []
+    for i, l in enumerate(labels):
+        for q in raw.get(l, []):
+            if isinstance(q, str) and q.strip():
+                phrases.append(q.strip())
+                owner.append(i)
+    return phrases, np.asarray(owner, dtype=int)
+
+
+def validation_clips(enc, ds, keep: list[int], rng) -> np.ndarray:
+    """Dataset clip indices for validation: the acoustic model's own validation clips (recorded in its
+    model.json by `nels train`) that are in `keep`, else a random tenth of `keep` (at least one per class
+    when possible)."""
+    names = set(getattr(enc, "meta", {}).get("metrics", {}).get("validation_files") or [])
+    if names:
+        val = np.array([i for i in keep if Path(ds.items[i].path).stem in names], dtype=int)
+        if len(val) >= len(ds.labels):
+            return val
+    return rng.choice(np.asarray(keep), size=max(len(ds.labels), len(keep) // 10), replace=False)
+
+
+def clip_best(seg_scores: np.ndarray, seg_clip: np.ndarray, clips: np.ndarray) -> np.ndarray:
+    """(Q, n_segments) -> (Q, len(clips)): a clip scores its best segment, as search results do."""
+    out = np.full((seg_scores.shape[0], len(clips)), -np.inf, dtype=np.float32)
+    for j, c in enumerate(clips):
+        out[:, j] = seg_scores[:, seg_clip == c].max(axis=1)
+    return out
+
+
+def ranking_map(clip_scores: np.ndarray, clip_labels: np.ndarray, q_owner: np.ndarray) -> float:
+    """mAP of clip rankings; a clip is relevant to a query of its class."""
+    aps = [average_precision((clip_labels == y)[np.argsort(-s, kind="stable")], int((clip_labels == y).sum()))
+           for s, y in zip(clip_scores, q_owner)]
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def _ranks(s: np.ndarray) -> np.ndarray:
+    order = np.argsort(-s, axis=1, kind="stable")
+    r = np.empty_like(order)
+    np.put_along_axis(r, order, np.broadcast_to(np.arange(s.shape[1]), s.shape).copy(), axis=1)
+    return r
+
+
+FUSION_GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def fit_text_fusion(joint_seg: np.ndarray, ling_seg: np.ndarray, seg_clip, clips, clip_labels, q_owner,
+                    rrf_k: int = 60) -> dict:
+    """Validation mAP of linguistic, joint and weighted-RRF fused text search, and the joint weight
+    (linguistic weighs 1) that fuses best."""
+    lin = ranking_map(clip_best(ling_seg, seg_clip, clips), clip_labels, q_owner)
+    jnt = ranking_map(clip_best(joint_seg, seg_clip, clips), clip_labels, q_owner)
+    rl, rj = _ranks(ling_seg), _ranks(joint_seg)
+    fused = {w: ranking_map(clip_best(1.0 / (rrf_k + 1 + rl) + w / (rrf_k + 1 + rj), seg_clip, clips),
+                            clip_labels, q_owner) for w in FUSION_GRID}
+    best = max(FUSION_GRID, key=lambda w: (round(fused[w], 4), -abs(w - 1.0)))
+    return {"linguistic": round(lin, 4), "joint": round(jnt, 4),
+            "fused_by_weight": {str(w): round(v, 4) for w, v in fused.items()},
+            "weights": {"linguistic": 1.0, "joint": best}, "fused": round(fused[best], 4),
+            "default_mode": max((("fused", fused[best]), ("joint", jnt), ("linguistic", lin)), key=lambda kv: kv[1])[0]}
 
 
 def clip_map_at3(a_emb, a_clip, a_label, t_emb, t_owner, n_classes) -> float:
@@ -154,11 +250,16 @@ def fit(loss_name: str, emb, label, clip_ids, train_clips, val_clips, t_vecs, t_
 
 
 def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, model: str | None = None,
-                loss: str = "both", out: str | None = None, epochs: int = 60, seed: int = 0,
-                vocabulary: str | None = None, progress: bool = True) -> dict:
+                loss: str = "both", out: str | None = None, epochs: int = 80, seed: int = 0,
+                vocabulary: str | None = None, progress: bool = True, phrases: str | None = None) -> dict:
+    """Train the towers (see the module docstring); returns joint.json's content plus "out".
+
+    phrases: extra training phrasings (None: the shipped nels/data/joint_phrases.json; "none": only the
+    vocabulary)."""
     from nels.models.datasets import load_dataset
     from nels.models.encoder import load_encoder
-    from nels.models.text import TextEncoder
+    from nels.models.text import LabelSpace, TextEncoder, load_vocabulary
+    from nels.search import linguistic
 
     t0 = time.time()
     enc = load_encoder(model)
@@ -166,28 +267,38 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
         raise ModelError("the joint space needs a trained acoustic model (the baseline has no classes to pair)")
     ds = load_dataset(dataset, fmt)
     labels = list(ds.labels)
-    phrases, t_owner = class_phrases(labels, vocabulary)
+    if list(enc.labels) != labels:
+        raise DatasetError(f"the acoustic model {enc.name} knows other classes than {ds.root} "
+                           f"({len(enc.labels)} vs {len(labels)}); train the joint space on the data the model was trained on")
+    vocab_phrases, v_owner = class_phrases(labels, vocabulary)
+    extra, e_owner = training_phrases(labels, phrases)
     keep = [i for i, it in enumerate(ds.items) if exclude_fold is None or it.fold != exclude_fold]
     if not keep:
         raise DatasetError("no training clips left after --exclude-fold")
-    emb, clip, label = segment_embeddings(ds, enc, progress=progress)
+    emb, clip, label, probs = segment_embeddings(ds, enc, progress=progress, with_probs=True)
     m = np.isin(clip, keep)
-    emb, clip, label = emb[m], clip[m], label[m]
+    emb, clip, label, probs = emb[m], clip[m], label[m], probs[m]
     missing = sorted(set(range(len(labels))) - set(label.tolist()))
     if missing:
         raise DatasetError("no audio for class(es): " + ", ".join(labels[i] for i in missing))
-    t_all = TextEncoder().encode(phrases)
+    te = TextEncoder()
     rng = np.random.default_rng(seed)
-    # hold out the last 2 synonyms of each class: validation queries in wordings never trained on
-    held = np.zeros(len(phrases), bool)
+    # held out for validation: the last 2 synonyms of each class and a quarter of its training phrasings
+    held_v = np.zeros(len(vocab_phrases), bool)
+    held_e = np.zeros(len(extra), bool)
     for k in range(len(labels)):
-        idx = np.flatnonzero(t_owner == k)
+        idx = np.flatnonzero(v_owner == k)
         if len(idx) > 4:
-            held[idx[-2:]] = True
-    t_vecs, t_train_owner = t_all[~held], t_owner[~held]
-    clips = np.unique(clip)
-    val = rng.choice(clips, size=max(len(labels), len(clips) // 10), replace=False)
-    train = np.setdiff1d(clips, val)
+            held_v[idx[-2:]] = True
+        idx = np.flatnonzero(e_owner == k)
+        held_e[rng.permutation(idx)[:len(idx) // 4]] = True
+    all_phrases = vocab_phrases + extra
+    owner = np.concatenate([v_owner, e_owner]).astype(int)
+    held = np.concatenate([held_v, held_e])
+    t_all = te.encode(all_phrases)
+    t_vecs, t_train_owner = t_all[~held], owner[~held]
+    val = validation_clips(enc, ds, keep, rng)
+    train = np.setdiff1d(np.unique(clip), val)
     results = {}
     losses = ["contrastive", "infonce"] if loss == "both" else [loss]
     fitted = {}
@@ -195,10 +306,24 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
         for tt in ("mlp", "linear"):
             towers, score, hist = fit(ln, emb, label, clip, train, val, t_vecs, t_train_owner, len(labels), epochs,
                                       seed, progress=progress, text_tower=tt, held_vecs=t_all[held],
-                                      held_owner=t_owner[held])
+                                      held_owner=owner[held])
             fitted[f"{ln}/{tt}"] = towers
             results[f"{ln}/{tt}"] = {"validation": round(score, 4), "history": hist}
     chosen = max(results, key=lambda k: results[k]["validation"])
+    towers = fitted[chosen]
+    # fused text search: fit the joint weight on validation clips and held-out wordings
+    import torch
+
+    va = np.isin(clip, val)
+    with torch.no_grad():
+        a_val = towers.embed_audio(torch.from_numpy(emb[va])).numpy()
+        q_joint = towers.embed_text(torch.from_numpy(t_all[held])).numpy()
+    space = LabelSpace(labels, load_vocabulary(vocabulary), te)
+    sims, _ = space.similarity(t_all[held])
+    ling = linguistic.label_weights(sims) @ probs[va].T
+    clips_val = np.unique(clip[va])
+    clip_labels = np.array([label[clip == c][0] for c in clips_val])
+    fusion = fit_text_fusion(q_joint @ a_val.T, ling, clip[va], clips_val, clip_labels, owner[held])
     from nels.models.joint import joint_dir_for
 
     out_dir = Path(out) if out else joint_dir_for(enc)
@@ -207,11 +332,20 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
             "audio_dim": int(emb.shape[1]), "text_dim": int(t_vecs.shape[1]), "dim": 128, "hidden": 256,
             "loss": chosen.split("/")[0], "losses": results, "labels": labels, "exclude_fold": exclude_fold,
             "dataset": str(dataset), "seed": seed, "epochs": epochs, "train_seconds": round(time.time() - t0, 1),
+            "training_text": {"vocabulary_phrases": int((~held_v).sum()), "extra_phrases": int((~held_e).sum()),
+                              "held_out_phrases": int(held.sum()),
+                              "extra_file": None if phrases in ("", "none") else TRAINING_PHRASES_COPY},
+            "validation_clips": int(len(np.unique(clip[va]))),
+            "fusion": {"text": fusion},
             "command": "nels " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nels") else None,
             "feature_config": enc.feature_config.to_dict()}
     from nels.models.text import DEFAULT_VOCABULARY
 
-    save_joint(out_dir, fitted[chosen], meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
+    save_joint(out_dir, towers, meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
+    if phrases not in ("", "none"):  # the model folder keeps the text it was trained on
+        src = Path(phrases) if phrases else DEFAULT_TRAINING_PHRASES
+        if src.exists():
+            (out_dir / TRAINING_PHRASES_COPY).write_bytes(src.read_bytes())
     return {k: v for k, v in meta.items() if k != "labels"} | {"out": str(out_dir)}
 
 
@@ -219,11 +353,15 @@ def cli_train_joint(args) -> int:
     from nels.cli import print_json
 
     res = train_joint(args.dataset, args.format, args.exclude_fold, args.model, args.loss, args.out, args.epochs,
-                      args.seed, args.vocabulary, progress=not args.json and sys.stderr.isatty())
+                      args.seed, args.vocabulary, progress=not args.json and sys.stderr.isatty(),
+                      phrases=getattr(args, "phrases", None))
     if args.json:
         print_json(res)
     else:
         for ln, r in res["losses"].items():
             print(f"{ln:<20} validation {r['validation']:.3f}")
-        print(f"kept {res['loss']}; wrote {res['out']} ({res['train_seconds']:.0f} s)")
+        f = res["fusion"]["text"]
+        print(f"text search on validation: linguistic {f['linguistic']:.3f}, joint {f['joint']:.3f}, "
+              f"fused {f['fused']:.3f} (joint weight {f['weights']['joint']}); default text mode: {f['default_mode']}")
+        print(f"kept {res['loss']}/{res['text_tower']}; wrote {res['out']} ({res['train_seconds']:.0f} s)")
     return 0

@@ -213,6 +213,25 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     return Vocabulary(classes=classes, path=p)
 
 
+def word_stem(t: str) -> str:
+    """Light suffix stripping so that 'meowing' counts as 'meow' (and 'rapping' as 'rap')."""
+    for suf in ("ing", "ed", "es", "er", "s"):
+        if t.endswith(suf) and len(t) - len(suf) >= 3:
+            t = t[: -len(suf)]
+            if suf in ("ing", "ed", "er") and len(t) >= 4 and t[-1] == t[-2] and t[-1] not in "lsz":
+                t = t[:-1]
+            return t
+    return t
+
+
+def content_words(text: str, min_len: int = 4) -> set[str]:
+    """The stemmed words of `text` with at least `min_len` letters: what decides whether a query is
+    'out of vocabulary' for a set of training texts."""
+    import re
+
+    return {word_stem(t) for t in re.findall(r"[a-z]+", text.lower()) if len(t) >= min_len}
+
+
 # ------------------------------------------------------------------------------------------ label space
 
 

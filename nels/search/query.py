@@ -45,15 +45,29 @@ def _one_inference_thread() -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _label_space(labels: tuple[str, ...]):
-    from nels.models.text import LabelSpace
+def _label_space(labels: tuple[str, ...], vocabulary: str | None):
+    from nels.models.text import LabelSpace, load_vocabulary
 
-    return LabelSpace(list(labels))
+    return LabelSpace(list(labels), load_vocabulary(vocabulary) if vocabulary else None)
 
 
-def label_space(labels) -> "object":
+def model_vocabulary(encoder) -> str | None:
+    """The vocabulary a model's classes were described with: `<model>/vocabulary.json`, else the copy its
+    joint space was trained with (`<model>/joint/vocabulary.json`); None: the shipped one."""
+    base = getattr(encoder, "path", None)
+    if base is None:
+        return None
+    from pathlib import Path
+
+    for f in (Path(base) / "vocabulary.json", Path(base) / "joint" / "vocabulary.json"):
+        if f.exists():
+            return str(f)
+    return None
+
+
+def label_space(labels, vocabulary: str | None = None) -> "object":
     with _lock:
-        return _label_space(tuple(labels))
+        return _label_space(tuple(labels), vocabulary)
 
 
 def _encoder_for(lib):
@@ -113,7 +127,7 @@ def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
         raise QueryError("this library has no class probabilities (it was indexed without a classifier);"
                          " run 'nels reindex --model default' to add them")
     ids, probs, labels, _ = pm
-    space = label_space(labels)
+    space = label_space(labels, model_vocabulary(_encoder_for(lib)))
     sims, matched = space.query([text])
     sims, matched = sims[0], matched[0]
     w = linguistic.label_weights(sims)
@@ -136,14 +150,16 @@ def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
     return joint.search_candidates(lib, text=text, audio=audio_vec, n=n)
 
 
-def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K) -> list[Candidate]:
-    """Reciprocal rank fusion: score = sum over modes of 1 / (k + rank)."""
+def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, float] | None = None) -> list[Candidate]:
+    """Weighted reciprocal rank fusion: score = sum over modes of weight / (k + rank); weights default
+    to 1 (the weights of text fusion are fitted on validation by `nels train-joint`)."""
     fused: dict[int, Candidate] = {}
     for mode, cands in lists.items():
+        w = (weights or {}).get(mode, 1.0)
         for rank, c in enumerate(cands):
             f = fused.setdefault(c.segment_id, Candidate(c.segment_id, 0.0, "", {}))
-            f.score += 1.0 / (k + rank + 1)
-            f.parts[mode] = c.parts.get(mode, c.score)
+            f.score += w / (k + rank + 1)
+            f.parts.update(c.parts or {mode: c.score})
             f.why.append(c.explanation)
     return list(fused.values())
 
@@ -173,14 +189,16 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
 
     filters = Filters(label, source, min_duration, max_duration)
     has_joint = joint_mod.library_has_joint(lib)
+    jenc = joint_mod.library_joint(lib) if has_joint else None
+    text_fusion = (jenc.meta.get("fusion") or {}).get("text") if jenc is not None else None
     if mode is None:
-        # measured on ESC-50 fold 1 (bench/RESULTS.md): for free-text queries linguistic beats joint and
-        # fused on paraphrases (0.71 vs 0.43 / 0.61 mAP); for sounds the joint space helps (fused 0.68
-        # vs acoustic 0.59); a text + audio query fuses whatever applies
+        # text: what validation chose when the joint space was trained (joint.json "fusion"; measured
+        # on ESC-50 in bench/RESULTS.md), else linguistic; sound: fused when there is a joint space (it
+        # lifts audio->audio over the CNN embedding alone); a text + audio query fuses whatever applies
         if text is not None and audio is not None:
             mode = "fused"
         elif text is not None:
-            mode = "linguistic"
+            mode = text_fusion["default_mode"] if text_fusion else "linguistic"
         else:
             mode = "fused" if has_joint else "acoustic"
     if mode == "acoustic" and audio is None:
@@ -228,7 +246,6 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
 
     extras = {}
     if has_joint and page == 1:
-        jenc = joint_mod.library_joint(lib)
         if jenc is not None and vecs is not None:
             extras["suggested_tags"] = joint_mod.suggest_tags(jenc, vecs)
         if jenc is not None and text is not None:
@@ -236,6 +253,10 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     lists = {m: c for m, c in lists.items() if c}
     if not lists:
         return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode, **extras)
-    cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists)
+    weights = None
+    if text_fusion and text is not None and audio is None:
+        w = text_fusion.get("weights") or {}
+        weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
+    cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     return Results(group_and_page(lib, cands, k, page, filters), notice=notice, query_labels=qlabels, mode=mode,
                    **extras)

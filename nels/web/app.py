@@ -50,6 +50,18 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+def _json_default(o):
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode("utf-8")
+
+
 def _err(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -152,8 +164,19 @@ class AppState:
         if available:
             available.append("fused")
         return {"available": available, "text": has_probs or has_joint, "audio": has_vecs or has_joint,
-                "default_text": "fused" if has_joint else ("linguistic" if has_probs else None),
+                "default_text": self._default_text(has_joint, has_probs),
                 "default_audio": "fused" if has_joint else ("acoustic" if has_vecs else None)}
+
+    def _default_text(self, has_joint: bool, has_probs: bool) -> str | None:
+        """The mode `Library.search` picks for a text query (validation's choice, see joint_train)."""
+        from nels.models.joint import library_joint
+
+        if has_joint:
+            enc = library_joint(self.lib)
+            fusion = ((enc.meta.get("fusion") or {}).get("text") or {}) if enc is not None else {}
+            if fusion.get("default_mode"):
+                return fusion["default_mode"]
+        return "linguistic" if has_probs else ("joint" if has_joint else None)
 
 
 class Feedback(BaseModel):
@@ -261,23 +284,29 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
         return out
 
     @app.get("/api/search", tags=["search"], summary="Search by text")
-    def search_text(q: str = Query(..., max_length=1000, description="what to look for, e.g. 'dog barking'"),
-                    mode: Mode | None = None, k: int = Query(10, ge=1, le=200), page: int = Query(1, ge=1, le=1000),
-                    label: str | None = None, source: str | None = None,
-                    min_duration: float | None = None, max_duration: float | None = None):
-        # no global lock: Library gives each worker thread its own SQLite connection, and FAISS
-        # searches run concurrently on an index that is only ever swapped, never mutated in place.
-        # Answers are cached per library state: popular queries and paging back and forth are free.
+    async def search_text(q: str = Query(..., max_length=1000, description="what to look for, e.g. 'dog barking'"),
+                          mode: Mode | None = None, k: int = Query(10, ge=1, le=200),
+                          page: int = Query(1, ge=1, le=1000), label: str | None = None, source: str | None = None,
+                          min_duration: float | None = None, max_duration: float | None = None):
+        # Answers are cached, serialised, per library state: a popular query or paging back costs a dict
+        # lookup on the event loop (no thread hop, no JSON encoding). A miss runs in the thread pool, with
+        # no global lock: Library gives each thread its own SQLite connection, and FAISS indexes are only
+        # ever swapped, never mutated in place.
         key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
         stamp = lib.newest_ids()["segments"]
         hit = st.results.get(key)
         if hit is not None and hit[0] == stamp and time.monotonic() - hit[2] < 60:  # removals: 60 s at most
-            return hit[1]
-        res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
-                         min_duration=min_duration, max_duration=max_duration)
-        out = _answer(res, q, k, page)
-        st.results.put(key, (stamp, out, time.monotonic()))
-        return out
+            return Response(hit[1], media_type="application/json")
+        from starlette.concurrency import run_in_threadpool
+
+        def run() -> bytes:
+            res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
+                             min_duration=min_duration, max_duration=max_duration)
+            return _json_bytes(_answer(res, q, k, page))
+
+        body = await run_in_threadpool(run)
+        st.results.put(key, (stamp, body, time.monotonic()))
+        return Response(body, media_type="application/json")
 
     @app.post("/api/search", tags=["search"], summary="Search by an uploaded sound (optionally with text)")
     async def search_audio(audio: UploadFile = File(..., description="an audio file (wav, flac, mp3, ogg, webm...)"),
@@ -400,14 +429,15 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
     # -- admin ----------------------------------------------------------------------------------------------
     admin = [Depends(require_admin)]
 
-    def _job_progress(job) -> dict | None:
-        if job.started_at is None:
-            return None
-        with st.lock:
+    def _job(job: dict) -> dict:
+        """A job with its progress: crawl items touched since it started, and time elapsed."""
+        progress = None
+        if job.get("started_at"):
             rows = lib.conn.execute("SELECT status, COUNT(*) FROM items WHERE updated_at >= ? GROUP BY status",
-                                    (job.started_at,)).fetchall()
-        counts = {r[0]: r[1] for r in rows}
-        return {"items": counts, "elapsed_s": round((job.finished_at or time.time()) - job.started_at, 1)}
+                                    (job["started_at"],)).fetchall()
+            progress = {"items": {r[0]: r[1] for r in rows},
+                        "elapsed_s": round((job.get("finished_at") or time.time()) - job["started_at"], 1)}
+        return {**job, "progress": progress}
 
     @app.post("/api/admin/crawl", tags=["admin"], dependencies=admin, status_code=202,
               summary="Queue a crawl (YouTube search through yt-dlp)")
@@ -415,14 +445,9 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
         queries = [" ".join(q.split()) for q in req.queries if q.strip()]
         if not queries:
             raise ApiError(400, "give at least one non-empty query")
-        from nels.ingest.runner import IngestOptions, crawl
-
-        def run(jlib):
-            return crawl(jlib, queries, req.per_query,
-                         options=IngestOptions(max_duration=req.max_duration, rate_limit=0.5, progress=False)).to_dict()
-
-        job = st.jobs.submit("crawl", {"queries": queries, "per_query": req.per_query}, run)
-        return job.to_dict()
+        job = st.jobs.submit("crawl", {"queries": queries, "per_query": req.per_query,
+                                       "max_duration": req.max_duration})
+        return _job(job)
 
     @app.post("/api/admin/ingest", tags=["admin"], dependencies=admin, status_code=202,
               summary="Queue an ingest of public http(s) URLs (private/loopback addresses are refused)")
@@ -434,25 +459,19 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             raise ApiError(400, "give at least one URL")
         for u in urls:
             check_public_url(u)  # SourceError -> 400, before anything is queued
-        from nels.ingest.runner import IngestOptions, ingest
-
-        def run(jlib):
-            return ingest(jlib, urls, options=IngestOptions(max_duration=req.max_duration, progress=False),
-                          allow_private=False).to_dict()
-
-        job = st.jobs.submit("ingest", {"urls": urls}, run)
-        return job.to_dict()
+        job = st.jobs.submit("ingest", {"urls": urls, "max_duration": req.max_duration})
+        return _job(job)
 
     @app.get("/api/admin/jobs", tags=["admin"], dependencies=admin, summary="Background jobs, newest first")
     def admin_jobs():
-        return {"jobs": [j.to_dict(_job_progress(j)) for j in st.jobs.list()]}
+        return {"jobs": [_job(j) for j in st.jobs.list()]}
 
     @app.get("/api/admin/jobs/{job_id}", tags=["admin"], dependencies=admin, summary="One background job")
     def admin_job(job_id: int):
         j = st.jobs.get(job_id)
         if j is None:
             raise ApiError(404, f"no job {job_id}")
-        return j.to_dict(_job_progress(j))
+        return _job(j)
 
     @app.get("/api/admin/models", tags=["admin"], dependencies=admin, summary="Models known to the library")
     def admin_models():
@@ -518,13 +537,34 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
     return app
 
 
+def app_from_env() -> FastAPI:
+    """The app factory each `nels serve --workers N` process calls (the library path comes in
+    $NELS_SERVE_LIBRARY, set by `cli_serve`)."""
+    return create_app(os.environ["NELS_SERVE_LIBRARY"])
+
+
+def default_workers() -> int:
+    """One server process per core (at most 4): a search holds the GIL while it runs, so one process
+    serves one search at a time however many threads it has."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def cli_serve(args) -> int:
     import uvicorn
 
-    app = create_app(args.library)
+    app = create_app(args.library)  # opens (and migrates) the library now: a bad path fails here, once
+    path = app.state.nels.lib.path
     host = args.host
+    workers = getattr(args, "workers", None) or default_workers()
     if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("NELS_ADMIN_TOKEN"):
         print("nels: note: serving beyond loopback; admin endpoints are disabled (no NELS_ADMIN_TOKEN)")
-    print(f"nels: serving {app.state.nels.lib.path} at http://{host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
+    print(f"nels: serving {path} at http://{host}:{args.port}/ (API docs at /docs; {workers} worker"
+          f"{'s' if workers > 1 else ''})", flush=True)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
+    else:
+        app.state.nels.lib.close()
+        os.environ["NELS_SERVE_LIBRARY"] = str(path)
+        uvicorn.run("nels.web.app:app_from_env", factory=True, workers=workers, host=host, port=args.port,
+                    log_level="warning", access_log=False)
     return 0

@@ -31,8 +31,10 @@ def free_port() -> int:
 class Server:
     """`python -m nels.cli --library DIR serve --port P` on 127.0.0.1, restartable on the same port."""
 
-    def __init__(self, library: Path, port: int | None = None, admin_token: str | None = None):
+    def __init__(self, library: Path, port: int | None = None, admin_token: str | None = None,
+                 workers: int | None = 1):
         self.library, self.port, self.proc = Path(library), port or free_port(), None
+        self.workers = workers
         self.admin_token = admin_token
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -43,7 +45,8 @@ class Server:
         else:
             env.pop("NELS_ADMIN_TOKEN", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "nels.cli", "--library", str(self.library), "serve",
-                                      "--host", "127.0.0.1", "--port", str(self.port)], cwd=ROOT, env=env,
+                                      "--host", "127.0.0.1", "--port", str(self.port)]
+                                     + (["--workers", str(self.workers)] if self.workers else []), cwd=ROOT, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + timeout
         while time.time() < deadline:
