@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--batch", type=int, default=64, help="2 s windows per model call")
     ap.add_argument("--repeats", type=int, default=3, help="best of N timed passes")
+    ap.add_argument("--precision", default="both", choices=["both", "auto", "fp32", "bf16"],
+                    help="model precision: both (fp32 and, where the CPU has it natively, bf16), auto, fp32, bf16")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
@@ -101,18 +103,25 @@ def main(argv=None) -> int:
                 "model_ms_per_window": round(1000 * t_model / max(1, n_win), 3),
                 "model_only_x_realtime": round(audio_s / max(t_model, 1e-9), 1)}
 
-    run("clip-sliced")  # warm-up (file cache, allocator, oneDNN kernels)
+    from nels.models.cnn import bf16_supported
+
+    precisions = ["fp32", "bf16"] if (a.precision == "both" and bf16_supported()) else (
+        ["bf16" if bf16_supported() else "fp32"] if a.precision == "auto" else [a.precision])
     results = []
-    for mode in ("per-segment", "clip-sliced"):
-        best = min((run(mode) for _ in range(a.repeats)), key=lambda r: r["wall_seconds"])
-        results.append(best)
+    for prec in precisions:
+        enc.bf16 = prec == "bf16"
+        run("clip-sliced")  # warm-up (file cache, allocator, oneDNN kernels)
+        for mode in ("per-segment", "clip-sliced"):
+            best = min((run(mode) for _ in range(a.repeats)), key=lambda r: r["wall_seconds"])
+            best["precision"] = prec
+            results.append(best)
     out = {"model": enc.name, "threads": torch.get_num_threads(), "batch_windows": a.batch, "results": results}
     if a.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"model {enc.name}, 1 thread, batches of {a.batch} x 2 s windows (1 s hop), {len(files)} ESC-50 clips")
         for r in results:
-            print(f"  {r['mode']:12s}: {r['x_realtime']:7.1f}x real time (wall), {r['x_realtime_cpu_time']:7.1f}x (CPU time)  (decode {r['decode_ms_per_clip']:.2f} ms/clip, "
+            print(f"  {r['precision']} {r['mode']:12s}: {r['x_realtime']:7.1f}x real time (wall), {r['x_realtime_cpu_time']:7.1f}x (CPU time)  (decode {r['decode_ms_per_clip']:.2f} ms/clip, "
                   f"features {r['features_ms_per_clip']:.2f} ms/clip, model {r['model_ms_per_window']:.3f} ms/window; "
                   f"model alone {r['model_only_x_realtime']:.0f}x)")
     return 0

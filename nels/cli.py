@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
     s.add_argument("--arch", default=None, metavar="JSON", help='CNN shape, e.g. \'{"widths": [32, 64, 128, 256]}\'')
+    s.add_argument("--hparams", default=None, metavar="JSON",
+                   help='training hyper-parameters over the defaults, e.g. \'{"lr": 0.002, "precision": "fp32"}\'')
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.models.train:cli_train")

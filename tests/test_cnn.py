@@ -283,3 +283,47 @@ def test_mismatched_or_broken_model_refused(trained, tmp_path):
         CNNEncoder.load(bad)
     with pytest.raises(ModelError, match="no model.json"):
         CNNEncoder.load(tmp_path / "nothing")
+
+
+def test_validation_split_keeps_recordings_together():
+    """Clips cut from one ESC-50 recording (same FOLD-SOURCE prefix) never straddle train and validation:
+    otherwise validation measures memory of the recording, not generalisation (it read ~9 points high)."""
+    from nels.models.train import source_group, stratified_split
+
+    assert source_group("1-100032-A-0.flac") == source_group("1-100032-B-0.wav") == "1-100032"
+    assert source_group("my_recording.wav") == "my_recording"
+    names = [f"2-{100 * c + src}-{take}-{c}" for c in range(3) for src in range(10) for take in "AB"]
+    labels = np.array([int(n.rsplit("-", 1)[1]) for n in names])
+    groups = np.array([source_group(n) for n in names])
+    tr, va = stratified_split(labels, 0.2, np.random.RandomState(0), groups)
+    assert len(va) and len(tr) + len(va) == len(names) and not set(groups[tr]) & set(groups[va])
+    assert set(labels[va]) == {0, 1, 2}  # still every class
+
+
+def test_augmentations_keep_shapes_and_levels():
+    from nels.models.train import sample_crops, shift_bands
+
+    rng = np.random.RandomState(0)
+    mels = [np.linspace(-60, 0, 300 * 8, dtype=np.float32).reshape(300, 8)]
+    crops = sample_crops(mels, [0, 0, 0], rng, 100, stretch=0.25)
+    assert crops.shape == (3, 100, 8) and crops.min() >= -60 and crops.max() <= 0
+    x = np.tile(np.arange(8, dtype=np.float32), (2, 5, 1))
+    y = shift_bands(x.copy(), 2, np.random.RandomState(3))
+    assert y.shape == x.shape
+    for row in y[:, 0]:  # a shifted ramp, the edge band repeated into the gap
+        assert np.all(np.diff(row) >= 0) and set(np.diff(row)) <= {0.0, 1.0}
+
+
+def test_ema_last_epoch_and_fp32_options_train(tmp_path, folders_ds):
+    from nels.models.cnn import CNNEncoder
+    from nels.models.train import train
+
+    hp = {**FAST_HP, "ema": 0.9, "select": "last", "precision": "fp32", "freq_shift": 1, "time_stretch": 0.1}
+    s = train(str(folders_ds), "folders", out=str(tmp_path / "m"), epochs=6, seed=0, cache=str(tmp_path / "c"),
+              arch={**TINY_ARCH, "stem_stride": [1, 1], "freq_pool": "flatten"}, hparams=hp, quiet=True,
+              progress=False, threads=1)
+    assert s["best_epoch"] == 6  # 'last': the final (EMA) weights are kept, whatever validation said
+    enc = CNNEncoder.load(s["model"])
+    assert enc.arch["freq_pool"] == "flatten" and enc.meta["metrics"]["validation_files"]
+    mel = np.zeros((150, enc.feature_config.n_mels), np.float32) - 50
+    assert enc.encode_mels([mel]).probs.shape == (1, len(CLASSES))

@@ -343,3 +343,44 @@ def test_jobs_are_shared_between_server_processes(tmp_path):
     assert stale["status"] == "failed" and "interrupted" in stale["error"], stale
     a.stop()
     b.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to count server processes")
+def test_several_server_processes_share_one_library(library):
+    """`nels serve --workers 2`: two server processes answer, and every answer sees the same jobs (they live
+    in the library, not in one process's memory)."""
+    import json as _json
+    import sqlite3
+    import time
+    import urllib.request
+
+    from nels.web.devserver import Server
+
+    with sqlite3.connect(library / "nels.db") as conn:
+        job_id = conn.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES('crawl', ?, 'failed', ?)",
+                              (_json.dumps({"queries": ["rain"], "per_query": 1}), time.time())).lastrowid
+    with Server(library, admin_token=TOKEN, workers=2) as srv:
+        for _ in range(50):
+            if len(_children(srv.proc.pid)) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(_children(srv.proc.pid)) >= 2
+        for _ in range(12):  # a new connection each time: the kernel spreads them over the processes
+            req = urllib.request.Request(f"{srv.url}/api/admin/jobs/{job_id}", headers={"X-Admin-Token": TOKEN})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 200 and _json.load(r)["params"]["queries"] == ["rain"]
+            with urllib.request.urlopen(f"{srv.url}/api/stats", timeout=30) as r:
+                assert _json.load(r)["segments"] > 0

@@ -510,10 +510,17 @@ def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, a
 def cli_train(args) -> int:
     from nels.cli import print_json
 
-    arch = json.loads(args.arch) if getattr(args, "arch", None) else None
+    try:
+        arch = json.loads(args.arch) if getattr(args, "arch", None) else None
+        hparams = json.loads(args.hparams) if getattr(args, "hparams", None) else None
+    except ValueError as exc:
+        raise DatasetError(f"--arch / --hparams must be JSON objects ({exc})") from None
+    unknown = set(hparams or {}) - set(default_hparams())
+    if unknown:
+        raise DatasetError(f"unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(default_hparams())}")
     cmd = "nels train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
     summary = train(args.dataset, args.format, args.exclude_fold, args.out, args.epochs, args.seed, args.cache,
-                    arch=arch, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
+                    arch=arch, hparams=hparams, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
                     max_epochs_this_run=getattr(args, "max_epochs_this_run", None))
     if args.json:
         print_json(summary)

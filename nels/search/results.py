@@ -72,9 +72,14 @@ def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filt
     want = k * page
     out: list[dict] = []
     seen: set[int] = set()
-    step = 512
-    for i in range(0, len(cands), step):
+    # the catalogue rows are fetched in blocks: a first small one (a clip has a few segments, so 4x the
+    # results wanted usually suffice: 0.6 ms instead of 6 ms of SQL for 512 rows), then larger ones
+    step = max(64, 4 * want) if not filters.active() else 512
+    i = 0
+    while i < len(cands):
         block = cands[i:i + step]
+        i += step
+        step = 512
         rows = lib.segment_rows([c.segment_id for c in block])
         for c in block:
             row = rows.get(c.segment_id)
