@@ -384,3 +384,26 @@ def test_several_server_processes_share_one_library(library):
                 assert r.status == 200 and _json.load(r)["params"]["queries"] == ["rain"]
             with urllib.request.urlopen(f"{srv.url}/api/stats", timeout=30) as r:
                 assert _json.load(r)["segments"] > 0
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "nels" / "data" / "models" / "esc50-cnn" / "model.json"
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="the default CNN model is not built")
+def test_cached_text_answers_follow_the_library(tmp_path):
+    """Text answers are cached, but a change committed by anyone else (here a removal from another
+    connection, as `nels remove` would do) is seen by the very next search."""
+    from nels.index.library import Library
+    from nels.web.app import create_app
+
+    lib_dir = build_library(tmp_path, model="default")
+    with TestClient(create_app(lib_dir, warm=True)) as c:
+        first = c.get("/api/search", params={"q": "a loud whistle", "k": 5}).json()
+        again = c.get("/api/search", params={"q": "a loud whistle", "k": 5}).json()
+        assert first == again and first["results"]
+        gone = first["results"][0]["clip_id"]
+        other = Library(lib_dir, create=False)
+        assert other.remove_clips([gone]) == 1
+        other.close()
+        after = c.get("/api/search", params={"q": "a loud whistle", "k": 5}).json()
+        assert gone not in [r["clip_id"] for r in after["results"]]

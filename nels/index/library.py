@@ -327,6 +327,11 @@ class Library:
             "schema_version": db.schema_version(c),
         }
 
+    def data_version(self) -> int:
+        """Changes whenever another connection (another thread, process or command) commits to the
+        catalogue: a cheap "has anything changed since?" for caches of search answers."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def newest_ids(self) -> dict:
         """The newest clip and segment ids (0 when empty): an O(log n) "anything here / anything new?"
         for hot paths, where COUNT(*) would scan the tables."""

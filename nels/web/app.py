@@ -7,6 +7,8 @@ Admin endpoints need the token in $NELS_ADMIN_TOKEN (header `Authorization: Bear
 """
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -140,10 +142,19 @@ class LRU:
                 self.data.popitem(last=False)
 
 
+SEARCH_THREADS = 2  # searches are CPU-bound and hold the GIL: more threads per process only queue longer
+
+
 class AppState:
     def __init__(self, library_path, admin_token: str | None):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.lib = Library(library_path, create=False)
         self.results = LRU()
+        # searches run here, not in the 40-thread request pool: two at a time per process, the rest wait
+        # in order, and the event loop stays free to answer cached queries and serve media meanwhile
+        self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
+        self.inflight: dict = {}  # answer-cache key -> asyncio.Future: identical concurrent misses run once
         self.lock = threading.RLock()
         self.jobs = JobRunner(self.lib.path)
         self._token = admin_token
@@ -166,6 +177,24 @@ class AppState:
         return {"available": available, "text": has_probs or has_joint, "audio": has_vecs or has_joint,
                 "default_text": self._default_text(has_joint, has_probs),
                 "default_audio": "fused" if has_joint else ("acoustic" if has_vecs else None)}
+
+    def warm(self) -> None:
+        """Load every model and index a search needs (text model, label phrases, CNN, joint space, FAISS,
+        the probability matrix) before the first request, not during it: a cold process under load
+        otherwise made its first dozens of requests wait seconds."""
+        try:
+            if self.lib.newest_ids()["segments"] == 0:
+                return
+            modes = self.modes()
+            if modes["text"]:
+                self.lib.search(text="warm up", k=1)
+            if modes["audio"]:
+                import numpy as np
+
+                t = np.arange(16000, dtype=np.float32) / 16000
+                self.lib.search(audio=(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), k=1)
+        except NelsError as exc:  # a library that cannot be searched still serves its pages
+            log.warning("warm-up search failed: %s", exc)
 
     def _default_text(self, has_joint: bool, has_probs: bool) -> str | None:
         """The mode `Library.search` picks for a text query (validation's choice, see joint_train)."""
@@ -217,14 +246,32 @@ def _events(segments: list[dict]) -> list[dict]:
     return out
 
 
-def create_app(library_path, admin_token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+def create_app(library_path, admin_token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               warm: bool = False) -> FastAPI:
     """The app over the library at `library_path` (LibraryError when there is none).
 
     admin_token : overrides $NELS_ADMIN_TOKEN (read per request when not given).
+    warm : load the models and indexes at startup, before serving (what `nels serve` does).
     """
+    from contextlib import asynccontextmanager
+
     st = AppState(library_path, admin_token)
     lib = st.lib
-    app = FastAPI(title="NELS", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if warm:
+            st.warm()
+            # everything loaded so far (models, vocabularies, indexes) lives as long as the process: keep
+            # it out of the garbage collector's full passes, which otherwise walked those objects and
+            # paused a busy server for tens of milliseconds at a time
+            gc.collect()
+            gc.freeze()
+        yield
+        st.search_pool.shutdown(wait=False, cancel_futures=True)
+        st.jobs.stop()
+
+    app = FastAPI(title="NELS", version="0.1.0", lifespan=lifespan,
                   description="Never-Ending Learner of Sounds: search a sound collection by text and by sound.")
     app.state.nels = st
 
@@ -293,19 +340,28 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
         # no global lock: Library gives each thread its own SQLite connection, and FAISS indexes are only
         # ever swapped, never mutated in place.
         key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
-        stamp = lib.newest_ids()["segments"]
+        # any commit by anyone else (an ingest, a removal, a re-index, another server process) changes the
+        # catalogue's data_version as seen from this thread's connection, and retires every cached answer
+        stamp = lib.data_version()
         hit = st.results.get(key)
-        if hit is not None and hit[0] == stamp and time.monotonic() - hit[2] < 60:  # removals: 60 s at most
+        if hit is not None and hit[0] == stamp:
             return Response(hit[1], media_type="application/json")
-        from starlette.concurrency import run_in_threadpool
+        pending = st.inflight.get((key, stamp))
+        if pending is not None:  # the same search is running for another client: share its answer
+            return Response(await asyncio.shield(pending), media_type="application/json")
 
         def run() -> bytes:
             res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
                              min_duration=min_duration, max_duration=max_duration)
             return _json_bytes(_answer(res, q, k, page))
 
-        body = await run_in_threadpool(run)
-        st.results.put(key, (stamp, body, time.monotonic()))
+        fut = asyncio.get_running_loop().run_in_executor(st.search_pool, run)
+        st.inflight[(key, stamp)] = fut
+        try:
+            body = await asyncio.shield(fut)
+        finally:
+            st.inflight.pop((key, stamp), None)
+        st.results.put(key, (stamp, body))
         return Response(body, media_type="application/json")
 
     @app.post("/api/search", tags=["search"], summary="Search by an uploaded sound (optionally with text)")
@@ -319,8 +375,6 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             raise ApiError(413, f"upload too large: the limit is {max_upload_bytes // (1024 * 1024)} MB")
         if not data:
             raise ApiError(422, "the uploaded file is empty")
-        from starlette.concurrency import run_in_threadpool
-
         def run():
             from nels.audio.decode import decode
 
@@ -333,7 +387,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             return lib.search(text=q, audio=x, mode=mode, k=k, page=page, start=start, end=end,
                               label=label, source=source)
 
-        res = await run_in_threadpool(run)
+        res = await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
         return _answer(res, q or f"audio: {audio.filename or 'upload'}", k, page)
 
     @app.get("/api/modes", tags=["search"], summary="Which search modes this library supports")
@@ -540,7 +594,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
 def app_from_env() -> FastAPI:
     """The app factory each `nels serve --workers N` process calls (the library path comes in
     $NELS_SERVE_LIBRARY, set by `cli_serve`)."""
-    return create_app(os.environ["NELS_SERVE_LIBRARY"])
+    return create_app(os.environ["NELS_SERVE_LIBRARY"], warm=True)
 
 
 def default_workers() -> int:
@@ -552,7 +606,7 @@ def default_workers() -> int:
 def cli_serve(args) -> int:
     import uvicorn
 
-    app = create_app(args.library)  # opens (and migrates) the library now: a bad path fails here, once
+    app = create_app(args.library, warm=True)  # opens (and migrates) the library now: a bad path fails here
     path = app.state.nels.lib.path
     host = args.host
     workers = getattr(args, "workers", None) or default_workers()
