@@ -174,6 +174,12 @@ def test_feedback_persists_across_restart(library, monkeypatch):
 ADMIN_GETS = ["/api/admin/jobs", "/api/admin/models", "/api/admin/iterations"]
 
 
+def test_answers_carry_security_headers(client):
+    for path in ("/api/stats", "/", "/api/nope"):
+        r = client.get(path)
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "same-origin"
+
+
 def test_admin_needs_a_token(client):
     for path in ADMIN_GETS:
         r = client.get(path)
