@@ -128,3 +128,38 @@ def logmel(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.nda
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
     return finish(mel_frames(x, config), loudness_shift(power, config))
+
+
+class SlidingLogMel:
+    """`logmel` of successive overlapping windows of one stream (the library's 2 s windows, 1 s hop),
+    computing the FFT frames that two windows share only once; each window is still loudness-normalised
+    on its own, so the output equals `logmel(window)` exactly.
+
+    Call with each window's samples and its start (sample index in the stream), in stream order. A
+    window that does not overlap the previous one on the frame grid (a skipped silent window, the
+    end-aligned tail) is simply computed whole.
+    """
+
+    def __init__(self, config: FeatureConfig = FeatureConfig()):
+        self.config = config
+        self._start = None  # start sample of the previous window
+        self._raw = None  # its raw (un-normalised) frames
+
+    def __call__(self, audio: np.ndarray, start: int) -> np.ndarray:
+        c = self.config
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        n_frames = 1 + (x.size - c.n_fft) // c.hop if x.size >= c.n_fft else 0
+        raw = None
+        if self._raw is not None and n_frames and start > self._start and (start - self._start) % c.hop == 0:
+            k = (start - self._start) // c.hop
+            reuse = self._raw[k:k + n_frames]
+            if len(reuse) and len(reuse) < n_frames:
+                raw = np.concatenate([reuse, mel_frames(x[len(reuse) * c.hop:], c)])[:n_frames]
+            elif len(reuse) == n_frames:
+                raw = reuse
+        if raw is None:
+            raw = mel_frames(x, c)
+        self._start, self._raw = start, raw
+        power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+        return finish(raw, loudness_shift(power, c))
+

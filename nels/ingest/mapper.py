@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from nels.audio.decode import probe_duration, stream
-from nels.audio.features import logmel
+from nels.audio.features import SlidingLogMel
 from nels.audio.segment import SegmentConfig, segments
 from nels.errors import DecodeError
 from nels.index.library import ClipRecord
@@ -70,10 +70,11 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
                 raise TooLong(f"longer than the {max_duration:.0f} s limit")
             yield chunk
 
+    mel = SlidingLogMel(feature_config)  # overlapping windows share their FFT frames; same output as logmel()
     for seg in segments(counted(), seg_config, feature_config.sr):
         starts.append(seg.start)
         ends.append(seg.end)
-        batch.append(logmel(seg.audio, feature_config))
+        batch.append(mel(seg.audio, int(round(seg.start * feature_config.sr))))
         if len(batch) >= BATCH:
             flush()
     if batch:

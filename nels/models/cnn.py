@@ -51,6 +51,18 @@ def _torch():
     return torch
 
 
+# What `nels train` builds unless told otherwise (DEFAULT_ARCH stays the reading of older model.json files).
+# Chosen by ESC-50 fold-1 runs at 100 epochs (bench/RESULTS.md): a full-resolution 3x3 stem (no stride,
+# no early 5x5/stride-2 cut of the 64 mel bands: +4.5 points) and a head that keeps where in the spectrum
+# the final features lie instead of averaging over frequency (+2 points).
+RECOMMENDED_ARCH = {
+    "widths": [16, 32, 64, 128, 256],
+    "stem_kernel": 3,
+    "stem_stride": [1, 1],
+    "freq_pool": "flatten",
+}
+
+
 def bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX), where
     bf16 autocast is ~1.5-2x faster than float32 for the CNN. $NELS_BF16=0/1 overrides."""

@@ -283,14 +283,14 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     import torch
 
     from nels.models import datasets as D
-    from nels.models.cnn import DEFAULT_ARCH, build_model, save_model
+    from nels.models.cnn import DEFAULT_ARCH, RECOMMENDED_ARCH, build_model, save_model
 
     hp = {**default_hparams(), **(hparams or {})}
     if epochs is not None:
         if epochs < 1:
             raise DatasetError("--epochs must be >= 1")
         hp["epochs"] = int(epochs)
-    arch = {**DEFAULT_ARCH, **(arch or {})}
+    arch = {**DEFAULT_ARCH, **(RECOMMENDED_ARCH if arch is None else arch)}
     if threads:
         torch.set_num_threads(threads)
     ds = D.load_dataset(dataset, fmt)
