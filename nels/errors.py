@@ -17,6 +17,10 @@ class LibraryError(NelsError):
     """A missing or incompatible library folder."""
 
 
+class ModelMismatchError(LibraryError):
+    """A library indexed with another model (or other weights) than the one asked to search or add to it."""
+
+
 class ModelError(NelsError):
     """A missing model, or one trained on other classes or another feature config."""
 

@@ -118,3 +118,37 @@ def test_weak_matches_come_with_a_notice(lib, tmp_path):
     res = small.search(text="chirp", mode="linguistic")
     assert res and "clearly recognised" in res.notice
     assert small.search(text="low tone", mode="linguistic").notice is None
+
+
+def test_a_library_indexed_with_other_weights_is_refused_until_reindexed(tmp_path):
+    """An upgraded model at the same path (new weights, same folder) must not be mixed silently with an
+    index its predecessor built: search and ingest name the fix, `nels reindex` applies it."""
+    import shutil
+
+    from nels.errors import ModelMismatchError
+    from nels.index.library import Library
+    from nels.index.reindex import reindex
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.models.train import train
+    from test_cnn import FAST_HP, TINY_ARCH
+
+    ds, model = train_tiny(tmp_path)
+    lib = Library(tmp_path / "lib")
+    ingest(lib, [str(ds / "chirp")], model=str(model), options=IngestOptions(progress=False))
+    assert lib.search(text="chirp", k=1)
+    before = lib.prob_matrix()[1].copy()
+    # the model folder is replaced by a retrained one (another seed: other weights, same name)
+    shutil.rmtree(model)
+    train(str(ds), "folders", out=str(model), epochs=3, seed=1, cache=str(tmp_path / "cache"), arch=TINY_ARCH,
+          hparams=FAST_HP, quiet=True, progress=False, threads=1)
+    lib = Library(tmp_path / "lib", create=False)  # a new process, in effect
+    with pytest.raises(ModelMismatchError, match="nels reindex"):
+        lib.search(text="chirp", k=1)
+    with pytest.raises(ModelMismatchError, match="nels reindex"):
+        ingest(lib, [str(ds / "low_tone")], model=str(model), options=IngestOptions(progress=False))
+    done = reindex(lib, None, progress=False)
+    assert done["failed"] == 0 and done["clips"] == len(list((ds / "chirp").iterdir()))
+    lib = Library(tmp_path / "lib", create=False)
+    assert lib.search(text="chirp", k=1)
+    assert not np.allclose(lib.prob_matrix()[1], before)  # re-encoded by the new weights, not skipped
+    assert reindex(lib, None, progress=False)["clips"] == 0  # and a second run has nothing left to do

@@ -19,10 +19,20 @@ def reindex(lib: Library, model: str | None, progress: bool = True) -> dict:
 
     from nels.ingest.runner import library_encoders
 
+    from nels.ingest.runner import record_model
+
     spec = model or lib.get_meta("model") or "default"
     enc = load_encoder(spec)
-    lib.set_meta("model", str(spec))
-    lib.set_meta("model_name", enc.name)
+    target = f"{enc.name}:{getattr(enc, 'meta', {}).get('weights_sha256') or ''}"
+    # Same model name, other (or unrecorded) weights: the per-clip model names cannot tell old vectors
+    # from new ones, so every clip is re-encoded, in id order, with the progress kept in the library so
+    # that an interrupted run resumes where it stopped.
+    was = f"{lib.get_meta('model_name')}:{lib.get_meta('model_sha256') or ''}"
+    if lib.get_meta("reindex_target") != target:
+        lib.set_meta("reindex_target", target)
+        lib.set_meta("reindex_done_until", "0" if (lib.get_meta("model_name") == enc.name and was != target) else "")
+    forced_until = lib.get_meta("reindex_done_until")
+    record_model(lib, spec, enc)
     encoders = library_encoders(lib, spec)
     names = {e.space: e.name for e in encoders}
     old_spaces = [s for s in lib.spaces() if s not in names]
@@ -32,7 +42,10 @@ def reindex(lib: Library, model: str | None, progress: bool = True) -> dict:
         current = {r[0]: r[1] for r in lib.conn.execute(
             "SELECT v.space, MIN(v.model) FROM vectors v JOIN segments s ON s.id=v.segment_id WHERE s.clip_id=?"
             " GROUP BY v.space", (cid,))}
-        if all(current.get(sp) == nm for sp, nm in names.items()) and not (set(current) & set(old_spaces)):
+        if forced_until:
+            if cid <= int(forced_until):
+                continue
+        elif all(current.get(sp) == nm for sp, nm in names.items()) and not (set(current) & set(old_spaces)):
             continue
         seg = lib.conn.execute("SELECT start, end FROM segments WHERE clip_id=? ORDER BY id", (cid,)).fetchall()
         try:
@@ -46,7 +59,10 @@ def reindex(lib: Library, model: str | None, progress: bool = True) -> dict:
             failed += 1
             continue
         lib.replace_encodings(cid, vectors, probs, drop_spaces=old_spaces + list(vectors))
+        if forced_until:
+            lib.set_meta("reindex_done_until", str(cid))
         done += 1
+    lib.set_meta("reindex_done_until", "")  # finished: the next reindex to this target has nothing forced
     lib._cache.clear()
     lib.save_indexes()
     return {"model": enc.name, "clips": done, "failed": failed}

@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 from nels.audio.segment import SegmentConfig
 from nels.crawl import state
 from nels.crawl.source import Source, expand_inputs
-from nels.errors import DecodeError, LibraryError, SourceError
+from nels.errors import DecodeError, ModelMismatchError, SourceError
 from nels.index.library import Library
 from nels.ingest import mapper, reader, writer
 from nels.models.encoder import Encoder, load_encoder
@@ -54,6 +54,26 @@ class Runner(Protocol):
             options: IngestOptions) -> IngestReport: ...
 
 
+def record_model(lib: Library, spec, enc) -> None:
+    """Remember which model (and which exact weights) the library's vectors come from."""
+    lib.set_meta("model", str(spec))
+    lib.set_meta("model_name", enc.name)
+    lib.set_meta("model_sha256", getattr(enc, "meta", {}).get("weights_sha256") or "")
+
+
+def check_model(lib: Library, enc, spec=None) -> None:
+    """LibraryError unless `enc` is the model the library was indexed with (name, and weights where the
+    library recorded them): vectors of two models are not comparable, and an upgraded default model
+    must not be mixed silently with the old one's index."""
+    name, sha = lib.get_meta("model_name"), lib.get_meta("model_sha256")
+    mine = getattr(enc, "meta", {}).get("weights_sha256") or ""
+    if (name is not None and name != enc.name) or (sha and mine and sha != mine):
+        what = f"{enc.name}" + (f" (weights {mine[:12]})" if name == enc.name else "")
+        raise ModelMismatchError(f"this library is indexed with {name}" + (f" (weights {sha[:12]})" if name == enc.name else "")
+                           + f"; the model now at '{spec or lib.get_meta('model') or 'default'}' is {what}: run"
+                           f" 'nels reindex{' --model ' + str(spec) if spec else ''}' to re-encode the library with it")
+
+
 def library_encoders(lib: Library, model: str | None) -> list[Encoder]:
     """The encoder a library ingests with: fixed at the first ingest; another one needs `nels reindex`."""
     current = lib.get_meta("model")
@@ -61,11 +81,9 @@ def library_encoders(lib: Library, model: str | None) -> list[Encoder]:
         model = current or "default"
     enc = load_encoder(model)
     if current is None or lib.stats()["segments"] == 0:
-        lib.set_meta("model", str(model))
-        lib.set_meta("model_name", enc.name)
-    elif lib.get_meta("model_name") != enc.name:
-        raise LibraryError(f"this library is indexed with {lib.get_meta('model_name')}; to switch to {enc.name}"
-                           f" run 'nels reindex --model {model}'")
+        record_model(lib, model, enc)
+    else:
+        check_model(lib, enc, model)
     encoders: list[Encoder] = [enc]
     from nels.models.joint import joint_encoder_for  # the joint space rides on the acoustic encoder
 

@@ -34,7 +34,7 @@ from nels.errors import DatasetError
 
 CROP_FRAMES = 200  # 2 s at a 10 ms hop: the library's segment length
 MIN_STEPS = 20  # optimiser steps per epoch, at least
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"  # 2: the second recipe (full-resolution stem, flatten head); bumped so libraries notice
 
 
 def default_hparams(epochs: int = 200) -> dict:

@@ -76,7 +76,10 @@ def _encoder_for(lib):
     if enc is None:
         from nels.models.encoder import load_encoder
 
+        from nels.ingest.runner import check_model
+
         enc = load_encoder(lib.get_meta("model") or "default")
+        check_model(lib, enc)  # a library indexed by another model (an upgraded default): say so, don't mix
         lib._cache["encoder"] = enc
     return enc
 

@@ -28,7 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nels.errors import DecodeError, LibraryError, ModelError, NelsError, QueryError, SourceError
+from nels.errors import (DecodeError, LibraryError, ModelError, ModelMismatchError, NelsError, QueryError,
+                         SourceError)
 from nels.index.library import Library
 from nels.web.jobs import JobRunner
 
@@ -37,7 +38,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = int(float(os.environ.get("NELS_MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MAX_QUERY_SECONDS = 600.0
 Mode = Literal["linguistic", "acoustic", "joint", "fused"]
-STATUS = {QueryError: 400, SourceError: 400, ModelError: 422, DecodeError: 422, LibraryError: 404}
+STATUS = {QueryError: 400, SourceError: 400, ModelError: 422, DecodeError: 422, ModelMismatchError: 409,
+          LibraryError: 404}
 MEDIA_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".oga": "audio/ogg", ".m4a": "audio/mp4", ".aac": "audio/aac",
                ".webm": "audio/webm", ".mp4": "video/mp4", ".mkv": "video/x-matroska"}
