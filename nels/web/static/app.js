@@ -18,6 +18,12 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// a fused score is a rank fusion; the tooltip shows what each mode scored
+function scoreParts(r) {
+  const parts = Object.entries(r.scores || {});
+  return parts.length > 1 ? parts.map(([m, v]) => `${m.replace("_", " ")} ${Number(v).toFixed(2)}`).join(" · ") : "";
+}
+
 function fmtTime(s) {
   s = Math.max(0, Number(s) || 0);
   const m = Math.floor(s / 60), sec = s - m * 60;
@@ -179,7 +185,7 @@ function resultItem(r, data, i) {
   }, relevant ? "✓ Relevant" : "✕ Not relevant");
   return h("li", { class: "result", dataset: { clip: r.clip_id, segment: r.segment_id, start: r.start } },
     h("h2", {}, h("a", { href: `/clip/${r.clip_id}?t=${r.start}` }, `${i + 1 + (data.page - 1) * data.k}. ${title}`),
-      h("span", { class: "score", title: "score" }, `score ${Number(r.score).toFixed(3)}`)),
+      h("span", { class: "score", title: scoreParts(r) || "score" }, `score ${Number(r.score).toFixed(3)}`)),
     h("div", { class: "spec" },
       h("img", { src: `/api/spectrogram/${r.clip_id}.png`, alt: `Spectrogram of ${title}; matched ${fmtTime(r.start)}–${fmtTime(r.end)}`,
                  loading: "lazy", width: 480, height: 96 }), mark),
