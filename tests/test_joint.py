@@ -128,3 +128,19 @@ def test_joint_results_carry_tags_and_related_words(world):
     assert res.suggested_tags[0]["label"] == "high_tone"
     res = lib.search(text="whistle", k=3)
     assert res.related_words and {w["label"] for w in res.related_words[:2]} == {"high_tone"}
+
+
+def test_class_without_audio_is_refused(world, tmp_path):
+    import shutil
+
+    from nels.errors import NelsError
+    from nels.models.joint_train import train_joint
+
+    root, ds, cnn, vocab = world
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    for f in (copy / "chirp").iterdir():
+        f.unlink()
+    with pytest.raises(NelsError, match="chirp"):
+        train_joint(str(copy), "folders", model=str(cnn), epochs=1, vocabulary=str(vocab), progress=False,
+                    out=str(tmp_path / "j"))
