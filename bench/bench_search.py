@@ -33,7 +33,14 @@ def main():
     print(f"library: {lib.stats()['segments']} segments")
     runs = [("text", m, [{"text": q} for q in texts[: a.queries]], "") for m in modes_t]
     runs += [("audio", m, [{"audio": f} for f in audios[: a.queries]], " of 5 s") for m in modes_a]
+    from nels.models.text import shared_text_encoder
+
+    te = shared_text_encoder()
     for kind, m, queries, what in runs:
+        # every mode pays its own MiniLM encoding: forget the texts the previous mode's run cached
+        with te._lock:
+            for q in queries:
+                te._cache.pop(q.get("text"), None)
         lat = []
         for q in queries:
             t = time.perf_counter()

@@ -212,8 +212,10 @@ def main(argv=None) -> int:
                    help="auto: text when the library has a classifier, else audio")
     p.add_argument("--query", action="append", default=None, help="text query (repeatable)")
     p.add_argument("--audio", default=None, help="audio query file (default: a 2 s 1 kHz tone)")
-    p.add_argument("--queries-file", default=None,
-                   help="a JSON list of text queries, or a paraphrase file ({'queries': [{'text': ...}]})")
+    p.add_argument("--queries-file", action="append", default=[],
+                   help="a JSON list of text queries, a paraphrase file ({'queries': [{'text': ...}]}) or a"
+                        " phrasings file ({'classes': {label: [text, ...]}}, e.g. nels/data/joint_phrases.json"
+                        " for a long tail of distinct queries); repeatable")
     p.add_argument("--class-names", action="store_true", help="add the library's class names to the queries")
     p.add_argument("--generator", default="auto", choices=["auto", "wrk", "python"],
                    help="load generator for text searches (auto: wrk when installed)")
@@ -230,8 +232,10 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="nels-bench-")
     library = Path(args.library) if args.library else build_library(Path(tmp.name))
     queries = list(args.query or [])
-    if args.queries_file:
-        qf = json.loads(Path(args.queries_file).read_text())
+    for path in args.queries_file:
+        qf = json.loads(Path(path).read_text())
+        if isinstance(qf, dict) and isinstance(qf.get("classes"), dict):
+            qf = [t for texts in qf["classes"].values() for t in texts]
         qf = qf["queries"] if isinstance(qf, dict) else qf
         queries += [q["text"] if isinstance(q, dict) else str(q) for q in qf]
     if args.class_names:

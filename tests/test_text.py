@@ -199,3 +199,44 @@ def test_disagree_queries_lexically_point_elsewhere(vocab, labels, encoder):
     for q, s in zip(qs, sims):
         assert q["class"] in vocab.classes and q["lexical_nearest"] != q["class"]
         assert labels[int(s.argmax())] == q["lexical_nearest"], q["text"]
+
+
+def test_concurrent_queries_share_batched_encodings():
+    import asyncio
+
+    from nels.web.textbatch import TextBatcher
+
+    enc = TextEncoder()
+    texts = [f"sound number {i} of a dripping tap" for i in range(20)]
+    batcher = TextBatcher(enc, max_batch=8)
+
+    async def main():
+        await asyncio.gather(*(batcher.prepare(t) for t in texts), batcher.prepare(texts[0]))
+
+    try:
+        asyncio.run(main())
+        assert all(enc.has(t) for t in texts)
+        assert batcher.texts == 20 and batcher.batches == 3  # 8 + 8 + 4, the repeated text encoded once
+        direct = TextEncoder(cache_size=0).encode(texts)
+        assert np.allclose(enc.encode(texts), direct, atol=1e-4)
+        asyncio.run(batcher.prepare(texts[5]))  # cached: no model call
+        assert batcher.batches == 3
+    finally:
+        batcher.close()
+
+
+def test_failed_batch_encoding_lets_the_search_report_it():
+    import asyncio
+
+    from nels.web.textbatch import TextBatcher
+
+    class Broken(TextEncoder):
+        def encode(self, texts):
+            raise RuntimeError("model file damaged")
+
+    batcher = TextBatcher(Broken())
+    try:
+        asyncio.run(batcher.prepare("rain on a roof"))  # returns: the search's own encode raises the error
+        assert batcher.batches == 0 and not batcher.pending
+    finally:
+        batcher.close()

@@ -74,6 +74,11 @@ class TextEncoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
+    def has(self, text: str) -> bool:
+        """Whether `text`'s embedding is cached (encode() would not run the model for it)."""
+        with self._lock:
+            return text in self._cache
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, not one string")

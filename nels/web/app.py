@@ -31,7 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nels.errors import (DecodeError, LibraryError, ModelError, ModelMismatchError, NelsError, QueryError,
                          SourceError)
 from nels.index.library import Library
+from nels.models.text import shared_text_encoder
 from nels.web.jobs import JobRunner
+from nels.web.textbatch import TextBatcher
 
 log = logging.getLogger("nels.web")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -180,6 +182,7 @@ class AppState:
         # in order, and the event loop stays free to answer cached queries and serve media meanwhile
         self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
         self.inflight: dict = {}  # answer-cache key -> asyncio.Future: identical concurrent misses run once
+        self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
         self.lock = threading.RLock()
         self.jobs = JobRunner(self.lib.path)
         self._token = admin_token
@@ -294,6 +297,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             gc.freeze()
         yield
         st.search_pool.shutdown(wait=False, cancel_futures=True)
+        st.text_batcher.close()
         st.jobs.stop()
 
     app = FastAPI(title="NELS", version="0.1.0", lifespan=lifespan,
@@ -373,7 +377,11 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
                              min_duration=min_duration, max_duration=max_duration)
             return _json_bytes(_answer(res, q, k, page))
 
-        fut = asyncio.get_running_loop().run_in_executor(st.search_pool, run)
+        async def prepare_then_run() -> bytes:
+            await st.text_batcher.prepare(" ".join(q.split()))
+            return await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
+
+        fut = asyncio.ensure_future(prepare_then_run())
         st.inflight[(key, stamp)] = fut
         try:
             body = await asyncio.shield(fut)
