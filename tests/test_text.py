@@ -240,3 +240,37 @@ def test_failed_batch_encoding_lets_the_search_report_it():
         assert batcher.batches == 0 and not batcher.pending
     finally:
         batcher.close()
+
+
+@pytest.mark.parametrize("n_seg,depth,n", [(5000, 512, 10), (5000, 512, 200), (3000, 64, 100), (50, 4096, 10),
+                                           (20000, 4096, 200)])
+def test_top_segments_equals_scoring_every_segment(n_seg, depth, n):
+    rng = np.random.default_rng(n_seg + depth + n)
+    logits = rng.normal(size=(n_seg, 50)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs[: n_seg // 10] = np.round(probs[: n_seg // 10], 2)  # ties and exact zeros
+    probs = probs.astype(np.float32)
+    order = linguistic.label_order(probs, depth=depth)
+    assert order.shape == (50, min(depth, n_seg))
+    for trial in range(20):
+        sims = rng.uniform(0, 0.8, size=50).astype(np.float32)
+        w = linguistic.label_weights(sims, top=int(rng.integers(1, 6)))
+        full = linguistic.score(w, probs)
+        expect = np.sort(full)[::-1][:n]
+        expect = expect[expect > 0]
+        for o in (order, None):
+            rows, scores = linguistic.top_segments(w, probs, n, order=o)
+            np.testing.assert_allclose(scores, expect, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(full[rows], scores, rtol=1e-5, atol=1e-7)
+            assert len(set(rows.tolist())) == len(rows)
+
+
+def test_top_segments_edge_cases():
+    probs = np.zeros((100, 4), dtype=np.float32)
+    probs[7, 2] = 0.9
+    w = np.array([0, 0, 1, 0], dtype=np.float32)
+    order = linguistic.label_order(probs, depth=16)
+    rows, scores = linguistic.top_segments(w, probs, 10, order=order)
+    assert rows.tolist() == [7] and scores.tolist() == pytest.approx([0.9])  # zero scores are not results
+    assert len(linguistic.top_segments(np.zeros(4, np.float32), probs, 10, order=order)[0]) == 0
+    assert len(linguistic.top_segments(w, probs[:0], 10)[0]) == 0

@@ -134,17 +134,23 @@ def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
     sims, matched = space.query([text])
     sims, matched = sims[0], matched[0]
     w = linguistic.label_weights(sims)
-    s = linguistic.score(w, probs)
-    top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
-    top = top[np.argsort(-s[top])]
+    rows, scores = linguistic.top_segments(w, probs, n, order=_label_order(lib, probs))
     out = []
-    for j in top:
-        if s[j] <= 0:
-            break
+    for j, sj in zip(rows.tolist(), scores.tolist()):
         # explained lazily: only the results shown are explained (200 explanations cost 6 ms)
         expl = functools.partial(linguistic.explain, text, sims, matched, probs[j], labels, space.names)
-        out.append(Candidate(int(ids[j]), float(s[j]), expl, {"linguistic": float(s[j])}))
+        out.append(Candidate(int(ids[j]), sj, expl, {"linguistic": sj}))
     return out, float(sims.max())
+
+
+def _label_order(lib, probs: np.ndarray) -> np.ndarray:
+    """linguistic.label_order of the library's probability matrix, kept as long as that matrix is."""
+    cached = lib._cache.get("label_order")
+    if cached is not None and cached[0] is probs:
+        return cached[1]
+    order = linguistic.label_order(probs)
+    lib._cache["label_order"] = (probs, order)
+    return order
 
 
 def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
