@@ -49,8 +49,10 @@ def run_fold(fold: int, a, model_dir: Path | None) -> dict:
     eval_cmd = "nels " + " ".join(shlex.quote(x) for x in ev + ["--json"])
     res = json.loads(subprocess.run(nels(*ev, "--json", "--out", str(Path(a.out) / f"fold{fold}-eval")), cwd=ROOT,
                                     check=True, capture_output=True, text=True).stdout)
-    by_pool = {}
+    by_pool = {res.get("pooling"): {"accuracy": res["accuracy"], "mAP": res["mAP"]}}
     for p in POOLINGS:
+        if p in by_pool:
+            continue
         r = json.loads(subprocess.run(nels(*ev, "--pooling", p, "--json"), cwd=ROOT, check=True,
                                       capture_output=True, text=True).stdout)
         by_pool[p] = {"accuracy": r["accuracy"], "mAP": r["mAP"]}
@@ -71,7 +73,8 @@ def summary(out: Path) -> dict:
                    for f in folds],
          "n_folds": len(folds), "mean_accuracy": mean([f["accuracy"] for f in folds]),
          "mean_mAP": mean([f["mAP"] for f in folds]),
-         "mean_by_pooling": {p: mean([f["pooling_comparison"][p]["accuracy"] for f in folds]) for p in POOLINGS}}
+         "mean_by_pooling": {p: mean([f["pooling_comparison"][p]["accuracy"] for f in folds]) for p in POOLINGS},
+         "mean_mAP_by_pooling": {p: mean([f["pooling_comparison"][p]["mAP"] for f in folds]) for p in POOLINGS}}
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     return s
 

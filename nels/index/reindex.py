@@ -17,9 +17,7 @@ from nels.models.encoder import load_encoder
 def reindex(lib: Library, model: str | None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from nels.ingest.runner import library_encoders
-
-    from nels.ingest.runner import record_model
+    from nels.ingest.runner import library_encoders, record_model
 
     spec = model or lib.get_meta("model") or "default"
     enc = load_encoder(spec)

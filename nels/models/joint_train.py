@@ -181,10 +181,7 @@ def text_to_audio_map(a_emb, a_clip, a_label, q_emb, q_owner) -> float:
     """Validation mAP of text->audio: each query phrase ranks the clips (a clip = its best segment)."""
     ids = np.unique(a_clip)
     cl = np.array([a_label[a_clip == c][0] for c in ids])
-    seg = q_emb @ a_emb.T
-    sims = np.stack([seg[:, a_clip == c].max(1) for c in ids], axis=1)
-    return float(np.mean([average_precision((cl == y)[np.argsort(-s)], int((cl == y).sum()))
-                          for s, y in zip(sims, q_owner)]))
+    return ranking_map(clip_best(q_emb @ a_emb.T, a_clip, ids), cl, q_owner)
 
 
 def fit(loss_name: str, emb, label, clip_ids, train_clips, val_clips, t_vecs, t_owner, n_classes,

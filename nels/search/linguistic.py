@@ -157,7 +157,7 @@ def top_segments(weights: np.ndarray, probs: np.ndarray, n: int,
             if depth == d_max:
                 break  # undecided within the lists: score everything
             depth = min(d_max, depth * 4)
-    s = p @ w
+    s = score(w, p)
     top = np.argpartition(-s, n - 1)[:n] if n < total else np.arange(total)
     top = top[np.argsort(-s[top], kind="stable")]
     keep = s[top] > 0
