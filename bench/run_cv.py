@@ -36,8 +36,8 @@ def run_fold(fold: int, a, model_dir: Path | None) -> dict:
                 "--threads", str(a.threads)]
         if a.arch:
             args += ["--arch", a.arch]
-        if a.hparams:
-            args += ["--hparams", a.hparams]
+        if a.hparams:  # "{fold}" stands for the held-out fold (e.g. a per-fold teacher path)
+            args += ["--hparams", a.hparams.replace("{fold}", str(fold))]
         train_cmd = "nels " + " ".join(shlex.quote(x) for x in args)
         if not (model_dir / "model.json").exists():
             print(f"fold {fold}: {train_cmd}", file=sys.stderr, flush=True)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arch", default=None, help="JSON, as for nels train --arch")
-    ap.add_argument("--hparams", default=None, help="JSON, as for nels train --hparams")
+    ap.add_argument("--hparams", default=None, help="JSON, as for nels train --hparams; {fold} is replaced by the fold")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "nels" / "features"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cv"))

@@ -327,3 +327,66 @@ def test_ema_last_epoch_and_fp32_options_train(tmp_path, folders_ds):
     assert enc.arch["freq_pool"] == "flatten" and enc.meta["metrics"]["validation_files"]
     mel = np.zeros((150, enc.feature_config.n_mels), np.float32) - 50
     assert enc.encode_mels([mel]).probs.shape == (1, len(CLASSES))
+
+
+def _permuted_teacher(model: Path, out: Path) -> Path:
+    """A copy of `model` whose output rows are rolled by one: it hears class c and says class c+1."""
+    import torch
+
+    from nels.models.cnn import WEIGHTS_FILE, _sha256
+
+    shutil.copytree(model, out)
+    state = torch.load(out / WEIGHTS_FILE, weights_only=True)
+    state["fc.weight"] = torch.roll(state["fc.weight"], 1, dims=0)
+    state["fc.bias"] = torch.roll(state["fc.bias"], 1, dims=0)
+    torch.save(state, out / WEIGHTS_FILE)
+    meta = json.loads((out / "model.json").read_text())
+    meta["weights_sha256"] = _sha256(out / WEIGHTS_FILE)
+    (out / "model.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
+    """With all of the loss on the teacher, the student learns what the teacher says, not the labels: a
+    teacher that names every class one off makes a student that does too (so the teacher term is live)."""
+    from nels.models.cnn import CNNEncoder
+    from nels.models.evaluate import evaluate_classification
+    from nels.models.train import train
+
+    model, cache, _ = trained
+    teacher = _permuted_teacher(model, tmp_path / "teacher")
+    hp = {**FAST_HP, "teacher": str(teacher), "kd_weight": 1.0, "kd_temperature": 1.0, "pooling": "whole",
+          "select": "last"}  # validation scores the true labels, which this teacher contradicts
+    s = train(str(folders_ds), "folders", out=str(tmp_path / "student"), epochs=12, seed=0, cache=str(cache),
+              arch=TINY_ARCH, hparams=hp, quiet=True, progress=False, threads=1)
+    enc = CNNEncoder.load(s["model"])
+    assert enc.meta["pooling"] == "whole" and enc.meta["training"]["hparams"]["teacher"] == str(teacher)
+    fresh = make_folders(tmp_path / "fresh", per_class=4, seed=11)
+    r = evaluate_classification(str(fresh), "folders", None, s["model"], str(tmp_path / "rep"), str(cache), progress=False)
+    assert r["pooling"] == "whole"
+    assert r["accuracy"] <= 0.2, r  # it no longer names the true class...
+    t = CNNEncoder.load(teacher)
+    from nels.models.datasets import compute_features, load_dataset
+
+    feats = compute_features(load_dataset(str(fresh), "folders"), enc.feature_config, str(cache), progress=False)
+    agree = np.mean([enc.predict_clip(m, "whole").argmax() == t.predict_clip(m, "whole").argmax() for m in feats.mels])
+    assert agree >= 0.8  # ...but the teacher's
+
+
+def test_teacher_that_could_leak_is_refused(trained, folders_ds, tmp_path):
+    from nels.models.train import train
+
+    model, cache, _ = trained
+    kw = dict(epochs=1, cache=str(cache), arch=TINY_ARCH, quiet=True, progress=False, threads=1)
+    with pytest.raises(DatasetError, match="leak"):  # another seed: another validation split
+        train(str(folders_ds), "folders", out=str(tmp_path / "a"), seed=1,
+              hparams={**FAST_HP, "teacher": str(model)}, **kw)
+    other = shutil.copytree(folders_ds, tmp_path / "other")
+    shutil.rmtree(other / CLASSES[-1])
+    with pytest.raises(DatasetError, match="other classes"):
+        train(str(other), "folders", out=str(tmp_path / "b"), seed=0, hparams={**FAST_HP, "teacher": str(model)}, **kw)
+    with pytest.raises(DatasetError, match="teacher"):
+        train(str(folders_ds), "folders", out=str(tmp_path / "c"), seed=0,
+              hparams={**FAST_HP, "teacher": str(tmp_path / "nowhere")}, **kw)
+    with pytest.raises(DatasetError, match="pooling"):
+        train(str(folders_ds), "folders", out=str(tmp_path / "d"), seed=0, hparams={**FAST_HP, "pooling": "max"}, **kw)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nels.audio.features import FeatureConfig
-from nels.errors import DatasetError
+from nels.errors import DatasetError, ModelError
 
 CROP_FRAMES = 200  # 2 s at a 10 ms hop: the library's segment length
 MIN_STEPS = 20  # optimiser steps per epoch, at least
@@ -57,6 +57,14 @@ def default_hparams(epochs: int = 200) -> dict:
         "ema": 0.0,  # decay of an exponential moving average of the weights (0: off); the EMA is what is kept
         "select": "best",  # 'best' validation epoch, or 'last' epoch (a fixed schedule)
         "precision": "auto",  # 'bf16' autocast (2x faster on CPUs with AVX512-BF16/AMX), 'fp32', or 'auto'
+        # knowledge distillation ("born-again" student): a trained NELS model folder whose soft predictions on
+        # the very batch the student sees (same crops, mixing, masks) are part of the target. It must have been
+        # trained with the same --exclude-fold and seed, so that neither the held-out fold nor the student's
+        # validation clips leak through it.
+        "teacher": None,
+        "kd_weight": 0.5,  # share of the loss that matches the teacher (the rest: the mixed hard labels)
+        "kd_temperature": 2.0,  # softens both distributions in the matching term (Hinton et al. 2015)
+        "pooling": "validation",  # clip pooling: chosen on 'validation', or fixed to one of POOLINGS
     }
 
 
@@ -267,6 +275,46 @@ def choose_pooling(model, val_mels, val_labels) -> tuple[str, dict]:
     return best, accs
 
 
+def load_teacher(hp: dict, labels: list[str], exclude_fold, seed: int, feature_config: FeatureConfig, log):
+    """The teacher model of a distillation run, refused unless it shares the student's classes, features,
+    held-out fold and seed (the seed fixes the validation split, so the teacher never saw those clips)."""
+    from nels.models.cnn import CNNEncoder
+
+    try:
+        enc = CNNEncoder.load(hp["teacher"], expected_config=feature_config)
+    except ModelError as exc:
+        raise DatasetError(f"teacher: {exc}") from None
+    if enc.labels != list(labels):
+        raise DatasetError(f"teacher {hp['teacher']}: trained on other classes than this dataset's")
+    tr = enc.meta.get("training") or {}
+    if tr.get("exclude_fold") != exclude_fold or tr.get("seed") != seed:
+        raise DatasetError(f"teacher {hp['teacher']}: trained with --exclude-fold {tr.get('exclude_fold')} and "
+                           f"--seed {tr.get('seed')}, this run uses {exclude_fold} and {seed}; a teacher that saw "
+                           "the held-out fold or the validation clips would leak them into the student")
+    for prm in enc.model.parameters():
+        prm.requires_grad_(False)
+    log(f"distilling from teacher {hp['teacher']} ({enc.name}), weight {hp['kd_weight']}, "
+        f"temperature {hp['kd_temperature']}")
+    return enc.model
+
+
+def teacher_logits(teacher, x: np.ndarray, bf16: bool):
+    """The teacher's logits on the student's (augmented) batch."""
+    import torch
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return teacher(torch.from_numpy(x))[0].float().clone()
+
+
+def distillation_loss(student_logits, teacher_logits, temperature: float):
+    """KL(teacher || student) at `temperature`, scaled by T^2 so its gradients keep their size (Hinton et al.)."""
+    import torch
+
+    t = float(temperature)
+    p_t = torch.softmax(teacher_logits / t, dim=1)
+    return (p_t * (torch.log(p_t.clamp_min(1e-8)) - torch.log_softmax(student_logits / t, dim=1))).sum(1).mean() * t * t
+
+
 def _run_key(ds_root, fmt, exclude_fold, seed, hp, arch, fconf) -> str:
     blob = json.dumps([str(Path(ds_root).resolve()), fmt, exclude_fold, seed, hp, arch, fconf.to_dict()], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -358,6 +406,9 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         except Exception as exc:  # noqa: BLE001
             log(f"checkpoint {ckpt} unreadable ({exc}); starting afresh")
     crop = hp["crop_frames"]
+    teacher = load_teacher(hp, ds.labels, exclude_fold, seed, feature_config, log) if hp.get("teacher") else None
+    if hp.get("pooling", "validation") not in ("validation", *POOLINGS):
+        raise DatasetError(f"pooling must be 'validation' or one of {list(POOLINGS)}, not {hp['pooling']!r}")
     from nels.models.cnn import bf16_supported
 
     use_bf16 = hp.get("precision") == "bf16" or (hp.get("precision", "auto") == "auto" and bf16_supported())
@@ -390,6 +441,9 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits, _ = model(torch.from_numpy(x))
             loss = -(torch.from_numpy(tgt) * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+            if teacher is not None:
+                loss = (1 - hp["kd_weight"]) * loss + hp["kd_weight"] * distillation_loss(
+                    logits.float(), teacher_logits(teacher, x, use_bf16), hp["kd_temperature"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -437,7 +491,11 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     model.load_state_dict(state["best_state"])
     model.eval()
     pooling, val_by_pool = choose_pooling(model, [mels[i] for i in va_idx], labels_all[va_idx])
-    log(f"clip pooling chosen on validation: {pooling} ({val_by_pool})")
+    if hp.get("pooling", "validation") != "validation":
+        pooling = hp["pooling"]
+        log(f"clip pooling fixed by the recipe: {pooling} (validation: {val_by_pool})")
+    else:
+        log(f"clip pooling chosen on validation: {pooling} ({val_by_pool})")
     metrics = {"validation_accuracy": round(state["best_acc"], 4), "best_epoch": state["best_epoch"],
                "validation_accuracy_by_pooling": val_by_pool,
                "epochs_run": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
