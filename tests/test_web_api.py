@@ -351,6 +351,31 @@ def test_jobs_are_shared_between_server_processes(tmp_path):
     b.stop()
 
 
+def test_jobs_queued_before_a_restart_run_when_the_server_starts(tmp_path):
+    """A job queued by a server that stopped before running it is run by the next server to start."""
+    import json as _json
+    import sqlite3
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from nels.index.library import Library
+    from nels.web.app import create_app
+
+    Library(tmp_path / "lib").close()
+    missing = tmp_path / "gone.wav"
+    with sqlite3.connect(tmp_path / "lib" / "nels.db") as conn:
+        conn.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES ('ingest', ?, 'queued', ?)",
+                     (_json.dumps({"urls": [str(missing)], "max_duration": None}), time.time()))
+    with TestClient(create_app(tmp_path / "lib", admin_token="t")) as client:
+        for _ in range(200):
+            jobs = client.get("/api/admin/jobs", headers={"Authorization": "Bearer t"}).json()["jobs"]
+            if jobs[0]["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+    assert jobs[0]["status"] in ("done", "failed"), jobs  # it ran (the file is missing: a reported error)
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():

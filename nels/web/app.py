@@ -295,6 +295,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             # paused a busy server for tens of milliseconds at a time
             gc.collect()
             gc.freeze()
+        st.jobs.resume()  # jobs queued before a restart run now, not at the next submission
         yield
         st.search_pool.shutdown(wait=False, cancel_futures=True)
         st.text_batcher.close()
