@@ -184,6 +184,11 @@ def test_text_search_with_default_model(browser, tmp_path):
         pg.wait_for_function("() => document.body.dataset.results === 'ready' || "
                              "document.querySelector('#status.error')", timeout=30000)
         assert pg.locator("#results .result").count() > 0 or "no known sound" in pg.locator("#status").inner_text()
+        if pg.locator("#results .result").count():
+            # text search is fused here (joint space shipped): each mode's own score shows, not the rank fusion's
+            shown = pg.locator("#results .result .score").first.inner_text()
+            assert "joint" in shown and "linguistic" in shown, shown
+            assert "rank-fusion" in pg.locator("#results .result .score").first.get_attribute("title")
         ctx.close()
     finally:
         srv.stop()

@@ -185,7 +185,11 @@ function resultItem(r, data, i) {
   }, relevant ? "✓ Relevant" : "✕ Not relevant");
   return h("li", { class: "result", dataset: { clip: r.clip_id, segment: r.segment_id, start: r.start } },
     h("h2", {}, h("a", { href: `/clip/${r.clip_id}?t=${r.start}` }, `${i + 1 + (data.page - 1) * data.k}. ${title}`),
-      h("span", { class: "score", title: scoreParts(r) || "score" }, `score ${Number(r.score).toFixed(3)}`)),
+      // a fused result shows what each mode scored (the fused number is a rank fusion, ~0.03, meaningless
+      // to read); its own score stays in the tooltip
+      scoreParts(r)
+        ? h("span", { class: "score", title: `rank-fusion score ${Number(r.score).toFixed(3)}` }, scoreParts(r))
+        : h("span", { class: "score", title: "score" }, `score ${Number(r.score).toFixed(3)}`)),
     h("div", { class: "spec" },
       h("img", { src: `/api/spectrogram/${r.clip_id}.png`, alt: `Spectrogram of ${title}; matched ${fmtTime(r.start)}–${fmtTime(r.end)}`,
                  loading: "lazy", width: 480, height: 96 }), mark),
