@@ -68,6 +68,10 @@ def test_text_search_without_classifier_is_a_clear_json_error(client):
     r = client.get("/api/search", params={"q": "dog barking", "mode": "linguistic"})
     assert r.status_code == 400
     assert "class probabilities" in r.json()["error"]
+    # and no text-model work was spent on it
+    r = client.get("/api/search", params={"q": "a cat purring"})
+    assert r.status_code == 400
+    assert client.app.state.nels.text_batcher.texts == 0
     r = client.get("/api/search", params={"q": "   "})
     assert r.status_code == 400 and "empty" in r.json()["error"]
     r = client.get("/api/search", params={"q": "x", "mode": "telepathic"})

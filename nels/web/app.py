@@ -186,6 +186,7 @@ class AppState:
         self.lock = threading.RLock()
         self.jobs = JobRunner(self.lib.path)
         self._token = admin_token
+        self._text_ok: tuple | None = None  # (catalogue stamp, can this library answer text at all)
 
     @property
     def admin_token(self) -> str | None:
@@ -205,6 +206,13 @@ class AppState:
         return {"available": available, "text": has_probs or has_joint, "audio": has_vecs or has_joint,
                 "default_text": self._default_text(has_joint, has_probs),
                 "default_audio": "fused" if has_joint else ("acoustic" if has_vecs else None)}
+
+    def text_ok(self, stamp) -> bool:
+        """Whether a text query can be answered here (class probabilities or joint vectors), checked once
+        per catalogue state: the text batcher does not spend MiniLM on a query that only gets an error."""
+        if self._text_ok is None or self._text_ok[0] != stamp:
+            self._text_ok = (stamp, bool(self.modes()["text"]))
+        return self._text_ok[1]
 
     def warm(self) -> None:
         """Load every model and index a search needs (text model, label phrases, CNN, joint space, FAISS,
@@ -379,7 +387,8 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
             return _json_bytes(_answer(res, q, k, page))
 
         async def prepare_then_run() -> bytes:
-            await st.text_batcher.prepare(" ".join(q.split()))
+            if st.text_ok(stamp):
+                await st.text_batcher.prepare(" ".join(q.split()))
             return await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
 
         fut = asyncio.ensure_future(prepare_then_run())
