@@ -346,6 +346,18 @@ def _permuted_teacher(model: Path, out: Path) -> Path:
     return out
 
 
+def _permuted_teacher_model(model):
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.roll(m.fc.weight, 1, dims=0))
+        m.fc.bias.copy_(torch.roll(m.fc.bias, 1, dims=0))
+    return m
+
+
 def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
     """With all of the loss on the teacher, the student learns what the teacher says, not the labels: a
     teacher that names every class one off makes a student that does too (so the teacher term is live)."""
@@ -388,5 +400,22 @@ def test_teacher_that_could_leak_is_refused(trained, folders_ds, tmp_path):
     with pytest.raises(DatasetError, match="teacher"):
         train(str(folders_ds), "folders", out=str(tmp_path / "c"), seed=0,
               hparams={**FAST_HP, "teacher": str(tmp_path / "nowhere")}, **kw)
+    with pytest.raises(DatasetError, match="leak"):  # every member of an ensemble teacher is checked
+        train(str(folders_ds), "folders", out=str(tmp_path / "e"), seed=1,
+              hparams={**FAST_HP, "teacher": [str(model), str(model)]}, **kw)
+    s = train(str(folders_ds), "folders", out=str(tmp_path / "f"), seed=0,
+              hparams={**FAST_HP, "teacher": [str(model), str(model)]}, **kw)
+    assert s["epochs_done"] == 1
+    import torch
+
+    from nels.models.cnn import CNNEncoder
+    from nels.models.train import teacher_logits
+
+    m = CNNEncoder.load(model).model
+    x = np.random.RandomState(0).randn(3, 120, 64).astype(np.float32) * 10 - 40
+    one = teacher_logits([m], x, False)
+    both = teacher_logits([m, _permuted_teacher_model(m)], x, False)  # the average of two different teachers
+    p1, p2 = torch.softmax(one, 1), torch.softmax(torch.roll(one, 1, dims=1), 1)
+    assert torch.allclose(torch.softmax(both, 1), (p1 + p2) / 2, atol=1e-5)
     with pytest.raises(DatasetError, match="pooling"):
         train(str(folders_ds), "folders", out=str(tmp_path / "d"), seed=0, hparams={**FAST_HP, "pooling": "max"}, **kw)

@@ -275,35 +275,45 @@ def choose_pooling(model, val_mels, val_labels) -> tuple[str, dict]:
     return best, accs
 
 
-def load_teacher(hp: dict, labels: list[str], exclude_fold, seed: int, feature_config: FeatureConfig, log):
-    """The teacher model of a distillation run, refused unless it shares the student's classes, features,
+def load_teacher(hp: dict, labels: list[str], exclude_fold, seed: int, feature_config: FeatureConfig, log) -> list:
+    """The teacher model(s) of a distillation run (`teacher`: one model folder or a list of them, an ensemble
+    whose averaged probabilities teach), each refused unless it shares the student's classes, features,
     held-out fold and seed (the seed fixes the validation split, so the teacher never saw those clips)."""
     from nels.models.cnn import CNNEncoder
 
-    try:
-        enc = CNNEncoder.load(hp["teacher"], expected_config=feature_config)
-    except ModelError as exc:
-        raise DatasetError(f"teacher: {exc}") from None
-    if enc.labels != list(labels):
-        raise DatasetError(f"teacher {hp['teacher']}: trained on other classes than this dataset's")
-    tr = enc.meta.get("training") or {}
-    if tr.get("exclude_fold") != exclude_fold or tr.get("seed") != seed:
-        raise DatasetError(f"teacher {hp['teacher']}: trained with --exclude-fold {tr.get('exclude_fold')} and "
-                           f"--seed {tr.get('seed')}, this run uses {exclude_fold} and {seed}; a teacher that saw "
-                           "the held-out fold or the validation clips would leak them into the student")
-    for prm in enc.model.parameters():
-        prm.requires_grad_(False)
-    log(f"distilling from teacher {hp['teacher']} ({enc.name}), weight {hp['kd_weight']}, "
-        f"temperature {hp['kd_temperature']}")
-    return enc.model
+    paths = [hp["teacher"]] if isinstance(hp["teacher"], str) else list(hp["teacher"])
+    models = []
+    for path in paths:
+        try:
+            enc = CNNEncoder.load(path, expected_config=feature_config)
+        except ModelError as exc:
+            raise DatasetError(f"teacher: {exc}") from None
+        if enc.labels != list(labels):
+            raise DatasetError(f"teacher {path}: trained on other classes than this dataset's")
+        tr = enc.meta.get("training") or {}
+        if tr.get("exclude_fold") != exclude_fold or tr.get("seed") != seed:
+            raise DatasetError(f"teacher {path}: trained with --exclude-fold {tr.get('exclude_fold')} and "
+                               f"--seed {tr.get('seed')}, this run uses {exclude_fold} and {seed}; a teacher that saw "
+                               "the held-out fold or the validation clips would leak them into the student")
+        for prm in enc.model.parameters():
+            prm.requires_grad_(False)
+        models.append(enc.model)
+        log(f"distilling from teacher {path} ({enc.name}), weight {hp['kd_weight']}, "
+            f"temperature {hp['kd_temperature']}")
+    return models
 
 
-def teacher_logits(teacher, x: np.ndarray, bf16: bool):
-    """The teacher's logits on the student's (augmented) batch."""
+def teacher_logits(teachers: list, x: np.ndarray, bf16: bool):
+    """The teacher's logits on the student's (augmented) batch; for several teachers, the log of their
+    mean probability (so the student learns the ensemble's averaged prediction)."""
     import torch
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return teacher(torch.from_numpy(x))[0].float().clone()
+        xt = torch.from_numpy(x)
+        outs = [t(xt)[0].float() for t in teachers]
+    if len(outs) == 1:
+        return outs[0].clone()
+    return torch.log(torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(0).clamp_min(1e-12))
 
 
 def distillation_loss(student_logits, teacher_logits, temperature: float):
