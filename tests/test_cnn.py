@@ -329,33 +329,26 @@ def test_ema_last_epoch_and_fp32_options_train(tmp_path, folders_ds):
     assert enc.encode_mels([mel]).probs.shape == (1, len(CLASSES))
 
 
+def _roll_classes(state: dict) -> dict:
+    """A state dict whose output rows are rolled by one: the model hears class c and says class c+1."""
+    import torch
+
+    return {**state, "fc.weight": torch.roll(state["fc.weight"], 1, dims=0),
+            "fc.bias": torch.roll(state["fc.bias"], 1, dims=0)}
+
+
 def _permuted_teacher(model: Path, out: Path) -> Path:
-    """A copy of `model` whose output rows are rolled by one: it hears class c and says class c+1."""
+    """A copy of the model folder `model` with its classes rolled by one (`_roll_classes`)."""
     import torch
 
     from nels.models.cnn import WEIGHTS_FILE, _sha256
 
     shutil.copytree(model, out)
-    state = torch.load(out / WEIGHTS_FILE, weights_only=True)
-    state["fc.weight"] = torch.roll(state["fc.weight"], 1, dims=0)
-    state["fc.bias"] = torch.roll(state["fc.bias"], 1, dims=0)
-    torch.save(state, out / WEIGHTS_FILE)
+    torch.save(_roll_classes(torch.load(out / WEIGHTS_FILE, weights_only=True)), out / WEIGHTS_FILE)
     meta = json.loads((out / "model.json").read_text())
     meta["weights_sha256"] = _sha256(out / WEIGHTS_FILE)
     (out / "model.json").write_text(json.dumps(meta))
     return out
-
-
-def _permuted_teacher_model(model):
-    import copy
-
-    import torch
-
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        m.fc.weight.copy_(torch.roll(m.fc.weight, 1, dims=0))
-        m.fc.bias.copy_(torch.roll(m.fc.bias, 1, dims=0))
-    return m
 
 
 def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
@@ -400,22 +393,34 @@ def test_teacher_that_could_leak_is_refused(trained, folders_ds, tmp_path):
     with pytest.raises(DatasetError, match="teacher"):
         train(str(folders_ds), "folders", out=str(tmp_path / "c"), seed=0,
               hparams={**FAST_HP, "teacher": str(tmp_path / "nowhere")}, **kw)
+    other_seed = shutil.copytree(model, tmp_path / "other-seed")
+    meta = json.loads((other_seed / "model.json").read_text())
+    meta["training"]["seed"] = 1
+    (other_seed / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="leak"):  # every member of an ensemble teacher is checked
-        train(str(folders_ds), "folders", out=str(tmp_path / "e"), seed=1,
-              hparams={**FAST_HP, "teacher": [str(model), str(model)]}, **kw)
-    s = train(str(folders_ds), "folders", out=str(tmp_path / "f"), seed=0,
-              hparams={**FAST_HP, "teacher": [str(model), str(model)]}, **kw)
-    assert s["epochs_done"] == 1
+        train(str(folders_ds), "folders", out=str(tmp_path / "e"), seed=0,
+              hparams={**FAST_HP, "teacher": [str(model), str(other_seed)]}, **kw)
+    with pytest.raises(DatasetError, match="pooling"):
+        train(str(folders_ds), "folders", out=str(tmp_path / "d"), seed=0, hparams={**FAST_HP, "pooling": "max"}, **kw)
+
+
+def test_ensemble_teacher_teaches_the_average_probability(trained, folders_ds, tmp_path):
+    import copy
+
     import torch
 
     from nels.models.cnn import CNNEncoder
-    from nels.models.train import teacher_logits
+    from nels.models.train import teacher_logits, train
 
+    model, cache, _ = trained
+    s = train(str(folders_ds), "folders", out=str(tmp_path / "f"), seed=0, epochs=1, cache=str(cache), arch=TINY_ARCH,
+              hparams={**FAST_HP, "teacher": [str(model), str(model)]}, quiet=True, progress=False, threads=1)
+    assert s["epochs_done"] == 1
     m = CNNEncoder.load(model).model
+    rolled = copy.deepcopy(m)
+    rolled.load_state_dict(_roll_classes(m.state_dict()))
     x = np.random.RandomState(0).randn(3, 120, 64).astype(np.float32) * 10 - 40
     one = teacher_logits([m], x, False)
-    both = teacher_logits([m, _permuted_teacher_model(m)], x, False)  # the average of two different teachers
+    both = teacher_logits([m, rolled], x, False)  # two teachers that disagree
     p1, p2 = torch.softmax(one, 1), torch.softmax(torch.roll(one, 1, dims=1), 1)
     assert torch.allclose(torch.softmax(both, 1), (p1 + p2) / 2, atol=1e-5)
-    with pytest.raises(DatasetError, match="pooling"):
-        train(str(folders_ds), "folders", out=str(tmp_path / "d"), seed=0, hparams={**FAST_HP, "pooling": "max"}, **kw)

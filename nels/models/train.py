@@ -344,6 +344,8 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     from nels.models.cnn import DEFAULT_ARCH, RECOMMENDED_ARCH, build_model, save_model
 
     hp = {**default_hparams(), **(hparams or {})}
+    if hp["pooling"] not in ("validation", *POOLINGS):  # before any feature is computed
+        raise DatasetError(f"pooling must be 'validation' or one of {list(POOLINGS)}, not {hp['pooling']!r}")
     if epochs is not None:
         if epochs < 1:
             raise DatasetError("--epochs must be >= 1")
@@ -417,8 +419,6 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
             log(f"checkpoint {ckpt} unreadable ({exc}); starting afresh")
     crop = hp["crop_frames"]
     teacher = load_teacher(hp, ds.labels, exclude_fold, seed, feature_config, log) if hp.get("teacher") else None
-    if hp.get("pooling", "validation") not in ("validation", *POOLINGS):
-        raise DatasetError(f"pooling must be 'validation' or one of {list(POOLINGS)}, not {hp['pooling']!r}")
     from nels.models.cnn import bf16_supported
 
     use_bf16 = hp.get("precision") == "bf16" or (hp.get("precision", "auto") == "auto" and bf16_supported())
@@ -501,7 +501,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     model.load_state_dict(state["best_state"])
     model.eval()
     pooling, val_by_pool = choose_pooling(model, [mels[i] for i in va_idx], labels_all[va_idx])
-    if hp.get("pooling", "validation") != "validation":
+    if hp["pooling"] != "validation":
         pooling = hp["pooling"]
         log(f"clip pooling fixed by the recipe: {pooling} (validation: {val_by_pool})")
     else:

@@ -154,14 +154,13 @@ class JobRunner:
                 self._thread = threading.Thread(target=self._work, name="nels-jobs", daemon=True)
                 self._thread.start()
 
-    def resume(self) -> bool:
+    def resume(self) -> None:
         """Start the runner when jobs are waiting (queued by a server that stopped before running them);
-        called when a server starts. True when there were some."""
+        called when a server starts."""
         with self._lock:
             waiting = self._conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone()
         if waiting:
             self.start()
-        return bool(waiting)
 
     def _work(self) -> None:
         from nels.errors import NelsError
