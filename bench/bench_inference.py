@@ -7,7 +7,7 @@ ESC-50 clips (5 s FLAC) are decoded with PyAV, cut into the library's 2 s window
 
 * ``sliding``: what ingest does (`SlidingLogMel`): each 2 s window normalised on its own, the FFT frames
   two overlapping windows share computed once (output identical to ``per-segment``);
-* ``per-segment``: each 2 s window is log-melled on its own (as `nels.models.encoder.encode_audio` does
+* ``per-segment``: each 2 s window is log-melled on its own (as `nels.encoders.base.encode_audio` does
   for query windows);
 * ``clip-sliced``: the clip is log-melled once and the windows are slices of it (10 ms hop: exact
   frame alignment), which halves the front-end work for overlapping windows.
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     from nels.audio.decode import decode
     from nels.audio.features import SlidingLogMel, logmel
     from nels.audio.segment import segment_array
-    from nels.models.cnn import CNNEncoder, segment_mels
-    from nels.models.encoder import DEFAULT_MODEL_DIR
+    from nels.encoders.cnn import CNNEncoder, segment_mels
+    from nels.encoders.base import DEFAULT_MODEL_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                 "model_ms_per_window": round(1000 * t_model / max(1, n_win), 3),
                 "model_only_x_realtime": round(audio_s / max(t_model, 1e-9), 1)}
 
-    from nels.models.cnn import bf16_supported
+    from nels.encoders.cnn import bf16_supported
 
     precisions = ["fp32", "bf16"] if (a.precision == "both" and bf16_supported()) else (
         ["bf16" if bf16_supported() else "fp32"] if a.precision == "auto" else [a.precision])

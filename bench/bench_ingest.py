@@ -13,7 +13,7 @@ from common import esc50, one_core
 
 one_core()
 
-from nels.index.library import Library  # noqa: E402
+from nels.library import Library  # noqa: E402
 from nels.ingest.runner import IngestOptions, ingest  # noqa: E402
 
 

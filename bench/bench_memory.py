@@ -20,7 +20,7 @@ import numpy as np
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from nels.index.library import Library
+from nels.library import Library
 from nels.ingest.runner import IngestOptions, ingest
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 lib = Library(sys.argv[1])

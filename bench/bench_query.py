@@ -18,7 +18,7 @@ from common import one_core, pct
 
 one_core()
 
-from nels.index.vectors import FaissStore  # noqa: E402
+from nels.store.vectors import FaissStore  # noqa: E402
 
 
 def clustered(n, dim, rng, centers=2000):
@@ -28,7 +28,7 @@ def clustered(n, dim, rng, centers=2000):
 
 
 def from_library(path, space, n, rng, jitter=0.15):
-    from nels.index.library import Library
+    from nels.library import Library
 
     lib = Library(path, create=False)
     rows = lib.conn.execute("SELECT vec FROM vectors WHERE space=?", (space,)).fetchall()

@@ -13,7 +13,7 @@ import time
 
 from common import ROOT, esc50, pct
 
-from nels.index.library import Library  # noqa: E402
+from nels.library import Library  # noqa: E402
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--queries", type=int, default=100)
     a = ap.parse_args()
     lib = Library(a.library, create=False)
-    from nels.models import joint
+    from nels.encoders import joint
 
     texts = [q["text"] for q in json.loads((ROOT / "nels/data/eval/paraphrases.json").read_text())["queries"]]
     audios = sorted((esc50() / "audio").iterdir())[::7]
@@ -33,7 +33,7 @@ def main():
     print(f"library: {lib.stats()['segments']} segments")
     runs = [("text", m, [{"text": q} for q in texts[: a.queries]], "") for m in modes_t]
     runs += [("audio", m, [{"audio": f} for f in audios[: a.queries]], " of 5 s") for m in modes_a]
-    from nels.models.text import shared_text_encoder
+    from nels.encoders.text import shared_text_encoder
 
     te = shared_text_encoder()
     for kind, m, queries, what in runs:

@@ -20,8 +20,8 @@ one_core()
 
 from nels.audio.decode import decode  # noqa: E402
 from nels.audio.segment import SegmentConfig, segment_array  # noqa: E402
-from nels.models.encoder import encode_audio, load_encoder  # noqa: E402
-from nels.search.metrics import average_precision  # noqa: E402
+from nels.encoders.base import encode_audio, load_encoder  # noqa: E402
+from nels.metrics import average_precision  # noqa: E402
 
 
 def main():

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nels.index.library import Library  # noqa: E402
+from nels.library import Library  # noqa: E402
 
 
 def main():

@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
-    from nels.models.cnn import CNNEncoder
-    from nels.models.datasets import compute_features, load_dataset
-    from nels.models.evaluate import classification_metrics
-    from nels.models.train import POOLINGS, predict_clips
+    from nels.encoders.cnn import CNNEncoder
+    from nels.training.datasets import compute_features, load_dataset
+    from nels.evaluate.classification import classification_metrics
+    from nels.training.train import POOLINGS, predict_clips
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default=str(ROOT.parent / "shared" / "datasets" / "esc50"))

@@ -12,12 +12,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 
-SAMPLE_RATE = 16_000
-
 
 def __getattr__(name):  # lazy: `import nels` must stay cheap for the CLI's --help
     if name == "Library":
-        from nels.index.library import Library
+        from nels.library import Library
 
         return Library
     raise AttributeError(name)

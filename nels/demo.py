@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nels import config
+
 ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
-CACHE = Path(os.environ.get("NELS_CACHE", Path.home() / ".cache" / "nels"))
+CACHE = config.cache_dir()
 
 
 def find_esc50() -> Path | None:
-    cands = [os.environ.get("NELS_ESC50"), "shared/datasets/esc50", "../shared/datasets/esc50",
-             str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "esc50"), str(CACHE / "esc50")]
-    for c in cands:
+    for c in config.esc50_candidates():
         if c and (Path(c) / "meta" / "esc50.csv").exists():
             return Path(c).resolve()
     return None
@@ -116,7 +116,7 @@ def esc50_fold_files(root: Path, fold: int = 1) -> list[str]:
 
 def build(library: str, download: bool = False) -> tuple[str, str]:
     """Build the demo library; returns (corpus description, an example query)."""
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     root = find_esc50()
@@ -156,7 +156,7 @@ def best_example(lib, classes: list[str], k: int = 5) -> str:
 
 
 def cli_demo(args) -> int:
-    from nels.index.library import Library
+    from nels.library import Library
 
     what, example = build(args.library, args.download)
     lib = Library(args.library, create=False)

@@ -71,7 +71,7 @@ def make_esc50(root: Path, folds: int = 2, per_class_fold: int = 4, seed: int = 
 
 def train_tiny(root: Path) -> tuple[Path, Path]:
     """A folder-per-class synthetic dataset under `root` and a tiny CNN trained on it in seconds."""
-    from nels.models.train import train
+    from nels.training.train import train
 
     ds = make_folders(root / "ds", per_class=6, seconds=3.0)
     s = train(str(ds), "folders", out=str(root / "cnn"), epochs=12, seed=0, cache=str(root / "cache"),
@@ -87,7 +87,7 @@ def folders_ds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, folders_ds):
     """One tiny model trained on the folder dataset, shared by the tests that only read it."""
-    from nels.models.train import train
+    from nels.training.train import train
 
     out = tmp_path_factory.mktemp("model") / "m"
     cache = tmp_path_factory.mktemp("cache")
@@ -97,7 +97,7 @@ def trained(tmp_path_factory, folders_ds):
 
 
 def test_folders_dataset_is_learnt(trained, tmp_path):
-    from nels.models.evaluate import evaluate_classification
+    from nels.evaluate.classification import evaluate_classification
 
     model, cache, summary = trained
     assert summary["finished"] and (model / "model.json").exists() and (model / "MODEL_CARD.md").exists()
@@ -113,8 +113,8 @@ def test_folders_dataset_is_learnt(trained, tmp_path):
 
 
 def test_encoder_protocol_and_round_trip(trained, tmp_path):
-    from nels.models.cnn import CNNEncoder, pool_segments, save_model
-    from nels.models.encoder import Encoder, load_encoder
+    from nels.encoders.cnn import CNNEncoder, pool_segments, save_model
+    from nels.encoders.base import Encoder, load_encoder
 
     model_dir, _, _ = trained
     enc = load_encoder(model_dir)
@@ -133,7 +133,7 @@ def test_encoder_protocol_and_round_trip(trained, tmp_path):
     import torch
 
     raw = torch.load(model_dir / "weights.pt", weights_only=True)
-    from nels.models.cnn import build_model
+    from nels.encoders.cnn import build_model
 
     m = build_model(len(enc.labels), 64, enc.arch)
     m.load_state_dict({k: v.float() for k, v in raw.items()})
@@ -167,7 +167,7 @@ def test_mini_esc50_cli_train_and_evaluate(tmp_path, capsys):
 
 
 def test_resume_from_checkpoint(tmp_path, folders_ds):
-    from nels.models.train import train
+    from nels.training.train import train
 
     kw = dict(epochs=3, seed=3, cache=str(tmp_path / "c"), arch=TINY_ARCH, hparams=FAST_HP, quiet=True, progress=False,
               threads=1)
@@ -189,7 +189,7 @@ def test_resume_from_checkpoint(tmp_path, folders_ds):
 
 def test_missing_dataset(tmp_path, capsys):
     from nels.cli import main
-    from nels.models.datasets import load_dataset
+    from nels.training.datasets import load_dataset
 
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset(tmp_path / "nope", "esc50")
@@ -211,7 +211,7 @@ def _small_esc(tmp_path) -> Path:
     (lambda rows: rows + [{**rows[0], "filename": "x.wav", "category": "dog"}], "is 'dog' here"),
 ])
 def test_malformed_csv(tmp_path, edit, match):
-    from nels.models.datasets import load_esc50
+    from nels.training.datasets import load_esc50
 
     root = _small_esc(tmp_path)
     meta = root / "meta" / "esc50.csv"
@@ -225,7 +225,7 @@ def test_malformed_csv(tmp_path, edit, match):
 
 
 def test_empty_class(tmp_path):
-    from nels.models.datasets import load_esc50, load_folders
+    from nels.training.datasets import load_esc50, load_folders
 
     root = make_folders(tmp_path / "f", per_class=1, seconds=0.5)
     for p in (root / "chirp").iterdir():
@@ -240,7 +240,7 @@ def test_empty_class(tmp_path):
 
 
 def test_corrupt_and_wrong_length_clips_are_skipped_and_reported(tmp_path):
-    from nels.models.datasets import compute_features, load_dataset
+    from nels.training.datasets import compute_features, load_dataset
 
     root = make_folders(tmp_path / "f", per_class=2, seconds=0.5)
     (root / "chirp" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
@@ -263,7 +263,7 @@ def test_corrupt_and_wrong_length_clips_are_skipped_and_reported(tmp_path):
 
 
 def test_mismatched_or_broken_model_refused(trained, tmp_path):
-    from nels.models.cnn import CNNEncoder
+    from nels.encoders.cnn import CNNEncoder
 
     model_dir, _, _ = trained
     bad = tmp_path / "bad"
@@ -288,7 +288,7 @@ def test_mismatched_or_broken_model_refused(trained, tmp_path):
 def test_validation_split_keeps_recordings_together():
     """Clips cut from one ESC-50 recording (same FOLD-SOURCE prefix) never straddle train and validation:
     otherwise validation measures memory of the recording, not generalisation (it read ~9 points high)."""
-    from nels.models.train import source_group, stratified_split
+    from nels.training.train import source_group, stratified_split
 
     assert source_group("1-100032-A-0.flac") == source_group("1-100032-B-0.wav") == "1-100032"
     assert source_group("my_recording.wav") == "my_recording"
@@ -301,7 +301,7 @@ def test_validation_split_keeps_recordings_together():
 
 
 def test_augmentations_keep_shapes_and_levels():
-    from nels.models.train import sample_crops, shift_bands
+    from nels.training.train import sample_crops, shift_bands
 
     rng = np.random.RandomState(0)
     mels = [np.linspace(-60, 0, 300 * 8, dtype=np.float32).reshape(300, 8)]
@@ -315,8 +315,8 @@ def test_augmentations_keep_shapes_and_levels():
 
 
 def test_ema_last_epoch_and_fp32_options_train(tmp_path, folders_ds):
-    from nels.models.cnn import CNNEncoder
-    from nels.models.train import train
+    from nels.encoders.cnn import CNNEncoder
+    from nels.training.train import train
 
     hp = {**FAST_HP, "ema": 0.9, "select": "last", "precision": "fp32", "freq_shift": 1, "time_stretch": 0.1}
     s = train(str(folders_ds), "folders", out=str(tmp_path / "m"), epochs=6, seed=0, cache=str(tmp_path / "c"),
@@ -341,7 +341,7 @@ def _permuted_teacher(model: Path, out: Path) -> Path:
     """A copy of the model folder `model` with its classes rolled by one (`_roll_classes`)."""
     import torch
 
-    from nels.models.cnn import WEIGHTS_FILE, _sha256
+    from nels.encoders.cnn import WEIGHTS_FILE, _sha256
 
     shutil.copytree(model, out)
     torch.save(_roll_classes(torch.load(out / WEIGHTS_FILE, weights_only=True)), out / WEIGHTS_FILE)
@@ -354,9 +354,9 @@ def _permuted_teacher(model: Path, out: Path) -> Path:
 def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
     """With all of the loss on the teacher, the student learns what the teacher says, not the labels: a
     teacher that names every class one off makes a student that does too (so the teacher term is live)."""
-    from nels.models.cnn import CNNEncoder
-    from nels.models.evaluate import evaluate_classification
-    from nels.models.train import train
+    from nels.encoders.cnn import CNNEncoder
+    from nels.evaluate.classification import evaluate_classification
+    from nels.training.train import train
 
     model, cache, _ = trained
     teacher = _permuted_teacher(model, tmp_path / "teacher")
@@ -371,7 +371,7 @@ def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
     assert r["pooling"] == "whole"
     assert r["accuracy"] <= 0.2, r  # it no longer names the true class...
     t = CNNEncoder.load(teacher)
-    from nels.models.datasets import compute_features, load_dataset
+    from nels.training.datasets import compute_features, load_dataset
 
     feats = compute_features(load_dataset(str(fresh), "folders"), enc.feature_config, str(cache), progress=False)
     agree = np.mean([enc.predict_clip(m, "whole").argmax() == t.predict_clip(m, "whole").argmax() for m in feats.mels])
@@ -379,7 +379,7 @@ def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
 
 
 def test_teacher_that_could_leak_is_refused(trained, folders_ds, tmp_path):
-    from nels.models.train import train
+    from nels.training.train import train
 
     model, cache, _ = trained
     kw = dict(epochs=1, cache=str(cache), arch=TINY_ARCH, quiet=True, progress=False, threads=1)
@@ -409,8 +409,8 @@ def test_ensemble_teacher_teaches_the_average_probability(trained, folders_ds, t
 
     import torch
 
-    from nels.models.cnn import CNNEncoder
-    from nels.models.train import teacher_logits, train
+    from nels.encoders.cnn import CNNEncoder
+    from nels.training.train import teacher_logits, train
 
     model, cache, _ = trained
     s = train(str(folders_ds), "folders", out=str(tmp_path / "f"), seed=0, epochs=1, cache=str(cache), arch=TINY_ARCH,

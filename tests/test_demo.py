@@ -3,7 +3,7 @@ import nels.demo as demo
 
 
 def test_demo_falls_back_to_a_synthetic_corpus_and_says_so(tmp_path, monkeypatch, capsys):
-    from nels.index.library import Library
+    from nels.library import Library
 
     monkeypatch.setattr(demo, "find_esc50", lambda: None)
     monkeypatch.setattr(demo, "CACHE", tmp_path / "cache")

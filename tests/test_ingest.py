@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import synth, write_wav
-from nels.crawl.source import Item
-from nels.crawl.ytdlp import entry_to_item, search_target
-from nels.index.library import Library
+from nels.sources.source import Item
+from nels.sources.ytdlp import entry_to_item, search_target
+from nels.library import Library
 from nels.ingest.runner import IngestOptions, ingest
 
 

@@ -32,14 +32,14 @@ def world(tmp_path_factory):
 
 
 def test_train_joint_and_search_text_and_audio(world, monkeypatch):
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.models import joint
-    from nels.models.encoder import load_encoder
-    from nels.models.joint_train import train_joint
+    from nels.encoders import joint
+    from nels.encoders.base import load_encoder
+    from nels.training.joint import train_joint
 
     root, ds, cnn, vocab = world
-    monkeypatch.setattr("nels.models.joint_train.CACHE", root / "jcache")
+    monkeypatch.setattr("nels.training.joint.CACHE", root / "jcache")
     phrases = root / "phrases.json"
     phrases.write_text(json.dumps({"classes": PHRASES}))
     res = train_joint(str(ds), "folders", model=str(cnn), loss="both", epochs=15, vocabulary=str(vocab),
@@ -66,9 +66,9 @@ def test_train_joint_and_search_text_and_audio(world, monkeypatch):
 
 
 def test_text_queries_default_to_the_mode_validation_chose(world):
-    from nels.index.library import Library
-    from nels.models import joint
-    from nels.models.encoder import load_encoder
+    from nels.library import Library
+    from nels.encoders import joint
+    from nels.encoders.base import load_encoder
 
     root, ds, cnn, vocab = world
     lib = Library(root / "lib", create=False)  # built by the first test of this module
@@ -82,7 +82,7 @@ def test_text_queries_default_to_the_mode_validation_chose(world):
 
 def test_bad_training_phrases_file_is_refused(world, tmp_path):
     from nels.errors import NelsError
-    from nels.models.joint_train import train_joint
+    from nels.training.joint import train_joint
 
     root, ds, cnn, vocab = world
     bad = tmp_path / "p.json"
@@ -97,7 +97,7 @@ def test_bad_training_phrases_file_is_refused(world, tmp_path):
 
 def test_vocabulary_missing_a_class_is_refused(world, tmp_path):
     from nels.errors import NelsError
-    from nels.models.joint_train import train_joint
+    from nels.training.joint import train_joint
 
     root, ds, cnn, vocab = world
     partial = {"classes": {k: v for k, v in VOCAB["classes"].items() if k != "chirp"}}
@@ -109,7 +109,7 @@ def test_vocabulary_missing_a_class_is_refused(world, tmp_path):
 
 def test_joint_search_without_joint_vectors_names_the_command(tmp_path, sounds):
     from nels.errors import QueryError
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     lib = Library(tmp_path / "lib")
@@ -119,7 +119,7 @@ def test_joint_search_without_joint_vectors_names_the_command(tmp_path, sounds):
 
 
 def test_joint_results_carry_tags_and_related_words(world):
-    from nels.index.library import Library
+    from nels.library import Library
 
     root, ds, cnn, vocab = world
     lib = Library(root / "lib", create=False)  # built by the first test of this module
@@ -134,7 +134,7 @@ def test_class_without_audio_is_refused(world, tmp_path):
     import shutil
 
     from nels.errors import NelsError
-    from nels.models.joint_train import train_joint
+    from nels.training.joint import train_joint
 
     root, ds, cnn, vocab = world
     copy = tmp_path / "ds"

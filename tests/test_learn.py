@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nels.index.library import Library
+from nels.library import Library
 from nels.learn import loop, select
 
 
@@ -85,10 +85,10 @@ def test_nels_learn_on_a_library_with_feedback_and_a_new_class(tmp_path, http_se
     import json
 
     from conftest import synth, write_wav
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.learn.commands import learn
-    from nels.models.train import train
+    from nels.learn.library import learn
+    from nels.training.train import train
     from test_cnn import FAST_HP, TINY_ARCH, _sound, make_esc50
 
     monkeypatch.setattr("nels.learn.embed.CACHE", tmp_path / "cache")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from nels.errors import LibraryError
-from nels.index import db
-from nels.index.library import ClipRecord, Library
-from nels.index.vectors import FaissStore
+from nels.store import schema as db
+from nels.library import ClipRecord, Library
+from nels.store.vectors import FaissStore
 
 
 def _rec(tmp_path, h, n=3, dim=8, seed=0, space="s"):

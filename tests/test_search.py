@@ -14,7 +14,7 @@ from test_cnn import _sound, train_tiny
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     root = tmp_path_factory.mktemp("search")
@@ -75,7 +75,7 @@ def test_no_good_match_says_so(lib):
 
 
 def test_text_search_on_a_library_without_classifier(tmp_path, sounds):
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     lib = Library(tmp_path / "lib")
@@ -106,7 +106,7 @@ def test_weak_matches_come_with_a_notice(lib, tmp_path):
     """A label that matches the words, but that no indexed segment is recognised as, is flagged."""
     import shutil
 
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     only_tones = tmp_path / "tones"
@@ -126,10 +126,10 @@ def test_a_library_indexed_with_other_weights_is_refused_until_reindexed(tmp_pat
     import shutil
 
     from nels.errors import ModelMismatchError
-    from nels.index.library import Library
-    from nels.index.reindex import reindex
+    from nels.library import Library
+    from nels.ingest.reindex import reindex
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.models.train import train
+    from nels.training.train import train
     from test_cnn import FAST_HP, TINY_ARCH
 
     ds, model = train_tiny(tmp_path)

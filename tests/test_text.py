@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nels.errors import NelsError
-from nels.models.text import (DEFAULT_VOCABULARY, LabelSpace, TextEncoder, VocabularyError, load_vocabulary)
+from nels.encoders.text import (DEFAULT_VOCABULARY, LabelSpace, TextEncoder, VocabularyError, load_vocabulary)
 from nels.search import linguistic
 
 EVAL = DEFAULT_VOCABULARY.parent / "eval"
@@ -158,7 +158,7 @@ def test_score_ranks_matching_segment_first(space, labels):
 # ------------------------------------------------------------------------------------ evaluation sets
 
 def _stem(t: str) -> str:
-    from nels.models.text import word_stem
+    from nels.encoders.text import word_stem
 
     return word_stem(t)
 

@@ -318,7 +318,7 @@ def test_jobs_are_shared_between_server_processes(tmp_path):
     import sys
     import time
 
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.web.jobs import JobRunner
 
     Library(tmp_path / "lib").close()
@@ -363,7 +363,7 @@ def test_jobs_queued_before_a_restart_run_when_the_server_starts(tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.web.app import create_app
 
     Library(tmp_path / "lib").close()
@@ -428,7 +428,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "nels" / "data" / "models"
 def test_cached_text_answers_follow_the_library(tmp_path):
     """Text answers are cached, but a change committed by anyone else (here a removal from another
     connection, as `nels remove` would do) is seen by the very next search."""
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.web.app import create_app
 
     lib_dir = build_library(tmp_path, model="default")

@@ -165,7 +165,7 @@ def test_admin_without_token_is_refused(page, server):
 
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="the default CNN model (nels/data/models/esc50-cnn) is not built")
 def test_text_search_with_default_model(browser, tmp_path):
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     src = tmp_path / "sounds"

@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from nels import SAMPLE_RATE
+from nels.config import SAMPLE_RATE
 from nels.errors import DecodeError
 
 PathOrFile = str | os.PathLike | BinaryIO | bytes

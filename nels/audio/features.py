@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from nels import SAMPLE_RATE
+from nels.config import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

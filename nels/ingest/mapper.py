@@ -11,14 +11,15 @@ from typing import Sequence
 
 import numpy as np
 
+from nels import config
 from nels.audio.decode import probe_duration, stream
 from nels.audio.features import SlidingLogMel
 from nels.audio.segment import SegmentConfig, segments
 from nels.errors import DecodeError
-from nels.index.library import ClipRecord
-from nels.models.encoder import Encoder
+from nels.store.library import ClipRecord
+from nels.encoders.base import Encoder
 
-BATCH = 64
+BATCH = config.ENCODE_BATCH
 
 
 def content_hash(path: Path) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nels.crawl import state
-from nels.crawl.source import Fetched, Item, Source
+from nels.sources import state
+from nels.sources.source import Fetched, Item, Source
 from nels.errors import SourceError
 
 

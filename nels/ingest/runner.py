@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from nels.audio.segment import SegmentConfig
-from nels.crawl import state
-from nels.crawl.source import Source, expand_inputs
+from nels.sources import state
+from nels.sources.source import Source, expand_inputs
 from nels.errors import DecodeError, ModelMismatchError, SourceError
-from nels.index.library import Library
+from nels.store.library import Library
 from nels.ingest import mapper, reader, writer
-from nels.models.encoder import Encoder, load_encoder
+from nels.encoders.base import Encoder, load_encoder
 
 
 @dataclass
@@ -85,7 +85,7 @@ def library_encoders(lib: Library, model: str | None) -> list[Encoder]:
     else:
         check_model(lib, enc, model)
     encoders: list[Encoder] = [enc]
-    from nels.models.joint import joint_encoder_for  # the joint space rides on the acoustic encoder
+    from nels.encoders.joint import joint_encoder_for  # the joint space rides on the acoustic encoder
 
     joint = joint_encoder_for(enc)
     if joint is not None:
@@ -189,7 +189,7 @@ def ingest(lib: Library, inputs: list[str], model: str | None = None, options: I
 def crawl(lib: Library, queries: list[str], per_query: int = 10, model: str | None = None,
           options: IngestOptions | None = None, runner: Runner | None = None) -> IngestReport:
     """Search through yt-dlp for each query and ingest what it finds (`nels crawl`)."""
-    from nels.crawl.ytdlp import YtDlpSource
+    from nels.sources.ytdlp import YtDlpSource
 
     options = options or IngestOptions()
     encoders = library_encoders(lib, model)

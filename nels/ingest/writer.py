@@ -1,8 +1,8 @@
 """Writer: commit a ClipRecord and mark its crawl item done, in one transaction."""
 from __future__ import annotations
 
-from nels.crawl import state
-from nels.index.library import ClipRecord, Library
+from nels.sources import state
+from nels.store.library import ClipRecord, Library
 
 
 def write(lib: Library, rec: ClipRecord, item_id: int | None) -> int:

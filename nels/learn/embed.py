@@ -9,10 +9,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from nels import config
 from nels.audio.features import logmel
 from nels.audio.segment import SegmentConfig, segment_array
 
-CACHE = Path.home() / ".cache" / "nels" / "learn"
+CACHE = config.cache_dir() / "learn"
 
 
 def embed_audio(encoder, audio: np.ndarray) -> np.ndarray:

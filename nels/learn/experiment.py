@@ -66,7 +66,7 @@ def _synth_other(seed: int) -> np.ndarray:
 
 def build_pool(root: Path, seed: int = 0) -> dict:
     """The experiment's seed / pool / test lists (see module docstring). Deterministic in `seed`."""
-    from nels.models.text import load_vocabulary
+    from nels.encoders.text import load_vocabulary
 
     rng = np.random.default_rng(seed)
     rows = _esc_rows(root)
@@ -116,7 +116,7 @@ def load_key(key: str) -> np.ndarray:
 
 def seed_model(root: Path, seed_rows: list[dict], epochs: int, seed: int, progress: bool) -> Path:
     """Train (once, cached, resumable) the starting CNN on the seed clips only."""
-    from nels.models.train import train
+    from nels.training.train import train
 
     work = CACHE / f"seed-esc50-fold2-s{seed}"
     out = CACHE / f"seed-cnn-fold2-s{seed}-e{epochs}"
@@ -140,7 +140,7 @@ def seed_model(root: Path, seed_rows: list[dict], epochs: int, seed: int, progre
 
 def prepare(root: Path, seed: int = 0, seed_epochs: int = 80, progress: bool = True, model_seed: int = 0):
     """seed: the pool (crawl-text noise, distractors); model_seed: the starting CNN (trained once, cached)."""
-    from nels.models.encoder import load_encoder
+    from nels.encoders.base import load_encoder
     from nels.search.query import label_space
 
     spec = build_pool(root, seed)
@@ -180,7 +180,7 @@ def calibration_data(data: loop.LoopData, folds: int = 4, seed: int = 0):
 
 def run_experiment(dataset: str, out: str, iterations: int = 5, cap: int = 5, patience: int = 2, seed: int = 0,
                    seed_epochs: int = 80, progress: bool = True) -> dict:
-    from nels.index.library import Library
+    from nels.store.library import Library
 
     t0 = time.time()
     outp = Path(out)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from nels.learn.select import PoolView
-from nels.search.metrics import average_precision
+from nels.metrics import average_precision
 
 
 @dataclass

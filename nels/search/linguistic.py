@@ -1,6 +1,6 @@
 """Linguistic search: rank audio segments by how well their recognised labels match the words of a query.
 
-A query is compared with each label's phrases (`nels.models.text.LabelSpace`), the similarities become a few
+A query is compared with each label's phrases (`nels.encoders.text.LabelSpace`), the similarities become a few
 sharpened label weights, and a segment scores the class probability it puts on those labels. This finds
 what the classifier knows by any wording, but only what it knows, and only as well as words track sounds
 ("car brakes" is worded like "car horn" but sounds like a squeal): acoustic and joint search cover that.

@@ -18,15 +18,8 @@ from nels.errors import QueryError
 from nels.search import linguistic
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
-MAX_QUERY_CHARS = 1000
-MAX_K = 1000
-RRF_K = 60
-# below this best query-label cosine, no label means the query: say so instead of returning noise
-MIN_LABEL_SIMILARITY = 0.30
-# below this cosine, an audio query has no acoustically similar segment
-MIN_ACOUSTIC_SCORE = 0.30
-# below this probability mass on the query's labels, no segment is clearly recognised as what was asked
-MIN_LINGUISTIC_SCORE = 0.10
+from nels.config import (MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE, MIN_LABEL_SIMILARITY,  # noqa: F401
+                         MIN_LINGUISTIC_SCORE, RRF_K)
 
 _lock = threading.Lock()
 _threads_set = False
@@ -46,7 +39,7 @@ def _one_inference_thread() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _label_space(labels: tuple[str, ...], vocabulary: str | None):
-    from nels.models.text import LabelSpace, load_vocabulary
+    from nels.encoders.text import LabelSpace, load_vocabulary
 
     return LabelSpace(list(labels), load_vocabulary(vocabulary) if vocabulary else None)
 
@@ -74,7 +67,7 @@ def _encoder_for(lib):
     """The library's acoustic encoder, loaded once per library object."""
     enc = lib._cache.get("encoder")
     if enc is None:
-        from nels.models.encoder import load_encoder
+        from nels.encoders.base import load_encoder
 
         from nels.ingest.runner import check_model
 
@@ -110,7 +103,7 @@ def encode_query_audio(encoder, x: np.ndarray):
     A query is windowed like the library, so a 5 s query matches a segment that resembles any part
     of it (see `_acoustic`), rather than a blurred average of its parts.
     """
-    from nels.models.encoder import encode_audio
+    from nels.encoders.base import encode_audio
 
     segs = [s.audio for s in segments([x], SegmentConfig())] or [x]
     enc = encode_audio(encoder, segs)
@@ -154,7 +147,7 @@ def _label_order(lib, probs: np.ndarray) -> np.ndarray:
 
 
 def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
-    from nels.models import joint
+    from nels.encoders import joint
 
     return joint.search_candidates(lib, text=text, audio=audio_vec, n=n)
 
@@ -178,7 +171,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
            source: str | None = None, min_duration: float | None = None,
            max_duration: float | None = None) -> Results:
     """Search `lib`. See the module docstring for modes; `mode=None` picks the best available."""
-    from nels.models import joint as joint_mod
+    from nels.encoders import joint as joint_mod
 
     _one_inference_thread()
     if text is not None:

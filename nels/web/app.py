@@ -28,17 +28,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nels import config
 from nels.errors import (DecodeError, LibraryError, ModelError, ModelMismatchError, NelsError, QueryError,
                          SourceError)
-from nels.index.library import Library
-from nels.models.text import shared_text_encoder
+from nels.library import Library
+from nels.encoders.text import shared_text_encoder
 from nels.web.jobs import JobRunner
 from nels.web.textbatch import TextBatcher
 
 log = logging.getLogger("nels.web")
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_UPLOAD_BYTES = int(float(os.environ.get("NELS_MAX_UPLOAD_MB", "20")) * 1024 * 1024)
-MAX_QUERY_SECONDS = 600.0
+MAX_UPLOAD_BYTES = config.max_upload_bytes()
+MAX_QUERY_SECONDS = config.MAX_QUERY_AUDIO_SECONDS
 Mode = Literal["linguistic", "acoustic", "joint", "fused"]
 STATUS = {QueryError: 400, SourceError: 400, ModelError: 422, DecodeError: 422, ModelMismatchError: 409,
           LibraryError: 404}
@@ -169,7 +170,7 @@ class LRU:
                 self.data.popitem(last=False)
 
 
-SEARCH_THREADS = 2  # searches are CPU-bound and hold the GIL: more threads per process only queue longer
+SEARCH_THREADS = config.SEARCH_THREADS
 
 
 class AppState:
@@ -190,10 +191,10 @@ class AppState:
 
     @property
     def admin_token(self) -> str | None:
-        return self._token if self._token is not None else (os.environ.get("NELS_ADMIN_TOKEN") or None)
+        return self._token if self._token is not None else config.admin_token()
 
     def modes(self) -> dict:
-        from nels.models.joint import library_has_joint
+        from nels.encoders.joint import library_has_joint
 
         with self.lock:
             c = self.lib.conn
@@ -234,7 +235,7 @@ class AppState:
 
     def _default_text(self, has_joint: bool, has_probs: bool) -> str | None:
         """The mode `Library.search` picks for a text query (validation's choice, see joint_train)."""
-        from nels.models.joint import library_joint
+        from nels.encoders.joint import library_joint
 
         if has_joint:
             enc = library_joint(self.lib)
@@ -542,7 +543,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
     @app.post("/api/admin/ingest", tags=["admin"], dependencies=admin, status_code=202,
               summary="Queue an ingest of public http(s) URLs (private/loopback addresses are refused)")
     def admin_ingest(req: IngestRequest):
-        from nels.crawl.guard import check_public_url
+        from nels.sources.guard import check_public_url
 
         urls = [u.strip() for u in req.urls if u.strip()]
         if not urls:
@@ -565,7 +566,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
 
     @app.get("/api/admin/models", tags=["admin"], dependencies=admin, summary="Models known to the library")
     def admin_models():
-        from nels.models.encoder import DEFAULT_MODEL_DIR
+        from nels.encoders.base import DEFAULT_MODEL_DIR
 
         with st.lock:
             rows = [dict(r) for r in lib.conn.execute(
@@ -631,7 +632,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
 def app_from_env() -> FastAPI:
     """The app factory each `nels serve --workers N` process calls (the library path comes in
     $NELS_SERVE_LIBRARY, set by `cli_serve`)."""
-    return create_app(os.environ["NELS_SERVE_LIBRARY"], warm=True)
+    return create_app(config.SERVE_LIBRARY.get(), warm=True)
 
 
 def default_workers() -> int:
@@ -647,7 +648,7 @@ def cli_serve(args) -> int:
     path = app.state.nels.lib.path
     host = args.host
     workers = getattr(args, "workers", None) or default_workers()
-    if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("NELS_ADMIN_TOKEN"):
+    if host not in ("127.0.0.1", "localhost", "::1") and not config.admin_token():
         print("nels: note: serving beyond loopback; admin endpoints are disabled (no NELS_ADMIN_TOKEN)")
     print(f"nels: serving {path} at http://{host}:{args.port}/ (API docs at /docs; {workers} worker"
           f"{'s' if workers > 1 else ''})", flush=True)
@@ -655,7 +656,7 @@ def cli_serve(args) -> int:
         uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
     else:
         app.state.nels.lib.close()
-        os.environ["NELS_SERVE_LIBRARY"] = str(path)
+        os.environ[config.SERVE_LIBRARY.env] = str(path)
         uvicorn.run("nels.web.app:app_from_env", factory=True, workers=workers, host=host, port=args.port,
                     log_level="warning", access_log=False)
     return 0

@@ -123,7 +123,7 @@ def write_wav(path: Path, x: np.ndarray) -> Path:
 
 def build_library(root: Path, model: str = "baseline") -> Path:
     """root/sounds/*.wav (5 synthesised sounds) ingested into root/library; returns the library folder."""
-    from nels.index.library import Library
+    from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
     src = Path(root) / "sounds"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nels import SAMPLE_RATE
+from nels.config import SAMPLE_RATE
 
 WIDTH, HEIGHT = 480, 96
 N_FFT = 512

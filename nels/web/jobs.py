@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from nels.index import db
+from nels.store import schema as db
 
 log = logging.getLogger("nels.web")
 MAX_KEPT = 100
@@ -164,7 +164,7 @@ class JobRunner:
 
     def _work(self) -> None:
         from nels.errors import NelsError
-        from nels.index.library import Library
+        from nels.library import Library
 
         while not self._stop:
             job = self._claim()

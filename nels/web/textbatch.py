@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class TextBatcher:
     """Coalesce the encodings of concurrent text queries into batches of at most `max_batch`.
 
-    encoder : a `nels.models.text.TextEncoder` (normally the process's shared one)
+    encoder : a `nels.encoders.text.TextEncoder` (normally the process's shared one)
     max_batch : the largest batch; past ~16 the cost per query stops falling and the wait grows
     """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nels.errors import ModelError
-from nels.search.metrics import average_precision, average_precision_at
+from nels.metrics import average_precision, average_precision_at
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "eval"
 
@@ -39,7 +39,7 @@ def space_metrics(joint, emb, clip, label, labels, phrases, owners, seed: int = 
     cl = np.array([label[clip == c][0] for c in clips])
     clip_vec = np.stack([a[clip == c].mean(0) for c in clips])
     clip_vec /= np.linalg.norm(clip_vec, axis=1, keepdims=True)
-    from nels.models.text import load_vocabulary
+    from nels.encoders.text import load_vocabulary
 
     voc = load_vocabulary()
     names = joint.text([voc.name(l) for l in labels])
@@ -71,12 +71,12 @@ def evaluate_joint(dataset: str, fmt: str = "esc50", fold: int = 1, model: str |
                    workdir: str | None = None, progress: bool = True) -> dict:
     import tempfile
 
-    from nels.models.datasets import load_dataset
-    from nels.models.encoder import load_encoder
-    from nels.models.joint import joint_encoder_for
-    from nels.models.joint_train import class_phrases, segment_embeddings
-    from nels.models.text import content_words
-    from nels.search.evaluate import build_fold_library, rank_text
+    from nels.training.datasets import load_dataset
+    from nels.encoders.base import load_encoder
+    from nels.encoders.joint import joint_encoder_for
+    from nels.training.joint import class_phrases, segment_embeddings
+    from nels.encoders.text import content_words
+    from nels.evaluate.retrieval import build_fold_library, rank_text
 
     enc = load_encoder(model)
     joint = joint_encoder_for(enc)
@@ -115,7 +115,7 @@ def evaluate_joint(dataset: str, fmt: str = "esc50", fold: int = 1, model: str |
 
 
 def _training_text(joint, labels) -> list[str]:
-    from nels.models.joint_train import training_phrases
+    from nels.training.joint import training_phrases
 
     f = (joint.meta.get("training_text") or {}).get("extra_file")
     if not f or not (joint.path / f).exists():

@@ -1,7 +1,7 @@
 """The Encoder seam: audio segments in, embeddings (and class probabilities where there are classes) out.
 
-Implementations: `baseline` (training-free log-mel statistics, `nels.models.baseline`) and `cnn`
-(trained, `nels.models.cnn`); a pretrained model loaded from a user's file plugs in the same way.
+Implementations: `baseline` (training-free log-mel statistics, `nels.encoders.baseline`) and `cnn`
+(trained, `nels.encoders.cnn`); a pretrained model loaded from a user's file plugs in the same way.
 Encoders consume log-mels (`nels.audio.features.logmel`), so the front end is computed once per
 clip and shared, and a model is refused if its FeatureConfig differs from the library's.
 """
@@ -59,7 +59,7 @@ def load_encoder(spec: str | os.PathLike | None = None) -> Encoder:
     spec : "baseline"; a path to a trained model folder (model.json + weights); "default" or None,
         the shipped CNN when present, else the baseline.
     """
-    from nels.models.baseline import BaselineEncoder
+    from nels.encoders.baseline import BaselineEncoder
 
     if spec in (None, "default"):
         if (DEFAULT_MODEL_DIR / "model.json").exists():
@@ -71,7 +71,7 @@ def load_encoder(spec: str | os.PathLike | None = None) -> Encoder:
     path = Path(spec)
     if not (path / "model.json").exists():
         raise ModelError(f"{path}: not a NELS model folder (no model.json); use 'baseline' or a folder made by 'nels train'")
-    from nels.models.cnn import CNNEncoder
+    from nels.encoders.cnn import CNNEncoder
 
     enc = CNNEncoder.load(path)
     enc.path = path.resolve()  # where its companions (the joint model) live

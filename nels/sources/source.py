@@ -119,8 +119,8 @@ def looks_like_url_list(p: Path) -> bool:
 
 def expand_inputs(inputs: list[str], allow_private: bool = True, query: str | None = None) -> list["Source"]:
     """Route command-line inputs to sources: folders/files, URL-list files, URLs, yt-dlp targets."""
-    from nels.crawl.http import HttpSource
-    from nels.crawl.ytdlp import YtDlpSource
+    from nels.sources.http import HttpSource
+    from nels.sources.ytdlp import YtDlpSource
 
     local, urls, ytdl = [], [], []
     for s in inputs:

@@ -7,7 +7,7 @@ from nels.cli import print_json
 
 
 def cli_search(args) -> int:
-    from nels.index.library import Library
+    from nels.library import Library
 
     lib = Library(args.library, create=False)
     res = lib.search(text=args.text, audio=args.audio, mode=args.mode, k=args.k, page=args.page, start=args.start,
@@ -37,7 +37,7 @@ def cli_search(args) -> int:
 
 
 def cli_tag(args) -> int:
-    from nels.models.encoder import load_encoder
+    from nels.encoders.base import load_encoder
     from nels.search.tag import tag_file
 
     events = tag_file(args.file, load_encoder(args.model), args.threshold)

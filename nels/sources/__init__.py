@@ -1,6 +1,6 @@
 """Where audio comes from: local files and folders, HTTP(S) URLs, and yt-dlp (YouTube search, videos,
 playlists, and any page its extractors understand). Every Source yields `Item`s with provenance;
-`nels.crawl.state` keeps the resumable crawl table."""
-from nels.crawl.source import Item, Source, expand_inputs
+`nels.sources.state` keeps the resumable crawl table."""
+from nels.sources.source import Item, Source, expand_inputs
 
 __all__ = ["Item", "Source", "expand_inputs"]

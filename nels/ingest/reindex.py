@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 from nels.audio.segment import SegmentConfig
-from nels.index.library import Library
+from nels.store.library import Library
 from nels.ingest.mapper import encode_file
-from nels.models.encoder import load_encoder
+from nels.encoders.base import load_encoder
 
 
 def reindex(lib: Library, model: str | None, progress: bool = True) -> dict:

@@ -77,10 +77,10 @@ def evaluate_classification(dataset: str, fmt: str = "esc50", fold: int | None =
     """Clip-level metrics of a model on a dataset (esc50: one fold). pooling None: the model's own choice
     (model.json "pooling", measured per model at training time), else 'segments-mean-prob',
     'segments-mean-logit' or 'whole'."""
-    from nels.models import datasets as D
-    from nels.models.cnn import CNNEncoder
-    from nels.models.encoder import DEFAULT_MODEL_DIR
-    from nels.models.train import predict_clips
+    from nels.training import datasets as D
+    from nels.encoders.cnn import CNNEncoder
+    from nels.encoders.base import DEFAULT_MODEL_DIR
+    from nels.training.train import predict_clips
 
     mpath = Path(model) if model not in (None, "default") else DEFAULT_MODEL_DIR
     if not (mpath / "model.json").exists():

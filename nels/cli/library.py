@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from nels.cli import print_json
-from nels.index.library import Library
+from nels.library import Library
 
 
 def cli_stats(args) -> int:
@@ -40,7 +40,7 @@ def cli_remove(args) -> int:
 
 
 def cli_reindex(args) -> int:
-    from nels.index.reindex import reindex
+    from nels.ingest.reindex import reindex
 
     with Library(args.library, create=False) as lib:
         out = reindex(lib, args.model, progress=not args.json and sys.stderr.isatty())

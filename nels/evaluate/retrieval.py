@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nels.search.metrics import average_precision, average_precision_at, precision_at
+from nels.metrics import average_precision, average_precision_at, precision_at
+from nels.search.query import search
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def build_fold_library(dataset: str, fmt: str, fold: int, model: str | None, where: Path):
     """A library of the fold's clips (cached in `where` across runs); returns (lib, clip id -> label)."""
-    from nels.index.library import Library
+    from nels.store.library import Library
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.models.datasets import load_dataset
+    from nels.training.datasets import load_dataset
 
     ds = load_dataset(dataset, fmt)
     items = [it for it in ds.items if it.fold == fold] if fmt == "esc50" else ds.items
@@ -51,7 +52,7 @@ def rank_text(lib, queries, truth, mode, n):
         ok = {label} if isinstance(label, str) else set(label)
         total = sum(counts[l] for l in ok)
         t = time.perf_counter()
-        res = lib.search(text=text, mode=mode, k=n)
+        res = search(lib, text=text, mode=mode, k=n)
         lat.append(time.perf_counter() - t)
         rel = [truth.get(r["clip_id"]) in ok for r in res]
         aps.append(average_precision(rel, total))
@@ -71,7 +72,7 @@ def rank_audio(lib, truth, mode, n, limit=None):
         if label is None:
             continue
         t = time.perf_counter()
-        res = lib.search(audio=lib.path / media, mode=mode, k=n)
+        res = search(lib, audio=lib.path / media, mode=mode, k=n)
         lat.append(time.perf_counter() - t)
         rel = [truth.get(r["clip_id"]) == label for r in res if r["clip_id"] != cid]
         aps.append(average_precision(rel, counts[label] - 1))
@@ -88,7 +89,7 @@ def _summary(aps, ap3, p10, lat):
 
 
 def class_queries(labels) -> list[tuple[str, str]]:
-    from nels.models.text import load_vocabulary
+    from nels.encoders.text import load_vocabulary
 
     voc = load_vocabulary()
     return [(voc.name(l), l) for l in labels]
@@ -101,7 +102,7 @@ def paraphrase_queries(labels) -> list[tuple[str, str]]:
 
 def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: str | None = None,
                        workdir: str | None = None, modes_text=None, modes_audio=None) -> dict:
-    from nels.models import joint
+    from nels.encoders import joint
 
     where = Path(workdir or tempfile.mkdtemp(prefix="nels-eval-")) / f"fold{fold}-library"
     lib, truth = build_fold_library(dataset, fmt, fold, model, where)

@@ -9,11 +9,12 @@ import json
 import os
 import sys
 
+from nels import config
 from nels.errors import NelsError
 
 
 def _default_library() -> str:
-    return os.environ.get("NELS_LIBRARY", "./nels-library")
+    return config.library_path()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,28 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-duration", type=float, default=None)
     s.add_argument("--max-duration", type=float, default=None)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.search.commands:cli_search")
+    s.set_defaults(func="nels.cli.search:cli_search")
 
     s = sub.add_parser("tag", help="sound events of a file, with start and end times")
     s.add_argument("file")
     s.add_argument("--model", default=None)
     s.add_argument("--threshold", type=float, default=0.3)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.search.commands:cli_tag")
+    s.set_defaults(func="nels.cli.search:cli_tag")
 
     s = sub.add_parser("stats", help="what the library holds, and what failed")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.index.commands:cli_stats")
+    s.set_defaults(func="nels.cli.library:cli_stats")
 
     s = sub.add_parser("remove", help="remove clips (by id) from the library")
     s.add_argument("clip_ids", nargs="+", type=int)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.index.commands:cli_remove")
+    s.set_defaults(func="nels.cli.library:cli_remove")
 
     s = sub.add_parser("reindex", help="re-encode every clip with another model (e.g. a newer CNN)")
     s.add_argument("--model", default=None)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.index.commands:cli_reindex")
+    s.set_defaults(func="nels.cli.library:cli_reindex")
 
     s = sub.add_parser("train", help="train the sound-event CNN on a labelled dataset")
     s.add_argument("--dataset", required=True, metavar="DIR")
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='training hyper-parameters over the defaults, e.g. \'{"lr": 0.002, "precision": "fp32"}\'')
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.models.train:cli_train")
+    s.set_defaults(func="nels.training.train:cli_train")
 
     s = sub.add_parser("train-joint", help="train the cross-modal joint space (audio tower + text tower)")
     s.add_argument("--dataset", required=True, metavar="DIR")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=80)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.models.joint_train:cli_train_joint")
+    s.set_defaults(func="nels.training.joint:cli_train_joint")
 
     s = sub.add_parser("evaluate", help="measure classification, retrieval, joint space or learning")
     s.add_argument("what", nargs="?", default="classification",
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["segments-mean-prob", "segments-mean-logit", "whole"],
                    help="classification: how a clip prediction is made (default: the model's own, from model.json)")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.evaluate:cli_evaluate")
+    s.set_defaults(func="nels.cli.evaluate:cli_evaluate")
 
     s = sub.add_parser("learn", help="the never-ending loop: self-train on the library's crawled audio")
     s.add_argument("--dataset", required=True, metavar="DIR", help="labelled seed + test data")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-query", type=int, default=20)
     s.add_argument("--apply", action="store_true", help="re-index the library with the new model")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.learn.commands:cli_learn")
+    s.set_defaults(func="nels.learn.library:cli_learn")
 
     s = sub.add_parser("serve", help="serve the website and JSON API")
     s.add_argument("--host", default="127.0.0.1")

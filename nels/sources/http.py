@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse, unquote
 
-from nels.crawl.guard import check_public_url
-from nels.crawl.source import Fetched, Item, provenance_of
+from nels import config
+from nels.sources.guard import check_public_url
+from nels.sources.source import Fetched, Item, provenance_of
 from nels.errors import SourceError
 
 USER_AGENT = "nels/0.1 (+https://github.com/nels-audio/nels)"
-MAX_BYTES = 2 * 1024 ** 3
+MAX_BYTES = config.MAX_DOWNLOAD_BYTES
 
 
 class HttpSource:
@@ -47,7 +48,7 @@ class HttpSource:
         with resp:
             ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if ctype in ("text/html", "application/xhtml+xml"):
-                from nels.crawl.ytdlp import YtDlpSource
+                from nels.sources.ytdlp import YtDlpSource
 
                 return YtDlpSource([item.uri], allow_private=self.allow_private).fetch(item, workdir)
             suffix = Path(urlparse(resp.geturl()).path).suffix[:8] or ".bin"

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from nels.errors import ModelError
-from nels.models.encoder import Encoded, l2_normalize
+from nels.encoders.base import Encoded, l2_normalize
 
 FORMAT = "nels-joint"
 WEIGHTS = "weights.pt"
@@ -128,7 +128,7 @@ class JointEncoder:
             return self.towers.embed_audio(x).numpy()
 
     def text(self, texts: Sequence[str]) -> np.ndarray:
-        from nels.models.text import shared_text_encoder
+        from nels.encoders.text import shared_text_encoder
 
         return self.text_from_sentence(shared_text_encoder().encode(list(texts)))
 
@@ -141,7 +141,7 @@ class JointEncoder:
         """(phrases, their class, joint vectors) of the vocabulary: for audio->text tag suggestions and
         text->text related words."""
         if self._phrases is None:
-            from nels.models.text import load_vocabulary
+            from nels.encoders.text import load_vocabulary
 
             own = self.path / "vocabulary.json"  # the vocabulary it was trained with
             voc = load_vocabulary(own if own.exists() else None)

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nels import config
 from nels.errors import DatasetError, ModelError
-from nels.search.metrics import average_precision
-from nels.models.joint import build_towers, contrastive_loss, infonce_loss, save_joint
+from nels.metrics import average_precision
+from nels.encoders.joint import build_towers, contrastive_loss, infonce_loss, save_joint
 
-CACHE = Path.home() / ".cache" / "nels" / "joint"
+CACHE = config.cache_dir() / "joint"
 
 
 def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = True, with_probs: bool = False):
@@ -71,7 +72,7 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
 def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], np.ndarray]:
     """Every phrase of every class (name, description, synonyms), and its class id. A class the
     vocabulary lacks is an error: its text side would be only its file-system name."""
-    from nels.models.text import load_vocabulary
+    from nels.encoders.text import load_vocabulary
 
     voc = load_vocabulary(vocabulary_path)
     voc.require(labels)
@@ -166,7 +167,7 @@ def fit_text_fusion(joint_seg: np.ndarray, ling_seg: np.ndarray, seg_clip, clips
 
 def clip_map_at3(a_emb, a_clip, a_label, t_emb, t_owner, n_classes) -> float:
     """Validation MAP@3 of audio->text on clips (clip vector = mean of its segments' joint vectors)."""
-    from nels.search.metrics import average_precision_at
+    from nels.metrics import average_precision_at
 
     ids = np.unique(a_clip)
     cv = np.stack([a_emb[a_clip == c].mean(0) for c in ids])
@@ -253,9 +254,9 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
 
     phrases: extra training phrasings (None: the shipped nels/data/joint_phrases.json; "none": only the
     vocabulary)."""
-    from nels.models.datasets import load_dataset
-    from nels.models.encoder import load_encoder
-    from nels.models.text import LabelSpace, TextEncoder, load_vocabulary
+    from nels.training.datasets import load_dataset
+    from nels.encoders.base import load_encoder
+    from nels.encoders.text import LabelSpace, TextEncoder, load_vocabulary
     from nels.search import linguistic
 
     t0 = time.time()
@@ -321,7 +322,7 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     clips_val = np.unique(clip[va])
     clip_labels = np.array([label[clip == c][0] for c in clips_val])
     fusion = fit_text_fusion(q_joint @ a_val.T, ling, clip[va], clips_val, clip_labels, owner[held])
-    from nels.models.joint import joint_dir_for
+    from nels.encoders.joint import joint_dir_for
 
     out_dir = Path(out) if out else joint_dir_for(enc)
     meta = {"name": f"joint-{chosen.replace('/', '-')}-{enc.name}", "text_tower": chosen.split("/")[1], "audio_model": enc.name, "audio_space": enc.space,
@@ -336,7 +337,7 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
             "fusion": {"text": fusion},
             "command": "nels " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nels") else None,
             "feature_config": enc.feature_config.to_dict()}
-    from nels.models.text import DEFAULT_VOCABULARY
+    from nels.encoders.text import DEFAULT_VOCABULARY
 
     save_joint(out_dir, towers, meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
     if phrases not in ("", "none"):  # the model folder keeps the text it was trained on

@@ -25,9 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
+from nels import config
 from nels.audio.features import FeatureConfig
 from nels.errors import ModelError
-from nels.models.encoder import Encoded, l2_normalize
+from nels.encoders.base import Encoded, l2_normalize
 
 FORMAT = "nels-cnn"
 FORMAT_VERSION = 1
@@ -66,9 +67,9 @@ RECOMMENDED_ARCH = {
 def bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX), where
     bf16 autocast is ~1.5-2x faster than float32 for the CNN. $NELS_BF16=0/1 overrides."""
-    env = os.environ.get("NELS_BF16")
-    if env is not None:
-        return env.strip() not in ("0", "", "false", "no")
+    forced = config.bf16_override()
+    if forced is not None:
+        return forced
     try:
         return bool(_torch().ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - a private API: absent means no

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from nels.audio.features import FeatureConfig
-from nels.models.encoder import Encoded, l2_normalize
+from nels.encoders.base import Encoded, l2_normalize
 
 
 class BaselineEncoder:

@@ -2,7 +2,7 @@
 
 Recipe (CPU-sized; see bench/RESULTS.md for what it reaches):
 
-* log-mels computed once per (dataset, FeatureConfig) and cached (`nels.models.datasets`);
+* log-mels computed once per (dataset, FeatureConfig) and cached (`nels.training.datasets`);
 * training examples are random 2 s crops (what the library feeds the model at inference), biased away
   from crops that hold only the silence ESC-50 pads short events with (a crop whose loudest frame is
   > 20 dB below the clip's loudest is redrawn), so a label is rarely attached to silence;
@@ -223,7 +223,7 @@ def augment(x: np.ndarray, y: np.ndarray, n_classes: int, hp: dict, rng: np.rand
 
 def clip_predictions(model, mels, pooling: str = "segments-mean-prob", batch: int = 128) -> np.ndarray:
     """Clip-level class probabilities for a list of clip log-mels with a torch model (eval mode)."""
-    from nels.models.cnn import CNNEncoder, bf16_supported
+    from nels.encoders.cnn import CNNEncoder, bf16_supported
 
     enc = CNNEncoder.__new__(CNNEncoder)
     enc.model, enc.batch_size = model, batch
@@ -236,7 +236,7 @@ def clip_predictions(model, mels, pooling: str = "segments-mean-prob", batch: in
 
 def predict_clips(enc, mels, pooling: str = "segments-mean-prob") -> np.ndarray:
     """Clip probabilities for many clips at once (segments of all clips batched together)."""
-    from nels.models.cnn import pool_segments, segment_mels, softmax
+    from nels.encoders.cnn import pool_segments, segment_mels, softmax
 
     if pooling == "whole":
         lo, _ = enc.forward_mels(list(mels))
@@ -279,7 +279,7 @@ def load_teacher(hp: dict, labels: list[str], exclude_fold, seed: int, feature_c
     """The teacher model(s) of a distillation run (`teacher`: one model folder or a list of them, an ensemble
     whose averaged probabilities teach), each refused unless it shares the student's classes, features,
     held-out fold and seed (the seed fixes the validation split, so the teacher never saw those clips)."""
-    from nels.models.cnn import CNNEncoder
+    from nels.encoders.cnn import CNNEncoder
 
     paths = [hp["teacher"]] if isinstance(hp["teacher"], str) else list(hp["teacher"])
     models = []
@@ -340,8 +340,8 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
     max_epochs_this_run: stop after this many epochs in this call (the checkpoint stays; for tests)."""
     import torch
 
-    from nels.models import datasets as D
-    from nels.models.cnn import DEFAULT_ARCH, RECOMMENDED_ARCH, build_model, save_model
+    from nels.training import datasets as D
+    from nels.encoders.cnn import DEFAULT_ARCH, RECOMMENDED_ARCH, build_model, save_model
 
     hp = {**default_hparams(), **(hparams or {})}
     if hp["pooling"] not in ("validation", *POOLINGS):  # before any feature is computed
@@ -419,7 +419,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
             log(f"checkpoint {ckpt} unreadable ({exc}); starting afresh")
     crop = hp["crop_frames"]
     teacher = load_teacher(hp, ds.labels, exclude_fold, seed, feature_config, log) if hp.get("teacher") else None
-    from nels.models.cnn import bf16_supported
+    from nels.encoders.cnn import bf16_supported
 
     use_bf16 = hp.get("precision") == "bf16" or (hp.get("precision", "auto") == "auto" and bf16_supported())
     log(f"precision: {'bfloat16 autocast' if use_bf16 else 'float32'}")
@@ -514,7 +514,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
                "validation_files": sorted(Path(feats.items[i].path).stem for i in va_idx),
                "skipped_clips": len(feats.skipped)}
     if len(test_idx):
-        from nels.models.evaluate import classification_metrics
+        from nels.evaluate.classification import classification_metrics
 
         test_mels = [mels[i] for i in test_idx]
         by_pool = {}

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from nels.errors import LibraryError
-from nels.index import db
-from nels.index.vectors import FaissStore
+from nels.store import schema as db
+from nels.store.vectors import FaissStore
 
 
 @dataclass
@@ -337,13 +337,3 @@ class Library:
         for hot paths, where COUNT(*) would scan the tables."""
         row = self.conn.execute("SELECT (SELECT MAX(id) FROM clips), (SELECT MAX(id) FROM segments)").fetchone()
         return {"clips": row[0] or 0, "segments": row[1] or 0}
-
-    # -- search (one code path for CLI, website and API) -----------------------------------------------
-    def search(self, text: str | None = None, audio=None, **kw) -> list[dict]:
-        """Ranked results for a text query, an audio query (path, bytes or array) or both.
-
-        See `nels.search.query.search` for the keyword arguments (mode, k, page, filters).
-        """
-        from nels.search.query import search
-
-        return search(self, text=text, audio=audio, **kw)

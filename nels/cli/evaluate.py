@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 _TARGETS = {
-    "classification": "nels.models.evaluate:cli_evaluate_classification",
-    "retrieval": "nels.search.evaluate:cli_evaluate_retrieval",
-    "joint": "nels.models.joint_evaluate:cli_evaluate_joint",
+    "classification": "nels.evaluate.classification:cli_evaluate_classification",
+    "retrieval": "nels.evaluate.retrieval:cli_evaluate_retrieval",
+    "joint": "nels.evaluate.joint:cli_evaluate_joint",
     "learning": "nels.learn.experiment:cli_evaluate_learning",
 }
 

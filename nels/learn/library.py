@@ -62,7 +62,7 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
     from nels.audio.decode import decode
     from nels.learn.embed import embed_many
     from nels.learn.heads import save_with_head
-    from nels.models.datasets import load_dataset
+    from nels.training.datasets import load_dataset
     from nels.search.query import _encoder_for, label_space
 
     enc = _encoder_for(lib)
@@ -141,7 +141,7 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
               "selected": sum(len(r["selected"]) for r in hist), "best_iteration": best["iteration"],
               "model": str(out), "classes": len(labels), "feedback_labels": len(pos)}
     if apply:
-        from nels.index.reindex import reindex
+        from nels.ingest.reindex import reindex
 
         result["reindex"] = reindex(lib, str(out), progress=progress)
     return result
@@ -149,7 +149,7 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
 
 def cli_learn(args) -> int:
     from nels.cli import print_json
-    from nels.index.library import Library
+    from nels.store.library import Library
 
     if (args.add_class is None) != (args.query is None):
         raise NelsError("--add-class and --query go together")

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from nels import config
 from nels.errors import ModelError, NelsError
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -247,7 +248,7 @@ def content_words(text: str, min_len: int = 4) -> set[str]:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nels" / "text"
+    return config.cache_dir() / "text"
 
 
 class LabelSpace:

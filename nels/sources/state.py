@@ -11,7 +11,7 @@ import sqlite3
 import time
 from typing import Iterable
 
-from nels.crawl.source import Item
+from nels.sources.source import Item
 
 BACKOFF_SECONDS = 2.0
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote_plus
 
-from nels.crawl.guard import check_public_url
-from nels.crawl.source import Fetched, Item, is_url, is_ytdlp_target, provenance_of
+from nels import config
+from nels.sources.guard import check_public_url
+from nels.sources.source import Fetched, Item, is_url, is_ytdlp_target, provenance_of
 from nels.errors import SourceError
 
 
@@ -23,7 +24,7 @@ def search_target(query: str, n: int) -> str:
     query = " ".join(query.split())
     if not query:
         raise SourceError("empty crawl query")
-    template = os.environ.get("NELS_YTDLP_SEARCH")
+    template = config.YTDLP_SEARCH.get()
     if template:
         return template.format(query=quote_plus(query), n=n)
     return f"ytsearch{int(n)}:{query}"

@@ -28,12 +28,13 @@ from typing import Callable
 
 import numpy as np
 
+from nels import config
 from nels.audio.features import FeatureConfig, logmel
 from nels.errors import DatasetError, NelsError
 
 AUDIO_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif", ".wma", ".mp4"}
 ESC50_COLUMNS = ("filename", "fold", "target", "category")
-DEFAULT_CACHE = Path(os.environ.get("NELS_CACHE", Path.home() / ".cache" / "nels")) / "features"
+DEFAULT_CACHE = config.cache_dir() / "features"
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Every setting NELS reads from the environment, every default path and the tuning constants, in one place.
+
+Environment variables are read when asked for (not at import), so a test or a long-running server sees
+the value in force at that moment. `SETTINGS` is the documented table; the README's configuration
+table is checked against it (tests/test_architecture.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    doc: str
+
+    def get(self) -> str:
+        v = os.environ.get(self.env)
+        return v if v not in (None, "") else self.default
+
+
+LIBRARY = Setting("NELS_LIBRARY", "./nels-library", "the library folder when `--library` is not given")
+CACHE = Setting("NELS_CACHE", "~/.cache/nels", "feature, embedding and text-vector caches; the ESC-50 download")
+ADMIN_TOKEN = Setting("NELS_ADMIN_TOKEN", "", "admin token of the website and API; unset: admin is off")
+MAX_UPLOAD_MB = Setting("NELS_MAX_UPLOAD_MB", "20", "largest audio upload the website accepts (MB)")
+BF16 = Setting("NELS_BF16", "", "1/0 forces bfloat16 CNN inference on/off; unset: on where the CPU has native bf16")
+YTDLP_SEARCH = Setting("NELS_YTDLP_SEARCH", "",
+                       "a URL template with {query} and {n} that replaces YouTube search (e.g. a local site)")
+ESC50 = Setting("NELS_ESC50", "", "where ESC-50 is, for `nels demo` (else ./shared, ../shared, the cache)")
+VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss", "the vector store of new libraries (`nels.store.vectors`)")
+RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process) or pool (a process per core)")
+SERVE_LIBRARY = Setting("NELS_SERVE_LIBRARY", "", "set by `nels serve --workers N` for its worker processes")
+CHROMIUM = Setting("NELS_CHROMIUM", "/usr/bin/chromium", "the browser of the browser tests and bench/screenshot.py")
+
+SETTINGS: tuple[Setting, ...] = (LIBRARY, CACHE, ADMIN_TOKEN, MAX_UPLOAD_MB, BF16, YTDLP_SEARCH, ESC50, VECTOR_STORE,
+                                 RUNNER, SERVE_LIBRARY, CHROMIUM)
+
+# -- audio ---------------------------------------------------------------------------------------------
+SAMPLE_RATE = 16_000  # Hz: what decoding produces unless an encoder asks for another rate
+SEGMENT_SECONDS = 2.0  # the library's segments: 2 s windows...
+SEGMENT_HOP_SECONDS = 1.0  # ...every second
+DECODE_CHUNK_SECONDS = 30.0  # decoding streams in chunks of this length: memory is flat in a file's length
+
+# -- ingest ---------------------------------------------------------------------------------------------
+MAX_DOWNLOAD_BYTES = 2 * 1024 ** 3  # a larger download is refused
+RETRY_BACKOFF_SECONDS = 2.0  # failed items wait 2, 4, 8... s before their next attempt
+ENCODE_BATCH = 64  # segments per encoder call
+
+# -- vector indexes ---------------------------------------------------------------------------------------
+HNSW_THRESHOLD = 50_000  # FAISS: exact search below this many vectors, HNSW above
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+
+# -- search -----------------------------------------------------------------------------------------------
+MAX_QUERY_CHARS = 1000
+MAX_K = 1000
+RRF_K = 60  # reciprocal-rank fusion constant
+MIN_LABEL_SIMILARITY = 0.30  # below this best query-label cosine, no label means the query: say so
+MIN_ACOUSTIC_SCORE = 0.30  # below this cosine, an audio query has no acoustically similar segment
+MIN_LINGUISTIC_SCORE = 0.10  # below this probability mass on the query's labels, nothing is clearly recognised
+
+# -- website ----------------------------------------------------------------------------------------------
+MAX_QUERY_AUDIO_SECONDS = 600.0
+SEARCH_THREADS = 2  # searches per server process at once (CPU-bound, they hold the GIL)
+
+
+def cache_dir() -> Path:
+    """$NELS_CACHE, else $XDG_CACHE_HOME/nels, else ~/.cache/nels."""
+    env = os.environ.get(CACHE.env)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nels"
+
+
+def library_path() -> str:
+    return LIBRARY.get()
+
+
+def admin_token() -> str | None:
+    return ADMIN_TOKEN.get() or None
+
+
+def max_upload_bytes() -> int:
+    return int(float(MAX_UPLOAD_MB.get()) * 1024 * 1024)
+
+
+def bf16_override() -> bool | None:
+    """True/False when $NELS_BF16 says so, None when unset (decide by the CPU)."""
+    v = os.environ.get(BF16.env)
+    if v is None:
+        return None
+    return v.strip() not in ("0", "", "false", "no")
+
+
+def esc50_candidates() -> list[str]:
+    return [p for p in (ESC50.get(), "shared/datasets/esc50", "../shared/datasets/esc50",
+                        str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "esc50"),
+                        str(cache_dir() / "esc50")) if p]
+
+
+def readme_table() -> str:
+    """The README's configuration table (Markdown), generated from SETTINGS."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    rows += [f"| `{s.env}` | {('`' + s.default + '`') if s.default else '-'} | {s.doc} |" for s in SETTINGS]
+    return "\n".join(rows)

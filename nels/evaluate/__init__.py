@@ -1,0 +1,1 @@
+"""Measurements: classification, retrieval and the joint space, on a labelled dataset's held-out fold."""
