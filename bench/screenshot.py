@@ -18,8 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # tests/devserver.py: the test helper that runs `nels serve`
 
-from nels.web.devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library  # noqa: E402
+from devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library  # noqa: E402
 
 
 def main(argv=None) -> int:

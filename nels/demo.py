@@ -170,7 +170,7 @@ def cli_demo(args) -> int:
     lib.close()
     if args.no_serve:
         return 0
-    from nels.web.app import cli_serve
+    from nels.web.server import serve
 
     print(f"\nserving the demo library on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
-    return cli_serve(args)
+    return serve(args.library, args.host, args.port)

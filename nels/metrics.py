@@ -32,3 +32,29 @@ def average_precision_at(relevant: Sequence[bool], k: int, n_relevant: int) -> f
 def precision_at(relevant: Sequence[bool], k: int) -> float:
     rel = np.asarray(relevant, dtype=bool)[:k]
     return float(rel.sum() / k)
+
+
+def class_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """AP of one class (binary y_true), the area under the precision-recall curve as sklearn computes it."""
+    order = np.argsort(-scores, kind="mergesort")
+    y = np.asarray(y_true)[order]
+    n_pos = y.sum()
+    if n_pos == 0:
+        return float("nan")
+    hits = np.cumsum(y)
+    prec = hits / np.arange(1, len(y) + 1)
+    return float((prec * y).sum() / n_pos)
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
+    y = np.asarray(y)
+    pred = probs.argmax(1)
+    aps = []
+    for c in range(n_classes):
+        aps.append(class_average_precision((y == c).astype(np.float64), probs[:, c]))
+    ap_arr = np.array(aps, dtype=np.float64)
+    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    return {"accuracy": float((pred == y).mean()), "mAP": float(np.nanmean(ap_arr)) if np.isfinite(ap_arr).any() else float("nan"),
+            "per_class_ap": [None if not np.isfinite(a) else round(float(a), 4) for a in ap_arr],
+            "confusion": conf.tolist(), "n_clips": int(len(y))}

@@ -96,7 +96,7 @@ def trained(tmp_path_factory, folders_ds):
     return Path(s["model"]), cache, s
 
 
-def test_folders_dataset_is_learnt(trained, tmp_path):
+def test_folders_dataset_is_learnt(trained, folders_ds, tmp_path):
     from nels.evaluate.classification import evaluate_classification
 
     model, cache, summary = trained
@@ -104,7 +104,10 @@ def test_folders_dataset_is_learnt(trained, tmp_path):
     meta = json.loads((model / "model.json").read_text())
     assert meta["labels"] == sorted(CLASSES)
     assert meta["feature_config"] == FeatureConfig().to_dict()
-    assert "nels train" in meta["training"]["command"] or meta["training"]["command"]
+    # the model says how it was made: a `nels train` command line, the dataset and the seed
+    assert meta["training"]["command"].startswith("nels train"), meta["training"]
+    assert Path(meta["training"]["dataset"]).resolve() == Path(folders_ds).resolve()
+    assert meta["training"]["format"] == "folders" and meta["training"]["seed"] == 0
     fresh = make_folders(tmp_path / "test", per_class=4, seed=7)  # unseen clips
     r = evaluate_classification(str(fresh), "folders", None, str(model), str(tmp_path / "rep"), str(cache), progress=False)
     assert r["accuracy"] >= 0.9, r
@@ -353,29 +356,37 @@ def _permuted_teacher(model: Path, out: Path) -> Path:
 
 def test_distillation_follows_the_teacher(trained, folders_ds, tmp_path):
     """With all of the loss on the teacher, the student learns what the teacher says, not the labels: a
-    teacher that names every class one off makes a student that does too (so the teacher term is live)."""
+    teacher that names every class one off makes a student that does too (so the teacher term is live).
+    A student that ignored the teacher (kd_weight 0) names the true class of ~every clip, so it agrees with
+    this teacher on ~none and its accuracy is far above chance: both assertions below fail for it."""
     from nels.encoders.cnn import CNNEncoder
     from nels.evaluate.classification import evaluate_classification
+    from nels.training.datasets import compute_features, load_dataset
     from nels.training.train import train
 
     model, cache, _ = trained
     teacher = _permuted_teacher(model, tmp_path / "teacher")
+    # 24 epochs: at 12 the student had learnt 3 of the 4 rolled classes on some machines (bf16 or not)
     hp = {**FAST_HP, "teacher": str(teacher), "kd_weight": 1.0, "kd_temperature": 1.0, "pooling": "whole",
           "select": "last"}  # validation scores the true labels, which this teacher contradicts
-    s = train(str(folders_ds), "folders", out=str(tmp_path / "student"), epochs=12, seed=0, cache=str(cache),
+    s = train(str(folders_ds), "folders", out=str(tmp_path / "student"), epochs=24, seed=0, cache=str(cache),
               arch=TINY_ARCH, hparams=hp, quiet=True, progress=False, threads=1)
     enc = CNNEncoder.load(s["model"])
     assert enc.meta["pooling"] == "whole" and enc.meta["training"]["hparams"]["teacher"] == str(teacher)
-    fresh = make_folders(tmp_path / "fresh", per_class=4, seed=11)
+    fresh = make_folders(tmp_path / "fresh", per_class=8, seed=11)  # 32 unseen clips
     r = evaluate_classification(str(fresh), "folders", None, s["model"], str(tmp_path / "rep"), str(cache), progress=False)
-    assert r["pooling"] == "whole"
-    assert r["accuracy"] <= 0.2, r  # it no longer names the true class...
+    assert r["pooling"] == "whole" and r["n_clips"] == 8 * len(CLASSES)
+    # it no longer names the true class: at most chance plus two standard errors of a chance-level score
+    chance = 1 / len(CLASSES)
+    assert r["accuracy"] <= chance + 2 * np.sqrt(chance * (1 - chance) / r["n_clips"]), r
+    # ...but the teacher's, which is wrong on (nearly) every clip, so agreeing with it is no accident
     t = CNNEncoder.load(teacher)
-    from nels.training.datasets import compute_features, load_dataset
-
     feats = compute_features(load_dataset(str(fresh), "folders"), enc.feature_config, str(cache), progress=False)
-    agree = np.mean([enc.predict_clip(m, "whole").argmax() == t.predict_clip(m, "whole").argmax() for m in feats.mels])
-    assert agree >= 0.8  # ...but the teacher's
+    truth = [it.label for it in feats.items]
+    said = [t.predict_clip(m, "whole").argmax() for m in feats.mels]
+    assert np.mean(np.equal(said, truth)) <= 0.1  # the rolled teacher really contradicts the labels
+    agree = np.mean([enc.predict_clip(m, "whole").argmax() == s_ for m, s_ in zip(feats.mels, said)])
+    assert agree >= 0.75, agree
 
 
 def test_teacher_that_could_leak_is_refused(trained, folders_ds, tmp_path):

@@ -31,19 +31,35 @@ def world(tmp_path_factory):
     return root, ds, model, vocab
 
 
-def test_train_joint_and_search_text_and_audio(world, monkeypatch):
+@pytest.fixture(scope="module")
+def joint_world(world):
+    """The joint space trained for `world`'s CNN (stored in the model folder) and a library of `world`'s
+    dataset ingested with that model, so it holds joint vectors. Returns (train_joint's report, library dir)."""
     from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
-    from nels.encoders import joint
-    from nels.encoders.base import load_encoder
     from nels.training.joint import train_joint
 
     root, ds, cnn, vocab = world
-    monkeypatch.setattr("nels.training.joint.CACHE", root / "jcache")
     phrases = root / "phrases.json"
     phrases.write_text(json.dumps({"classes": PHRASES}))
-    res = train_joint(str(ds), "folders", model=str(cnn), loss="both", epochs=15, vocabulary=str(vocab),
-                      progress=False, phrases=str(phrases))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nels.training.joint.CACHE", root / "jcache")
+        res = train_joint(str(ds), "folders", model=str(cnn), loss="both", epochs=15, vocabulary=str(vocab),
+                          progress=False, phrases=str(phrases))
+    lib_dir = root / "lib"
+    with Library(lib_dir) as lib:
+        ingest(lib, [str(ds)], model=str(cnn), options=IngestOptions(progress=False))
+        lib.save_indexes()
+    return res, lib_dir
+
+
+def test_train_joint_and_search_text_and_audio(world, joint_world):
+    from nels.library import Library
+    from nels.encoders import joint
+    from nels.encoders.base import load_encoder
+
+    root, ds, cnn, vocab = world
+    res, lib_dir = joint_world
     assert set(res["losses"]) == {"contrastive/mlp", "contrastive/linear", "infonce/mlp", "infonce/linear"}
     assert res["losses"][f"{res['loss']}/{res['text_tower']}"]["validation"] >= 0.75
     # training text: vocabulary phrases + 3 of the 4 extra phrasings per class; the rest validate
@@ -54,9 +70,9 @@ def test_train_joint_and_search_text_and_audio(world, monkeypatch):
     assert fusion[fusion["default_mode"]] == max(fusion["linguistic"], fusion["joint"], fusion["fused"])
     enc = joint.joint_encoder_for(load_encoder(str(cnn)))
     assert enc is not None and (cnn / "joint" / "joint.json").exists()
-    # ingest builds the joint index alongside the acoustic one
-    lib = Library(root / "lib")
-    ingest(lib, [str(ds)], model=str(cnn), options=IngestOptions(progress=False))
+    # ingest built the joint index alongside the acoustic one
+    lib = Library(lib_dir, create=False)
+    assert len(lib.store("cnn")) > 0
     assert joint.library_has_joint(lib) and len(lib.store("joint")) == len(lib.store("cnn"))
     hits = lib.search(text="bass drone", mode="joint", k=5)
     labels = [Path(h["source"]).parent.name for h in hits]
@@ -65,13 +81,13 @@ def test_train_joint_and_search_text_and_audio(world, monkeypatch):
     assert [Path(h["source"]).parent.name for h in hits].count("chirp") >= 4
 
 
-def test_text_queries_default_to_the_mode_validation_chose(world):
+def test_text_queries_default_to_the_mode_validation_chose(world, joint_world):
     from nels.library import Library
     from nels.encoders import joint
     from nels.encoders.base import load_encoder
 
     root, ds, cnn, vocab = world
-    lib = Library(root / "lib", create=False)  # built by the first test of this module
+    lib = Library(joint_world[1], create=False)
     chosen = joint.joint_encoder_for(load_encoder(str(cnn))).meta["fusion"]["text"]["default_mode"]
     res = lib.search(text="a deep drone", k=3)
     assert res.mode == chosen
@@ -118,11 +134,11 @@ def test_joint_search_without_joint_vectors_names_the_command(tmp_path, sounds):
         lib.search(text="a hum", mode="joint")
 
 
-def test_joint_results_carry_tags_and_related_words(world):
+def test_joint_results_carry_tags_and_related_words(world, joint_world):
     from nels.library import Library
 
     root, ds, cnn, vocab = world
-    lib = Library(root / "lib", create=False)  # built by the first test of this module
+    lib = Library(joint_world[1], create=False)
     res = lib.search(audio=next((ds / "high_tone").iterdir()), k=3)
     assert res.mode == "fused" and res.suggested_tags
     assert res.suggested_tags[0]["label"] == "high_tone"

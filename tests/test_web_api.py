@@ -13,8 +13,8 @@ SR = 16000
 TOKEN = "s3cret-test-token"
 
 
-from nels.web.devserver import SR, build_library, synth_sounds, wav_bytes, write_wav  # noqa: E402,F401
-from nels.web.devserver import tone as _tone  # noqa: E402
+from devserver import SR, build_library, synth_sounds, wav_bytes, write_wav  # noqa: E402,F401
+from devserver import tone as _tone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,15 @@ def client(library, monkeypatch):
     monkeypatch.setenv("NELS_ADMIN_TOKEN", TOKEN)
     with TestClient(create_app(library, max_upload_bytes=1024 * 1024), raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture()
+def own_library(library, tmp_path) -> Path:
+    """A private copy of the module's library, for a test that writes to it (jobs, learning iterations),
+    so that no other test sees what it wrote, whatever the order."""
+    import shutil
+
+    return Path(shutil.copytree(library, tmp_path / "library"))
 
 
 def _clip_id(library: Path, name: str) -> int:
@@ -218,11 +227,15 @@ def test_admin_disabled_without_env(library, monkeypatch):
                                  "http://192.168.1.1/a.wav", "http://[::1]/a.wav", "file:///etc/passwd",
                                  "/etc/passwd"])
 def test_admin_ingest_refuses_non_public_urls(client, url):
+    def job_ids():
+        return [j["id"] for j in client.get("/api/admin/jobs", headers={"X-Admin-Token": TOKEN}).json()["jobs"]]
+
+    before = job_ids()
     r = client.post("/api/admin/ingest", json={"urls": [url]}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 400, (url, r.text)
     err = r.json()["error"]
     assert "refused" in err or "only http(s)" in err, err
-    assert client.get("/api/admin/jobs", headers={"X-Admin-Token": TOKEN}).json()["jobs"] == []
+    assert job_ids() == before  # nothing was queued
 
 
 def test_admin_accepts_with_token(client, monkeypatch):
@@ -257,13 +270,14 @@ def test_admin_accepts_with_token(client, monkeypatch):
     assert m["library"]["model"] == "baseline"
 
 
-def test_iterations_chart(library, monkeypatch):
+def test_iterations_chart(own_library, monkeypatch):
     import json as _json
     import sqlite3
     import time
 
     from nels.web.app import create_app
 
+    library = own_library
     with sqlite3.connect(library / "nels.db") as conn:
         for i in range(3):
             conn.execute("INSERT OR REPLACE INTO iterations(run, iteration, strategy, model, map, per_class, selected,"
@@ -278,8 +292,6 @@ def test_iterations_chart(library, monkeypatch):
         assert it["iterations"][0]["per_class"]["rain"] == 0.6
         r = c.get("/api/admin/iterations.png", headers=h)
         assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
-    with sqlite3.connect(library / "nels.db") as conn:
-        conn.execute("DELETE FROM iterations")
 
 
 def test_errors_are_json(client):
@@ -292,21 +304,36 @@ def test_errors_are_json(client):
     assert client.get("/openapi.json").json()["paths"]["/api/search"]
 
 
-def test_concurrent_requests(client):
+def test_concurrent_requests(client, library):
+    """24 requests from 8 threads at once get the answers each gets alone: the right status and content."""
     from concurrent.futures import ThreadPoolExecutor
 
     q = wav_bytes(_tone(1000, 2))
 
     def one(i):
         if i % 3 == 0:
-            return client.get("/api/stats").status_code
+            return client.get("/api/stats")
         if i % 3 == 1:
-            return client.get("/api/search", params={"q": "dog"}).status_code
-        return client.post("/api/search", files={"audio": ("q.wav", q, "audio/wav")}).status_code
+            return client.get("/api/search", params={"q": "dog"})
+        return client.post("/api/search", files={"audio": ("q.wav", q, "audio/wav")})
 
+    def hits(r) -> list[tuple[int, int]]:
+        return [(h["clip_id"], h["segment_id"]) for h in r.json()["results"]]
+
+    alone = [one(i) for i in range(3)]  # one of each kind, sequentially: the reference answers
+    assert [r.status_code for r in alone] == [200, 400, 200], [r.text for r in alone]
+    assert hits(alone[2])[0][0] == _clip_id(library, "tone_late")
     with ThreadPoolExecutor(8) as ex:
-        codes = list(ex.map(one, range(24)))
-    assert set(codes) <= {200, 400} and codes.count(200) >= 16
+        answers = list(ex.map(one, range(24)))
+    for i, r in enumerate(answers):
+        ref = alone[i % 3]
+        assert r.status_code == ref.status_code, (i, r.text)
+        if i % 3 == 0:
+            assert r.json()["clips"] == ref.json()["clips"] == 5 and r.json()["segments"] == ref.json()["segments"]
+        elif i % 3 == 1:
+            assert r.json()["error"] == ref.json()["error"] and "class probabilities" in r.json()["error"]
+        else:
+            assert r.json()["mode"] == ref.json()["mode"] and hits(r) == hits(ref), (i, r.json())
 
 
 def test_jobs_are_shared_between_server_processes(tmp_path):
@@ -356,7 +383,9 @@ def test_jobs_are_shared_between_server_processes(tmp_path):
 
 
 def test_jobs_queued_before_a_restart_run_when_the_server_starts(tmp_path):
-    """A job queued by a server that stopped before running it is run by the next server to start."""
+    """A job queued by a server that stopped before running it is run by the next server to start.
+    The job ingests a local file (as if queued and accepted before), so it can only succeed: 'done', with
+    the clip in the library afterwards."""
     import json as _json
     import sqlite3
     import time
@@ -366,18 +395,22 @@ def test_jobs_queued_before_a_restart_run_when_the_server_starts(tmp_path):
     from nels.library import Library
     from nels.web.app import create_app
 
-    Library(tmp_path / "lib").close()
-    missing = tmp_path / "gone.wav"
+    with Library(tmp_path / "lib") as lib:
+        lib.set_meta("model", "baseline")  # the first ingest keeps it (quick, no model files needed)
+    wav = write_wav(tmp_path / "hum.wav", synth_sounds()["hum"])
     with sqlite3.connect(tmp_path / "lib" / "nels.db") as conn:
         conn.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES ('ingest', ?, 'queued', ?)",
-                     (_json.dumps({"urls": [str(missing)], "max_duration": None}), time.time()))
+                     (_json.dumps({"urls": [str(wav)], "max_duration": None}), time.time()))
     with TestClient(create_app(tmp_path / "lib", admin_token="t")) as client:
-        for _ in range(200):
+        for _ in range(600):
             jobs = client.get("/api/admin/jobs", headers={"Authorization": "Bearer t"}).json()["jobs"]
             if jobs[0]["status"] not in ("queued", "running"):
                 break
             time.sleep(0.05)
-    assert jobs[0]["status"] in ("done", "failed"), jobs  # it ran (the file is missing: a reported error)
+        assert jobs[0]["status"] == "done", jobs
+        assert jobs[0]["result"]["added"] == 1 and not jobs[0]["result"]["failed"], jobs
+        stats = client.get("/api/stats").json()
+    assert stats["clips"] == 1 and stats["segments"] > 0, stats
 
 
 def _children(pid: int) -> list[int]:
@@ -393,32 +426,93 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to count server processes")
-def test_several_server_processes_share_one_library(library):
+def _tcp_inode(local_port: int, remote_port: int) -> int | None:
+    """The inode of the loopback TCP socket local_port <-> remote_port (IPv4, from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == local_port and int(f[2].split(":")[1], 16) == remote_port:
+            return int(f[9])
+    return None
+
+
+def _socket_owners(pids: list[int], inode: int) -> set[int]:
+    """Those of `pids` that hold the socket with this inode open."""
+    import os
+
+    owners = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    owners.add(pid)
+                    break
+            except OSError:
+                continue
+    return owners
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc to see which process answered")
+def test_several_server_processes_share_one_library(own_library):
     """`nels serve --workers 2`: two server processes answer, and every answer sees the same jobs (they live
-    in the library, not in one process's memory)."""
+    in the library, not in one process's memory).
+
+    Which worker accepts a connection is the kernel's choice, so the test makes it: after a first answer,
+    the worker holding that connection (its accepted socket, found in /proc) is paused with SIGSTOP, and
+    the next connection can only be accepted and answered by another worker, which is identified the same
+    way. A single-process server would never answer that second request (it times out: the test fails)."""
+    import http.client
     import json as _json
+    import os
+    import signal
     import sqlite3
     import time
-    import urllib.request
 
-    from nels.web.devserver import Server
+    from devserver import Server
 
+    library = own_library
     with sqlite3.connect(library / "nels.db") as conn:
         job_id = conn.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES('crawl', ?, 'failed', ?)",
                               (_json.dumps({"queries": ["rain"], "per_query": 1}), time.time())).lastrowid
     with Server(library, admin_token=TOKEN, workers=2) as srv:
-        for _ in range(50):
-            if len(_children(srv.proc.pid)) >= 2:
-                break
-            time.sleep(0.1)
-        assert len(_children(srv.proc.pid)) >= 2
-        for _ in range(12):  # a new connection each time: the kernel spreads them over the processes
-            req = urllib.request.Request(f"{srv.url}/api/admin/jobs/{job_id}", headers={"X-Admin-Token": TOKEN})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                assert r.status == 200 and _json.load(r)["params"]["queries"] == ["rain"]
-            with urllib.request.urlopen(f"{srv.url}/api/stats", timeout=30) as r:
-                assert _json.load(r)["segments"] > 0
+
+        def ask(conn: http.client.HTTPConnection, path: str) -> dict:
+            conn.request("GET", path, headers={"X-Admin-Token": TOKEN})
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, body
+            return _json.loads(body)
+
+        def served_by(conn: http.client.HTTPConnection) -> int:
+            """The server process holding this (kept-alive) connection's accepted socket."""
+            inode = _tcp_inode(srv.port, conn.sock.getsockname()[1])
+            assert inode is not None
+            owners = _socket_owners([srv.proc.pid, *_children(srv.proc.pid)], inode)
+            assert len(owners) == 1, owners
+            return owners.pop()
+
+        def check(conn: http.client.HTTPConnection) -> int:
+            job = ask(conn, f"/api/admin/jobs/{job_id}")
+            assert job["id"] == job_id and job["status"] == "failed" and job["params"]["queries"] == ["rain"], job
+            assert ask(conn, "/api/stats")["clips"] == 5
+            return served_by(conn)
+
+        first = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+        p1 = check(first)
+        os.kill(p1, signal.SIGSTOP)
+        try:
+            second = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20)
+            p2 = check(second)
+        finally:
+            os.kill(p1, signal.SIGCONT)
+        assert p1 != p2 and {p1, p2} <= set(_children(srv.proc.pid))
+        # both go on answering, each on its own connection
+        assert check(first) == p1 and check(second) == p2
+        first.close()
+        second.close()
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "nels" / "data" / "models" / "esc50-cnn" / "model.json"

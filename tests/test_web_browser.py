@@ -12,10 +12,10 @@ CHROMIUM = os.environ.get("NELS_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
-from nels.web.devserver import CHROMIUM_ARGS as BASE_ARGS  # noqa: E402
-from nels.web.devserver import Server as _Server  # noqa: E402
-from nels.web.devserver import build_library, synth_sounds, write_wav  # noqa: E402
-from nels.web.devserver import tone as _tone  # noqa: E402
+from devserver import CHROMIUM_ARGS as BASE_ARGS  # noqa: E402
+from devserver import Server as _Server  # noqa: E402
+from devserver import build_library, synth_sounds, write_wav  # noqa: E402
+from devserver import tone as _tone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token"

@@ -5,11 +5,11 @@ Exit status: 0 success, 1 some items failed (the batch still finished), 2 usage 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from nels import config
+from nels.cli.output import print_json  # noqa: F401 - `from nels.cli import print_json`
 from nels.errors import NelsError
 
 
@@ -31,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=float, default=None, metavar="SEC", help="skip items longer than this")
     s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
     s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
+    s.add_argument("--runner", default=None, choices=["local", "pool"],
+                   help="where items are processed: local (this process) or pool (a process per core); default $NELS_RUNNER or local")
+    s.add_argument("--processes", type=int, default=None, metavar="N", help="pool runner: worker processes (default: one per core)")
     s.add_argument("--retries", type=int, default=3, help="attempts per failing item across runs")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.ingest.runner:cli_ingest")
+    s.set_defaults(func="nels.cli.ingest:cli_ingest")
 
     s = sub.add_parser("crawl", help="search YouTube through yt-dlp and ingest what it finds")
     s.add_argument("queries", nargs="+", metavar="QUERY")
@@ -42,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=float, default=600.0, metavar="SEC")
     s.add_argument("--max-items", type=int, default=None)
     s.add_argument("--rate-limit", type=float, default=0.5, metavar="PER_SEC")
+    s.add_argument("--runner", default=None, choices=["local", "pool"],
+                   help="where items are processed: local (this process) or pool (a process per core); default $NELS_RUNNER or local")
+    s.add_argument("--processes", type=int, default=None, metavar="N", help="pool runner: worker processes (default: one per core)")
     s.add_argument("--retries", type=int, default=3)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.ingest.runner:cli_crawl")
+    s.set_defaults(func="nels.cli.ingest:cli_crawl")
 
     s = sub.add_parser("search", help="find sounds by text, by example audio, or both")
     s.add_argument("text", nargs="?", default=None)
@@ -96,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='training hyper-parameters over the defaults, e.g. \'{"lr": 0.002, "precision": "fp32"}\'')
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.training.train:cli_train")
+    s.set_defaults(func="nels.cli.train:cli_train")
 
     s = sub.add_parser("train-joint", help="train the cross-modal joint space (audio tower + text tower)")
     s.add_argument("--dataset", required=True, metavar="DIR")
@@ -112,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=80)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.training.joint:cli_train_joint")
+    s.set_defaults(func="nels.cli.train:cli_train_joint")
 
     s = sub.add_parser("evaluate", help="measure classification, retrieval, joint space or learning")
     s.add_argument("what", nargs="?", default="classification",
@@ -145,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-query", type=int, default=20)
     s.add_argument("--apply", action="store_true", help="re-index the library with the new model")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func="nels.learn.library:cli_learn")
+    s.set_defaults(func="nels.cli.learn:cli_learn")
 
     s = sub.add_parser("serve", help="serve the website and JSON API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="server processes (default: one per core, at most 4)")
-    s.set_defaults(func="nels.web.app:cli_serve")
+    s.set_defaults(func="nels.cli.serve:cli_serve")
 
     s = sub.add_parser("demo", help="build a demo library (ESC-50 or synthetic) and serve it")
     s.add_argument("--no-serve", action="store_true", help="build only, then run one search")
@@ -183,11 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nels: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130
-
-
-def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,53 @@
-"""The Encoder seam: audio segments in, embeddings (and class probabilities where there are classes) out.
+"""The Encoder seam: a waveform in, per-segment embeddings (and class probabilities where there are
+classes) out. Each encoder owns its front end (log-mel, or whatever its network reads) and its sample
+rate; NELS's pipeline only cuts audio into segments and hands them over.
 
-Implementations: `baseline` (training-free log-mel statistics, `nels.encoders.baseline`) and `cnn`
-(trained, `nels.encoders.cnn`); a pretrained model loaded from a user's file plugs in the same way.
-Encoders consume log-mels (`nels.audio.features.logmel`), so the front end is computed once per
-clip and shared, and a model is refused if its FeatureConfig differs from the library's.
+    encoder = create_encoder("cnn:path/to/model")      # or "default", "baseline", a model folder, ...
+    out = encoder.encode(waveform, sample_rate)         # Encoded: embeddings, probs, labels, starts, ends
+
+Encoders are made from a spec string through a registry: `register_encoder("tones", factory)` makes
+`create_encoder("tones")` and `create_encoder("tones:ARG")` call `factory(arg)`. A new encoder is one
+new file plus that one registration line (tests/test_encoder_seam.py registers a toy one).
+
+Implementations: `baseline` (training-free log-mel statistics), `cnn` (the trained sound-event CNN);
+derived encoders (the joint space) map another encoder's output with `encode_from(base)`.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from nels.audio.features import FeatureConfig, logmel
+from nels.audio.features import FeatureConfig, SlidingLogMel
+from nels.audio.segment import Segment, SegmentConfig, segment_array
+from nels.config import ENCODE_BATCH, SEGMENT_HOP_SECONDS, SEGMENT_SECONDS
 from nels.errors import ModelError
 
 
 @dataclass
 class Encoded:
-    """embeddings: (n, dim) float32, L2-normalised (inner product = cosine).
-    probs: (n, n_classes) float32 class probabilities, or None for encoders without classes."""
+    """What an encoder says about n segments.
+
+    embeddings : (n, dim) float32, L2-normalised (inner product = cosine).
+    probs : (n, n_classes) float32 class probabilities, or None for encoders without classes.
+    labels : the class names, index-aligned with `probs` (None without classes).
+    raw : (n, d) the un-normalised embeddings a classifier head reads (the learning loop re-trains on
+        them), or None where the encoder has no such layer.
+    starts, ends : (n,) seconds of each segment in the waveform (set by `encode`), or None.
+    """
 
     embeddings: np.ndarray
     probs: np.ndarray | None = None
+    labels: list[str] | None = None
+    raw: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    ends: np.ndarray | None = None
+
+
+Frontend = Callable[[np.ndarray, int], Any]  # (segment samples, start sample in its stream) -> features
 
 
 @runtime_checkable
@@ -33,16 +56,22 @@ class Encoder(Protocol):
     space: str  # the vector index this encoder writes ("baseline", "cnn", ...)
     dim: int
     labels: list[str] | None  # class names, index-aligned with Encoded.probs
-    feature_config: FeatureConfig
+    sample_rate: int  # the rate its front end reads
+    window: float  # seconds per segment when it frames a waveform itself (`encode`)
+    hop: float
 
-    def encode_mels(self, mels: Sequence[np.ndarray]) -> Encoded:
-        """Encode loudness-normalised log-mels, each (frames, n_mels); lengths may differ."""
+    def frontend(self) -> Frontend:
+        """A front end for one stream of segments (it may share work between overlapping windows, so
+        make one per clip and call it in stream order)."""
         ...
 
+    def encode_features(self, features: Sequence[Any]) -> Encoded:
+        """Encode what the front end produced for a batch of segments."""
+        ...
 
-def encode_audio(encoder: Encoder, audios: Sequence[np.ndarray]) -> Encoded:
-    """Convenience: log-mel each waveform with the encoder's own config, then encode."""
-    return encoder.encode_mels([logmel(a, encoder.feature_config) for a in audios])
+    def encode(self, waveform: np.ndarray, sample_rate: int) -> Encoded:
+        """Frame `waveform` into the encoder's segments and encode them (see `encode_waveform`)."""
+        ...
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -50,29 +79,145 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Linear-interpolation resampling (used only when a caller's rate differs from the encoder's;
+    decoding already produces the encoder's rate through FFmpeg's resampler)."""
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    n = int(round(len(x) * sr_out / sr_in))
+    return np.interp(np.arange(n) * (sr_in / sr_out), np.arange(len(x)), x).astype(np.float32)
+
+
+def concat(parts: Sequence[Encoded]) -> Encoded:
+    """One Encoded from consecutive batches."""
+    def cat(name):
+        vals = [getattr(p, name) for p in parts]
+        return None if not vals or vals[0] is None else np.concatenate(vals)
+
+    labels = parts[0].labels if parts else None
+    return Encoded(cat("embeddings"), cat("probs"), labels, cat("raw"), cat("starts"), cat("ends"))
+
+
+def encode_segments(encoder: Encoder, segments: Iterable[Segment], batch: int = ENCODE_BATCH,
+                    derived: Sequence[Any] = ()) -> Iterator[tuple[Encoded, list[Encoded]]]:
+    """Encode a stream of segments (in stream order, at the encoder's sample rate) in batches.
+
+    Yields, per batch, the encoder's Encoded (with starts/ends) and the outputs of `derived` encoders
+    (each maps the base output with `encode_from`, so the base network runs once for all of them)."""
+    front = encoder.frontend()
+    feats, starts, ends = [], [], []
+
+    def flush():
+        out = encoder.encode_features(feats)
+        out.starts, out.ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+        if out.labels is None and encoder.labels is not None:
+            out.labels = list(encoder.labels)
+        result = (out, [d.encode_from(out) for d in derived])
+        feats.clear(), starts.clear(), ends.clear()
+        return result
+
+    for seg in segments:
+        feats.append(front(seg.audio, int(round(seg.start * encoder.sample_rate))))
+        starts.append(seg.start)
+        ends.append(seg.end)
+        if len(feats) >= batch:
+            yield flush()
+    if feats:
+        yield flush()
+
+
+def encode_waveform(encoder: Encoder, waveform: np.ndarray, sample_rate: int, whole_if_empty: bool = False) -> Encoded:
+    """`Encoder.encode` for encoders that frame with `SegmentConfig(encoder.window, encoder.hop)`:
+    resample to the encoder's rate, cut into windows (digital silence skipped), encode.
+
+    whole_if_empty : when no window holds sound (too short, or silent), encode the whole waveform as one
+        segment instead of returning zero segments.
+    """
+    x = resample(np.asarray(waveform, dtype=np.float32).reshape(-1), sample_rate, encoder.sample_rate)
+    segs = segment_array(x, SegmentConfig(window=encoder.window, hop=encoder.hop), encoder.sample_rate)
+    if not segs and whole_if_empty and x.size:
+        segs = [Segment(0.0, x.size / encoder.sample_rate, x)]
+    if not segs:
+        return Encoded(np.zeros((0, encoder.dim), np.float32),
+                       None if encoder.labels is None else np.zeros((0, len(encoder.labels)), np.float32),
+                       None if encoder.labels is None else list(encoder.labels), None,
+                       np.zeros(0), np.zeros(0))
+    return concat([out for out, _ in encode_segments(encoder, segs)])
+
+
+def encode_clips(encoder: Encoder, waveforms: Sequence[np.ndarray]) -> Encoded:
+    """One segment per waveform (each already at the encoder's rate): row i encodes waveforms[i] whole."""
+    out = []
+    for i in range(0, len(waveforms), ENCODE_BATCH):
+        batch = waveforms[i:i + ENCODE_BATCH]
+        out.append(encoder.encode_features([encoder.frontend()(np.asarray(w, np.float32), 0) for w in batch]))
+    return concat(out) if out else Encoded(np.zeros((0, encoder.dim), np.float32))
+
+
+class LogMelEncoder:
+    """Base of the encoders that read NELS's log-mel front end (`nels.audio.features`) over the
+    library's 2 s / 1 s windows. Subclasses set name, space, dim, labels, feature_config and implement
+    `encode_mels(mels)`."""
+
+    feature_config: FeatureConfig = FeatureConfig()
+    window: float = SEGMENT_SECONDS
+    hop: float = SEGMENT_HOP_SECONDS
+
+    @property
+    def sample_rate(self) -> int:
+        return self.feature_config.sr
+
+    def frontend(self) -> Frontend:
+        # overlapping windows share their FFT frames; the output equals logmel(window) exactly
+        return SlidingLogMel(self.feature_config)
+
+    def encode_features(self, features: Sequence[Any]) -> Encoded:
+        return self.encode_mels(features)
+
+    def encode(self, waveform: np.ndarray, sample_rate: int) -> Encoded:
+        return encode_waveform(self, waveform, sample_rate)
+
+
+# -- the registry -----------------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[[str | None], Encoder]] = {}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "esc50-cnn"
 
 
-def load_encoder(spec: str | os.PathLike | None = None) -> Encoder:
-    """Resolve an encoder.
+def register_encoder(kind: str, factory: Callable[[str | None], Encoder]) -> None:
+    """Make `create_encoder("KIND")` / `create_encoder("KIND:ARG")` return `factory(None)` / `factory("ARG")`."""
+    if not kind or ":" in kind:
+        raise ValueError(f"bad encoder kind {kind!r}")
+    _REGISTRY[kind] = factory
 
-    spec : "baseline"; a path to a trained model folder (model.json + weights); "default" or None,
-        the shipped CNN when present, else the baseline.
+
+def encoder_kinds() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    from nels.encoders import baseline, cnn  # noqa: F401 - each registers itself on import
+
+
+def create_encoder(spec: str | os.PathLike | None = None) -> Encoder:
+    """An encoder from its spec.
+
+    spec : "KIND" or "KIND:ARG" for a registered kind ("baseline", "cnn:PATH", ...); a path to a model
+        folder (model.json: the CNN); "default" or None: the shipped CNN when present, else the baseline.
     """
-    from nels.encoders.baseline import BaselineEncoder
-
+    _load_builtin()
     if spec in (None, "default"):
-        if (DEFAULT_MODEL_DIR / "model.json").exists():
-            spec = DEFAULT_MODEL_DIR
-        else:
-            return BaselineEncoder()
-    if spec == "baseline":
-        return BaselineEncoder()
-    path = Path(spec)
-    if not (path / "model.json").exists():
-        raise ModelError(f"{path}: not a NELS model folder (no model.json); use 'baseline' or a folder made by 'nels train'")
-    from nels.encoders.cnn import CNNEncoder
+        return _REGISTRY["cnn"](str(DEFAULT_MODEL_DIR)) if (DEFAULT_MODEL_DIR / "model.json").exists() \
+            else _REGISTRY["baseline"](None)
+    s = str(spec)
+    kind, sep, arg = s.partition(":")
+    if kind in _REGISTRY and (sep or kind == s):
+        return _REGISTRY[kind](arg or None)
+    if (Path(s) / "model.json").exists():
+        return _REGISTRY["cnn"](s)
+    raise ModelError(f"{s}: not a NELS model folder (no model.json) nor a known encoder"
+                     f" ({', '.join(k + '[:ARG]' for k in sorted(_REGISTRY))}); use 'baseline' or a folder made by"
+                     f" 'nels train'")
 
-    enc = CNNEncoder.load(path)
-    enc.path = path.resolve()  # where its companions (the joint model) live
-    return enc
+
+load_encoder = create_encoder  # the name used before the registry

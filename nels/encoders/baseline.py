@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 
 from nels.audio.features import FeatureConfig
-from nels.encoders.base import Encoded, l2_normalize
+from nels.encoders.base import Encoded, LogMelEncoder, l2_normalize, register_encoder
 
 
-class BaselineEncoder:
+class BaselineEncoder(LogMelEncoder):
     name = "baseline-v1"
     space = "baseline"
     labels = None
@@ -34,3 +34,6 @@ class BaselineEncoder:
             blocks = [mean / 10.0, (std - std.mean()) / 5.0, (flux - flux.mean()) / 3.0]
             out[i] = np.concatenate(blocks)
         return Encoded(l2_normalize(out), None)
+
+
+register_encoder("baseline", lambda arg: BaselineEncoder())

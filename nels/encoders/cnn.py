@@ -28,7 +28,7 @@ import numpy as np
 from nels import config
 from nels.audio.features import FeatureConfig
 from nels.errors import ModelError
-from nels.encoders.base import Encoded, l2_normalize
+from nels.encoders.base import Encoded, LogMelEncoder, l2_normalize, register_encoder
 
 FORMAT = "nels-cnn"
 FORMAT_VERSION = 1
@@ -198,7 +198,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class CNNEncoder:
+class CNNEncoder(LogMelEncoder):
     """The Encoder-protocol face of a trained SoundCNN (see module docstring)."""
 
     space = "cnn"
@@ -254,7 +254,7 @@ class CNNEncoder:
 
     def encode_mels(self, mels: Sequence[np.ndarray]) -> Encoded:
         logits, embs = self.forward_mels(mels)
-        return Encoded(l2_normalize(embs), softmax(logits))
+        return Encoded(l2_normalize(embs), softmax(logits), list(self.labels), embs)
 
     def predict_clip(self, mel: np.ndarray, pooling: str = "segments-mean-prob") -> np.ndarray:
         """Class probabilities of a whole clip: 'segments-mean-prob' (mean of 2 s window probabilities),
@@ -344,3 +344,17 @@ def softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def load_folder(path) -> CNNEncoder:
+    """The CNN of a model folder made by `nels train` (the joint model, if any, lives beside it)."""
+    path = Path(path)
+    if not (path / "model.json").exists():
+        raise ModelError(f"{path}: not a NELS model folder (no model.json); use 'baseline' or a folder made by"
+                         f" 'nels train'")
+    enc = CNNEncoder.load(path)
+    enc.path = path.resolve()  # where its companions (the joint model, its vocabulary) live
+    return enc
+
+
+register_encoder("cnn", load_folder)

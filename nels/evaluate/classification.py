@@ -13,32 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nels.errors import DatasetError, ModelError
-
-
-def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """AP of one class (binary y_true), the area under the precision-recall curve as sklearn computes it."""
-    order = np.argsort(-scores, kind="mergesort")
-    y = np.asarray(y_true)[order]
-    n_pos = y.sum()
-    if n_pos == 0:
-        return float("nan")
-    hits = np.cumsum(y)
-    prec = hits / np.arange(1, len(y) + 1)
-    return float((prec * y).sum() / n_pos)
-
-
-def classification_metrics(y: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
-    y = np.asarray(y)
-    pred = probs.argmax(1)
-    aps = []
-    for c in range(n_classes):
-        aps.append(average_precision((y == c).astype(np.float64), probs[:, c]))
-    ap_arr = np.array(aps, dtype=np.float64)
-    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(conf, (y, pred), 1)
-    return {"accuracy": float((pred == y).mean()), "mAP": float(np.nanmean(ap_arr)) if np.isfinite(ap_arr).any() else float("nan"),
-            "per_class_ap": [None if not np.isfinite(a) else round(float(a), 4) for a in ap_arr],
-            "confusion": conf.tolist(), "n_clips": int(len(y))}
+from nels.metrics import class_average_precision, classification_metrics  # noqa: F401 - re-exported
 
 
 def save_confusion_png(conf: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -118,25 +93,3 @@ def evaluate_classification(dataset: str, fmt: str = "esc50", fold: int | None =
         result["confusion"] = m["confusion"]
         (od / f"classification-{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def cli_evaluate_classification(args) -> int:
-    from nels.cli import print_json
-
-    if not args.dataset:
-        raise DatasetError("--dataset DIR is required for 'nels evaluate classification'")
-    r = evaluate_classification(args.dataset, args.format, args.fold, args.model, args.out,
-                                getattr(args, "cache", None), getattr(args, "pooling", None),
-                                progress=not args.json)
-    if args.json:
-        print_json({k: v for k, v in r.items() if k != "confusion"})
-        return 0
-    print(f"{r['model_name']} on {r['dataset']} ({'fold ' + str(r['fold']) if r['fold'] else 'all clips'}, "
-          f"{r['n_clips']} clips, pooling {r['pooling']}): accuracy {r['accuracy']:.4f}, mAP {r['mAP']:.4f}")
-    worst = sorted(((v, k) for k, v in r["per_class_ap"].items() if v is not None))[:5]
-    print("lowest AP: " + ", ".join(f"{k} {v:.2f}" for v, k in worst))
-    for s in r["skipped"]:
-        print(s)
-    if r.get("confusion_png"):
-        print(f"confusion matrix: {r['confusion_png']}")
-    return 0

@@ -121,28 +121,3 @@ def _training_text(joint, labels) -> list[str]:
     if not f or not (joint.path / f).exists():
         return []
     return training_phrases(labels, joint.path / f)[0]
-
-
-def cli_evaluate_joint(args) -> int:
-    from nels.cli import print_json
-    from nels.errors import DatasetError
-
-    if not args.dataset:
-        raise DatasetError("nels evaluate joint needs --dataset DIR")
-    res = evaluate_joint(args.dataset, args.format, args.fold, args.model, args.out,
-                         progress=not args.json and sys.stderr.isatty())
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"joint-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
-    if args.json:
-        print_json(res)
-        return 0
-    print(f"joint space {res['joint_model']} ({res['loss']}) on fold {res['fold']}")
-    for k, v in res["space"].items():
-        print(f"  {k:<22} MAP@3 {v['MAP@3']:.3f}  mAP {v['mAP']:.3f}")
-    for name, modes in res["search"].items():
-        for m, r in modes.items():
-            if not isinstance(r, dict):
-                continue
-            print(f"  {name:<18} {m:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}")
-    return 0

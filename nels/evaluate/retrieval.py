@@ -35,7 +35,7 @@ def build_fold_library(dataset: str, fmt: str, fold: int, model: str | None, whe
     lib = Library(where)
     ingest(lib, [str(it.path) for it in items], model=model, options=IngestOptions(progress=sys.stderr.isatty()))
     by_path = {str(Path(it.path).resolve()): ds.labels[it.label] for it in items}
-    truth = {r[0]: by_path.get(str(Path(r[1]).resolve())) for r in lib.conn.execute("SELECT id, source_uri FROM clips")}
+    truth = {r[0]: by_path.get(str(Path(r[1]).resolve())) for r in lib.catalogue.clips(("id", "source_uri"))}
     return lib, {k: v for k, v in truth.items() if v is not None}
 
 
@@ -66,7 +66,7 @@ def rank_audio(lib, truth, mode, n, limit=None):
 
     counts = Counter(truth.values())
     aps, ap3, p10, lat = [], [], [], []
-    rows = lib.conn.execute("SELECT id, media_path FROM clips ORDER BY id").fetchall()
+    rows = lib.catalogue.clips(("id", "media_path"))
     for cid, media in rows[:limit]:
         label = truth.get(cid)
         if label is None:
@@ -119,25 +119,3 @@ def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: s
     for m in modes_audio:
         out["audio"][m] = rank_audio(lib, truth, m, n)
     return out
-
-
-def cli_evaluate_retrieval(args) -> int:
-    from nels.cli import print_json
-
-    if not args.dataset:
-        from nels.errors import DatasetError
-
-        raise DatasetError("nels evaluate retrieval needs --dataset DIR")
-    res = evaluate_retrieval(args.dataset, args.format, args.fold, args.model, args.out)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"retrieval-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
-    if args.json:
-        print_json(res)
-        return 0
-    print(f"retrieval on fold {res['fold']} ({res['clips']} clips, {res['segments']} segments), model {res['model']}")
-    for name in ("text_class_names", "text_paraphrases", "audio"):
-        for mode, r in res[name].items():
-            print(f"  {name:<17} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
-                  f"  ({r['queries']} queries, p95 {r['latency_ms_p95']:.0f} ms)")
-    return 0

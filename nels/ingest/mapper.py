@@ -1,4 +1,5 @@
-"""Mapper: one local file -> a ClipRecord (hash, segments, embeddings, class probabilities).
+"""Mapper: one item -> a ClipRecord (fetch, hash, decode, segment, encode), as a pure function of the
+item and the encoders, so that any runner can call it in any process.
 
 Decoding streams (30 s chunks), so memory is flat in the file's length: only the per-segment
 embeddings (a few hundred floats per second of audio) accumulate.
@@ -6,20 +7,18 @@ embeddings (a few hundred floats per second of audio) accumulate.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from nels import config
 from nels.audio.decode import probe_duration, stream
-from nels.audio.features import SlidingLogMel
 from nels.audio.segment import SegmentConfig, segments
-from nels.errors import DecodeError
+from nels.encoders.base import Encoder, encode_segments
+from nels.errors import DecodeError, SourceError
+from nels.sources.source import Item, Source
 from nels.store.library import ClipRecord
-from nels.encoders.base import Encoder
-
-BATCH = config.ENCODE_BATCH
 
 
 def content_hash(path: Path) -> str:
@@ -36,61 +35,102 @@ class TooLong(Exception):
 
 def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConfig = SegmentConfig(),
                 max_duration: float | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
-    """Decode, segment and encode `path` with every encoder.
+    """Decode, segment and encode `path` with every encoder (the first one reads the audio; the others,
+    derived, map its output).
 
     Returns (duration, starts, ends, vectors {space: (model, (n, dim))}, probs (model, labels, (n, C)) or None).
     Raises DecodeError for unreadable audio, TooLong when over `max_duration`.
     """
+    base, derived = encoders[0], list(encoders[1:])
+    sr = base.sample_rate
     if max_duration is not None:
         declared = probe_duration(path)
         if declared is not None and declared > max_duration:
             raise TooLong(f"{declared:.0f} s is longer than the {max_duration:.0f} s limit")
-    feature_config = encoders[0].feature_config
-    starts, ends, batch = [], [], []
-    outs: dict[int, list] = {i: [] for i in range(len(encoders))}
-    probs_out: list[np.ndarray] = []
     total = 0
-
-    def flush():
-        base = None
-        for i, enc in enumerate(encoders):
-            # a derived encoder (the joint space) maps the first encoder's output: the CNN runs once
-            r = enc.encode_from(base) if hasattr(enc, "encode_from") else enc.encode_mels(batch)
-            if i == 0:
-                base = r
-                if r.probs is not None:
-                    probs_out.append(r.probs)
-            outs[i].append(r.embeddings)
-        batch.clear()
 
     def counted():
         nonlocal total
-        for chunk in stream(path):
+        for chunk in stream(path, sr=sr):
             total += chunk.size
-            if max_duration is not None and total > max_duration * feature_config.sr:
+            if max_duration is not None and total > max_duration * sr:
                 raise TooLong(f"longer than the {max_duration:.0f} s limit")
             yield chunk
 
-    mel = SlidingLogMel(feature_config)  # overlapping windows share their FFT frames; same output as logmel()
-    for seg in segments(counted(), seg_config, feature_config.sr):
-        starts.append(seg.start)
-        ends.append(seg.end)
-        batch.append(mel(seg.audio, int(round(seg.start * feature_config.sr))))
-        if len(batch) >= BATCH:
-            flush()
-    if batch:
-        flush()
-    duration = total / feature_config.sr
+    starts, ends, probs_out = [], [], []
+    outs: list[list[np.ndarray]] = [[] for _ in encoders]
+    for out, more in encode_segments(base, segments(counted(), seg_config, sr), derived=derived):
+        starts.append(out.starts)
+        ends.append(out.ends)
+        if out.probs is not None:
+            probs_out.append(out.probs)
+        for i, o in enumerate([out, *more]):
+            outs[i].append(o.embeddings)
+    duration = total / sr
     if not starts:
         raise DecodeError(f"{path.name}: no sound (digital silence, or shorter than {seg_config.min_seconds} s)")
     vectors = {enc.space: (enc.name, np.concatenate(outs[i])) for i, enc in enumerate(encoders)}
-    probs = None
-    if probs_out:
-        probs = (encoders[0].name, list(encoders[0].labels), np.concatenate(probs_out))
-    return duration, np.asarray(starts), np.asarray(ends), vectors, probs
+    probs = (base.name, list(base.labels), np.concatenate(probs_out)) if probs_out else None
+    return duration, np.concatenate(starts), np.concatenate(ends), vectors, probs
 
 
-def to_record(fetched, digest: str, encoded) -> ClipRecord:
-    duration, starts, ends, vectors, probs = encoded
-    return ClipRecord(content_hash=digest, media_file=fetched.path, duration=duration, provenance=fetched.provenance,
-                      starts=starts, ends=ends, vectors=vectors, probs=probs, move_media=fetched.owned)
+@dataclass
+class Work:
+    """One crawl item to process (picklable: it crosses process boundaries)."""
+
+    item_id: int
+    item: Item
+    attempts: int
+
+
+@dataclass
+class Outcome:
+    """What processing one item gave. status: added (record to write) | duplicate (content already
+    stored: clip_id) | skipped (reason) | failed (error; permanent or to retry)."""
+
+    item_id: int
+    uri: str
+    status: str
+    record: ClipRecord | None = None
+    clip_id: int | None = None
+    content_hash: str | None = None
+    error: str | None = None
+    permanent: bool = False
+
+
+PERMANENT_HTTP = (400, 401, 403, 404, 410)
+
+
+def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdir: Path,
+                 max_duration: float | None = None, known: Callable[[str], int | None] | None = None) -> Outcome:
+    """Fetch, hash, decode, segment and encode one item. Writes nothing to the library.
+
+    known : content hash -> the id of a clip that already has it (skips encoding a duplicate), or None.
+    A fetched temporary file is deleted unless it is handed on in the record (`move_media`).
+    """
+    uri = work.item.uri
+    try:
+        fetched = source.fetch(work.item, workdir)
+    except SourceError as exc:
+        permanent = any(f"HTTP {c}" in str(exc) for c in PERMANENT_HTTP) or "refused" in str(exc)
+        return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=permanent)
+    keep = False
+    try:
+        digest = content_hash(fetched.path)
+        existing = known(digest) if known is not None else None
+        if existing is not None:
+            return Outcome(work.item_id, uri, "duplicate", clip_id=existing, content_hash=digest)
+        try:
+            duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration)
+        except TooLong as exc:
+            return Outcome(work.item_id, uri, "skipped", error=str(exc))
+        except DecodeError as exc:
+            return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=True)
+        rec = ClipRecord(content_hash=digest, media_file=fetched.path, duration=duration,
+                         provenance=fetched.provenance, starts=starts, ends=ends, vectors=vectors, probs=probs,
+                         move_media=fetched.owned)
+        keep = True
+        return Outcome(work.item_id, uri, "added", record=rec, content_hash=digest)
+    finally:
+        if not keep and fetched.owned and fetched.path.exists():
+            fetched.path.unlink(missing_ok=True)

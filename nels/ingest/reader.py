@@ -1,15 +1,14 @@
-"""Reader: register what the sources discover in the crawl table, and fetch due items to local files."""
+"""Reader: register what the sources discover in the crawl table, and list the items due now."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from nels.sources import state
-from nels.sources.source import Fetched, Item, Source
+from nels.ingest.mapper import Work
+from nels.sources.source import Item, Source
 from nels.errors import SourceError
 
 
-def discover(conn, sources: list[Source]) -> tuple[dict[int, Source], list[tuple[str, str]]]:
+def discover(catalogue, sources: list[Source]) -> tuple[dict[int, Source], list[tuple[str, str]]]:
     """Register every source's items. Returns item id -> its source, and (target, error) for sources
     whose listing failed (a yt-dlp search that errored, an unreadable URL list...)."""
     owner: dict[int, Source] = {}
@@ -17,11 +16,19 @@ def discover(conn, sources: list[Source]) -> tuple[dict[int, Source], list[tuple
     for src in sources:
         try:
             for item in src.items():
-                (iid,) = state.register(conn, [item])
+                (iid,) = catalogue.register_items([item])
                 owner[iid] = src
         except SourceError as exc:
             errors.append((getattr(src, "kind", "source"), str(exc)))
     return owner, errors
+
+
+def due_work(catalogue, ids: list[int], retries: int) -> list[Work]:
+    """The items among `ids` to work on now (pending, or failed with attempts left and backoff over)."""
+    return [Work(r["id"], Item(r["uri"], r["kind"], query=r["query"], title=r["title"], uploader=r["uploader"],
+                               duration=r["duration"], licence=r["licence"], webpage_url=r["webpage_url"]),
+                 r["attempts"])
+            for r in catalogue.due_items(ids, retries)]
 
 
 class RateLimiter:
@@ -37,11 +44,3 @@ class RateLimiter:
             if delay > 0:
                 time.sleep(delay)
             self.last = time.monotonic()
-
-
-def fetch(source: Source, row, workdir: Path, limiter: RateLimiter) -> Fetched:
-    item = Item(row["uri"], row["kind"], query=row["query"], title=row["title"], uploader=row["uploader"],
-                duration=row["duration"], licence=row["licence"], webpage_url=row["webpage_url"])
-    if row["kind"] != "file":
-        limiter.wait()
-    return source.fetch(item, workdir)

@@ -1,18 +1,28 @@
-"""Writer: commit a ClipRecord and mark its crawl item done, in one transaction."""
+"""Writer: apply a mapper Outcome to the library, in one transaction per clip (the crawl item is marked
+done, skipped or failed in the same place), in one process."""
 from __future__ import annotations
 
-from nels.sources import state
-from nels.store.library import ClipRecord, Library
+from nels.ingest.mapper import Outcome
+from nels.store.library import Library
 
 
-def write(lib: Library, rec: ClipRecord, item_id: int | None) -> int:
-    def done(conn, clip_id):
-        if item_id is not None:
-            state.mark_done(conn, item_id, clip_id, rec.content_hash)
-
-    return lib.add_clip(rec, on_commit=done)
-
-
-def link_duplicate(lib: Library, item_id: int, clip_id: int, digest: str) -> None:
-    """The item's content is already stored (another URL or path): link it, store nothing twice."""
-    state.mark_done(lib.conn, item_id, clip_id, digest)
+def write(lib: Library, out: Outcome, retries: int) -> str:
+    """Commit `out`. Returns what it became: added | duplicate | skipped | failed | retry."""
+    cat = lib.catalogue
+    if out.status == "added":
+        rec = out.record
+        try:
+            clip_id, added = lib.store_clip(rec, out.item_id)
+        finally:
+            if rec.move_media and rec.media_file.exists():  # a duplicate's download: not moved in
+                rec.media_file.unlink(missing_ok=True)
+        out.clip_id = clip_id
+        return "added" if added else "duplicate"
+    if out.status == "duplicate":  # the content is already stored (another URL or path): link it
+        cat.mark_done(out.item_id, out.clip_id, out.content_hash)
+        return "duplicate"
+    if out.status == "skipped":
+        cat.mark_skipped(out.item_id, out.error)
+        return "skipped"
+    cat.mark_failed(out.item_id, out.error, out.permanent, retries)
+    return "failed"

@@ -10,19 +10,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nels import config
-from nels.audio.features import logmel
-from nels.audio.segment import SegmentConfig, segment_array
+from nels.errors import ModelError
 
 CACHE = config.cache_dir() / "learn"
 
 
 def embed_audio(encoder, audio: np.ndarray) -> np.ndarray:
     """(n_segments, d) raw embeddings of one waveform (2 s windows, 1 s hop; one segment if shorter)."""
-    segs = segment_array(audio, SegmentConfig()) or []
-    if not segs:
+    out = encoder.encode(audio, encoder.sample_rate)
+    if not len(out.starts):  # no sound in it
         return np.zeros((0, encoder.dim), np.float32)
-    _, e = encoder.forward_mels([logmel(s.audio, encoder.feature_config) for s in segs])
-    return e
+    if out.raw is None:
+        raise ModelError(f"{encoder.name} has no classifier layer to re-train")
+    return out.raw
 
 
 def embed_many(encoder, keys: Sequence[str], load: Callable[[str], np.ndarray], tag: str,

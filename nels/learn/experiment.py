@@ -191,9 +191,9 @@ def run_experiment(dataset: str, out: str, iterations: int = 5, cap: int = 5, pa
     run_name = f"experiment-seed{seed}-cap{cap}"
     results = {}
     for st in strategies:
-        done = loop.load_done(lib.conn, run_name, st.name, data.labels)
+        done = loop.load_done(lib.catalogue, run_name, st.name, data.labels)
         hist, _ = loop.run(data, st, iterations, cap, patience, seed=seed, done=done,
-                           record=loop.recorder(lib.conn, run_name, st.name, enc.name, data.labels))
+                           record=loop.recorder(lib.catalogue, run_name, st.name, enc.name, data.labels))
         results[st.name] = hist
         if progress:
             print(f"{st.name:<18} " + " ".join(f"{h['map']:.4f}" for h in hist), file=sys.stderr)
@@ -298,22 +298,3 @@ def write_report(out: Path, data, spec, results: dict, model: str, seconds: floa
                                                    | {"drift": [[a, b, c] for (a, b), c in s["drift"]]}
                                                    for n, s in summary.items()}, indent=2, default=float))
     return summary
-
-
-def cli_evaluate_learning(args) -> int:
-    from nels.cli import print_json
-    from nels.errors import DatasetError
-
-    if not args.dataset:
-        raise DatasetError("nels evaluate learning needs --dataset DIR (ESC-50)")
-    out = args.out or "bench/learning"
-    summary = run_experiment(args.dataset, out, seed=getattr(args, "seed", 0) or 0,
-                             progress=not args.json and sys.stderr.isatty())
-    if args.json:
-        print_json(summary)
-    else:
-        for n, s in summary.items():
-            print(f"{n:<18} mAP {s['map'][0]:.4f} -> {s['map'][-1]:.4f} ({s['delta']:+.4f}), {s['selected']} selected,"
-                  f" precision {s['precision']:.2f}")
-        print(f"report: {out}/REPORT.md")
-    return 0

@@ -12,7 +12,6 @@ query), and brings the new class into the loop.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,18 +30,17 @@ def _library_pool(lib, enc, progress):
     from nels.audio.decode import decode
     from nels.learn.embed import embed_many
 
-    rows = lib.conn.execute("SELECT id, media_path, COALESCE(query, ''), COALESCE(title, '') FROM clips"
-                            " ORDER BY id").fetchall()
+    rows = lib.catalogue.clips(("id", "media_path", "query", "title"))
     keys = [str(lib.path / r[1]) for r in rows]
     X, clip = embed_many(enc, keys, lambda k: decode(k, max_seconds=600), "library", progress)
-    texts = [(r[2] + " | " + r[3]).strip(" |") for r in rows]
+    texts = [((r[2] or "") + " | " + (r[3] or "")).strip(" |") for r in rows]
     return loop.Split(X, clip, np.full(len(rows), -1)), [r[0] for r in rows], texts
 
 
 def _feedback_labels(lib, labels, space) -> tuple[dict[int, int], set[int]]:
     """Website judgements -> ({clip id: class} for relevant, {clip ids} judged not relevant)."""
     pos, neg = {}, set()
-    for q, clip_id, rel, label in lib.conn.execute("SELECT query, clip_id, relevant, label FROM feedback"):
+    for q, clip_id, rel, label in lib.catalogue.all_feedback():
         if not rel:
             neg.add(clip_id)
             continue
@@ -63,10 +61,11 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
     from nels.learn.embed import embed_many
     from nels.learn.heads import save_with_head
     from nels.training.datasets import load_dataset
-    from nels.search.query import _encoder_for, label_space
+    from nels.encoders.selection import library_encoder
+    from nels.search.query import label_space
 
-    enc = _encoder_for(lib)
-    if not enc.labels or not hasattr(enc, "forward_mels"):
+    enc = library_encoder(lib)
+    if not enc.labels or not hasattr(enc, "path"):
         raise ModelError("the learning loop re-trains a classifier: index the library with a CNN model first"
                          " ('nels reindex --model default')")
     labels = list(enc.labels)
@@ -98,7 +97,7 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
     pos, neg = _feedback_labels(lib, labels, space)
     # bootstrap new classes from their query; feedback labels join the seed
     new_ids = {labels.index(n): q for n, q in add_classes}
-    q_of = {r[0]: r[1] for r in lib.conn.execute("SELECT id, query FROM clips")}
+    q_of = {r[0]: r[1] for r in lib.catalogue.clips(("id", "query"))}
     extra = dict(pos)
     for k, q in new_ids.items():
         extra.update({cid: k for cid in clip_ids if q_of.get(cid) == q})
@@ -127,16 +126,15 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
             return st.select(view, cap)
 
     run = run or f"learn-{time.strftime('%Y%m%d-%H%M%S')}"
-    done = loop.load_done(lib.conn, run, st.name, labels)
+    done = loop.load_done(lib.catalogue, run, st.name, labels)
     hist, head = loop.run(data, Masked(), iterations, cap, patience, done=done,
-                          record=loop.recorder(lib.conn, run, st.name, enc.name, labels))
+                          record=loop.recorder(lib.catalogue, run, st.name, enc.name, labels))
     best = max(hist, key=lambda r: r["map"])
     out = lib.path / "models" / run
     save_with_head(Path(enc.path), out, head[0], head[1], labels, f"{enc.name}+{run}",
                    {"learning": {"run": run, "strategy": st.name, "iterations": len(hist) - 1,
                                  "map": [r["map"] for r in hist]}})
-    lib.conn.execute("INSERT OR IGNORE INTO models(name, kind, path, labels, created_at) VALUES(?,?,?,?,?)",
-                     (f"{enc.name}+{run}", "classifier", str(out), json.dumps(labels), time.time()))
+    lib.catalogue.register_model(f"{enc.name}+{run}", "classifier", str(out), labels)
     result = {"run": run, "strategy": st.name, "map": [round(r["map"], 4) for r in hist],
               "selected": sum(len(r["selected"]) for r in hist), "best_iteration": best["iteration"],
               "model": str(out), "classes": len(labels), "feedback_labels": len(pos)}
@@ -145,21 +143,3 @@ def learn(lib, dataset: str, fmt: str = "esc50", test_fold: int = 1, strategy: s
 
         result["reindex"] = reindex(lib, str(out), progress=progress)
     return result
-
-
-def cli_learn(args) -> int:
-    from nels.cli import print_json
-    from nels.store.library import Library
-
-    if (args.add_class is None) != (args.query is None):
-        raise NelsError("--add-class and --query go together")
-    lib = Library(args.library, create=False)
-    res = learn(lib, args.dataset, args.format, args.test_fold, args.strategy, args.iterations, args.cap,
-                args.patience, args.run, [(args.add_class, args.query)] if args.add_class else [], args.per_query,
-                args.apply, progress=not args.json and sys.stderr.isatty())
-    if args.json:
-        print_json(res)
-    else:
-        print(f"run {res['run']} ({res['strategy']}): mAP " + " -> ".join(f"{m:.4f}" for m in res["map"]))
-        print(f"new model: {res['model']}" + ("" if args.apply else "  (apply: nels reindex --model PATH)"))
-    return 0

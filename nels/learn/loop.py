@@ -6,7 +6,6 @@ model version (`heads.save_with_head`) that `nels reindex` applies to a library.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -172,14 +171,11 @@ def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: i
     return history, head
 
 
-def load_done(conn, run_name: str, strategy: str, labels: list[str]) -> list[dict]:
+def load_done(catalogue, run_name: str, strategy: str, labels: list[str]) -> list[dict]:
     """Iterations a run already recorded (to resume it)."""
-    rows = conn.execute("SELECT iteration, map, per_class, selected FROM iterations WHERE run=? AND strategy=?"
-                        " ORDER BY iteration", (run_name, strategy)).fetchall()
     out = []
-    for it, m, per, sel in rows:
-        extra = json.loads(sel)
-        per = json.loads(per)
+    for r in catalogue.iterations(run_name, strategy):
+        it, m, per, extra = r["iteration"], r["map"], r["per_class"] or {}, r["selected"] or {}
         per = [np.nan if per.get(l) is None else per[l] for l in labels]
         out.append({"iteration": it, "map": m, "per_class": per, "selected": extra.get("selected", {}),
                     "accuracy": extra.get("accuracy"), "precision": extra.get("precision"),
@@ -187,12 +183,9 @@ def load_done(conn, run_name: str, strategy: str, labels: list[str]) -> list[dic
     return out
 
 
-def recorder(conn, run_name: str, strategy: str, model: str | None, labels: list[str]):
+def recorder(catalogue, run_name: str, strategy: str, model: str | None, labels: list[str]):
     def record(row: dict) -> None:
         per = {labels[i]: (None if np.isnan(v) else round(v, 4)) for i, v in enumerate(row["per_class"])}
         extra = {k: row.get(k) for k in ("selected", "accuracy", "precision", "improved", "seconds")}
-        conn.execute("INSERT OR REPLACE INTO iterations(run, iteration, strategy, model, map, per_class, selected,"
-                     " created_at) VALUES(?,?,?,?,?,?,?,?)",
-                     (run_name, row["iteration"], strategy, model, row["map"], json.dumps(per), json.dumps(extra),
-                      time.time()))
+        catalogue.record_iteration(run_name, row["iteration"], strategy, model, row["map"], per, extra)
     return record

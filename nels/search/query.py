@@ -13,8 +13,11 @@ import threading
 
 import numpy as np
 
-from nels.audio.segment import SegmentConfig, segments
+from nels.config import SAMPLE_RATE
+from nels.encoders.base import encode_waveform
+from nels.encoders.selection import library_encoder
 from nels.errors import QueryError
+from nels.search import joint as joint_search
 from nels.search import linguistic
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
@@ -63,28 +66,17 @@ def label_space(labels, vocabulary: str | None = None) -> "object":
         return _label_space(tuple(labels), vocabulary)
 
 
-def _encoder_for(lib):
-    """The library's acoustic encoder, loaded once per library object."""
-    enc = lib._cache.get("encoder")
-    if enc is None:
-        from nels.encoders.base import load_encoder
-
-        from nels.ingest.runner import check_model
-
-        enc = load_encoder(lib.get_meta("model") or "default")
-        check_model(lib, enc)  # a library indexed by another model (an upgraded default): say so, don't mix
-        lib._cache["encoder"] = enc
-    return enc
+_encoder_for = library_encoder  # the library's acoustic encoder, checked against its catalogue
 
 
-def query_audio(audio, start: float | None = None, end: float | None = None, sr: int = 16000) -> np.ndarray:
+def query_audio(audio, start: float | None = None, end: float | None = None, sr: int = SAMPLE_RATE) -> np.ndarray:
     """A query waveform from a path, bytes or array, cropped to [start, end] seconds."""
     from nels.audio.decode import decode
 
     if isinstance(audio, np.ndarray):
         x = audio.astype(np.float32).reshape(-1)
     else:
-        x = decode(audio, max_seconds=(end + 1) if end else 600.0)
+        x = decode(audio, sr=sr, max_seconds=(end + 1) if end else 600.0)
     a = int((start or 0) * sr)
     b = int(end * sr) if end is not None else x.size
     if a < 0 or b <= a:
@@ -103,10 +95,7 @@ def encode_query_audio(encoder, x: np.ndarray):
     A query is windowed like the library, so a 5 s query matches a segment that resembles any part
     of it (see `_acoustic`), rather than a blurred average of its parts.
     """
-    from nels.encoders.base import encode_audio
-
-    segs = [s.audio for s in segments([x], SegmentConfig())] or [x]
-    enc = encode_audio(encoder, segs)
+    enc = encode_waveform(encoder, x, encoder.sample_rate, whole_if_empty=True)
     probs = enc.probs.mean(axis=0) if enc.probs is not None else None
     return enc.embeddings, probs
 
@@ -138,18 +127,16 @@ def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
 
 def _label_order(lib, probs: np.ndarray) -> np.ndarray:
     """linguistic.label_order of the library's probability matrix, kept as long as that matrix is."""
-    cached = lib._cache.get("label_order")
+    cached = lib.remembered("label_order")
     if cached is not None and cached[0] is probs:
         return cached[1]
     order = linguistic.label_order(probs)
-    lib._cache["label_order"] = (probs, order)
+    lib.remember("label_order", (probs, order))
     return order
 
 
 def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
-    from nels.encoders import joint
-
-    return joint.search_candidates(lib, text=text, audio=audio_vec, n=n)
+    return joint_search.search_candidates(lib, text=text, audio=audio_vec, n=n)
 
 
 def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, float] | None = None) -> list[Candidate]:
@@ -171,8 +158,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
            source: str | None = None, min_duration: float | None = None,
            max_duration: float | None = None) -> Results:
     """Search `lib`. See the module docstring for modes; `mode=None` picks the best available."""
-    from nels.encoders import joint as joint_mod
-
+    joint_mod = joint_search
     _one_inference_thread()
     if text is not None:
         text = " ".join(str(text).split())
@@ -216,7 +202,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     vecs = None
     if audio is not None:
         enc = _encoder_for(lib)
-        x = query_audio(audio, start, end, enc.feature_config.sr)
+        x = query_audio(audio, start, end, enc.sample_rate)
         vecs, qprobs = encode_query_audio(enc, x)
         if qprobs is not None:
             qlabels = top_labels(qprobs, list(enc.labels))

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from nels.audio.decode import stream
-from nels.audio.features import logmel
 from nels.audio.segment import SegmentConfig, segments
+from nels.encoders.base import encode_segments
 from nels.errors import ModelError
 
 
@@ -41,16 +41,13 @@ def tag_file(path: str | Path, encoder, threshold: float = 0.3, batch: int = 64)
     """Tag a file of any length (streamed) with `encoder`'s classes."""
     if not encoder.labels:
         raise ModelError(f"{encoder.name} has no classes to tag with; train one with 'nels train' or use the default")
-    starts, ends, probs, mels = [], [], [], []
-    for seg in segments(stream(path), SegmentConfig(), encoder.feature_config.sr):
-        starts.append(seg.start)
-        ends.append(seg.end)
-        mels.append(logmel(seg.audio, encoder.feature_config))
-        if len(mels) >= batch:
-            probs.append(encoder.encode_mels(mels).probs)
-            mels = []
-    if mels:
-        probs.append(encoder.encode_mels(mels).probs)
+    starts, ends, probs = [], [], []
+    sr = encoder.sample_rate
+    for out, _ in encode_segments(encoder, segments(stream(path, sr=sr), SegmentConfig(), sr), batch):
+        starts.append(out.starts)
+        ends.append(out.ends)
+        probs.append(out.probs)
     if not starts:
         return []
+    starts, ends = np.concatenate(starts), np.concatenate(ends)
     return merge_events(starts, ends, np.concatenate(probs), list(encoder.labels), threshold)

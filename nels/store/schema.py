@@ -1,4 +1,4 @@
-"""The SQLite catalogue: schema, migrations, connections.
+"""The SQLite catalogue's schema: migrations, applied in order by `nels.store.catalogue.migrate`.
 
 SQLite in WAL mode is the single source of truth: vectors live here too (as float32 blobs), and
 the FAISS files under indexes/ are derived caches that are re-synced from it. That is what makes a
@@ -6,9 +6,6 @@ the FAISS files under indexes/ are derived caches that are re-synced from it. Th
 index file that lags behind is caught up (or rebuilt) on the next open.
 """
 from __future__ import annotations
-
-import sqlite3
-from pathlib import Path
 
 SCHEMA_VERSION = 3
 
@@ -93,42 +90,3 @@ MIGRATIONS: list[str] = [
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open the catalogue in WAL mode with foreign keys on, migrated to SCHEMA_VERSION."""
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        migrate(conn)
-    return conn
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply pending migrations, each in its own transaction (a crash leaves a valid older version)."""
-    from nels.errors import LibraryError
-
-    version = schema_version(conn)
-    if version > SCHEMA_VERSION:
-        raise LibraryError(f"library schema v{version} is newer than this nels (v{SCHEMA_VERSION}); upgrade nels")
-    for i in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if schema_version(conn) != i:  # another process migrated meanwhile
-                conn.execute("ROLLBACK")
-                continue
-            for stmt in MIGRATIONS[i].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {i + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise

@@ -1,35 +1,80 @@
-"""Vector indexes, one per embedding space, behind the VectorStore seam.
+"""Vector indexes, one per embedding space, behind the `VectorStore` seam.
 
-`FaissStore` is exact (inner product over every vector) below `hnsw_threshold` (50k) vectors and
-HNSW above it: exact search costs ~15 ms per query at 100k and ~110 ms at 1M on one core, HNSW
-under 1 ms with recall@10 0.93 at 1M (bench/RESULTS.md). Ids are segment ids. The store is a
-cache of the catalogue's `vectors` table: `sync` adds what the table has and the file lacks, and
-rebuilds when they disagree in any other way (after a crash, a removal under HNSW, a new model).
+A store holds one space's vectors keyed by segment id and answers inner-product k-NN over them. Every
+store is a cache of the catalogue's `vectors` table (`nels.store.catalogue`, the source of truth): `sync`
+adds what the table has and the store lacks, and rebuilds when they disagree in any other way (after a
+crash, removals the store did not see, a new model). Backends are registered by name in `STORES`, and
+`open_store(config.VECTOR_STORE.get(), path, dim, **options)` opens one: a new backend is one module with
+a class that has the `VectorStore` methods plus one `register_store(name, cls)` line.
+
+`FaissStore` ("faiss", the default) is exact (inner product over every vector) below `hnsw_threshold`
+(50k) vectors and HNSW above it: exact search costs ~15 ms per query at 100k and ~110 ms at 1M on one
+core, HNSW under 1 ms with recall@10 0.93 at 1M (bench/RESULTS.md). HNSW cannot delete in place, so a
+removal there rebuilds the graph without the removed vectors: it costs a full HNSW build (475 s for 1M
+vectors on a busy machine, bench/RESULTS.md).
+
+Concurrency: searches run in parallel with each other and with rebuilds. Whatever replaces the index
+(`remove`, `sync`, `build`, `load`, an `add` that crosses `hnsw_threshold`) builds a new index and swaps
+it in, so searches in flight finish on the old one; only a plain `add` changes the index in place, and
+it waits for the searches in flight (and holds new ones) while it does.
 """
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
+from nels.config import HNSW_EF_SEARCH, HNSW_M, HNSW_THRESHOLD
+from nels.errors import LibraryError
+
 
 class VectorStore(Protocol):
+    """One space's vectors keyed by segment id (int64), searched by inner product."""
+
     dim: int
 
-    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None: ...
+    @classmethod
+    def open(cls, path: str | os.PathLike | None, dim: int, **options) -> VectorStore:
+        """The store persisted at `path` (the backend adds its own file suffix), or an empty one when there
+        is none or it cannot be used (unreadable, another dim): `sync` refills it from the catalogue.
+        `path=None`: in memory only. `options` are backend settings; a store ignores those it does not
+        know, so the library passes one set of options whatever the backend."""
+        ...
 
-    def remove(self, ids: np.ndarray) -> None: ...
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add vectors (n, dim) under `ids` (n,), ids not already in the store."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove these ids; ids not in the store are ignored."""
+        ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n_queries, k); missing results have id -1."""
+        """(scores, ids), each (n_queries, k), best first; missing results have id -1 (score -inf)."""
+        ...
+
+    def count(self) -> int:
+        """How many vectors the store holds (also `len(store)`)."""
         ...
 
     def __len__(self) -> int: ...
+
+    def flush(self) -> None:
+        """Persist to `path` (nothing when it is None), atomically: a crash leaves the old or the new state."""
+        ...
+
+    def sync(self, catalogue, space: str, full: bool = True) -> bool:
+        """Make the store hold exactly `catalogue`'s vectors of `space`; True if it changed. full=False
+        may check only for new vectors (cheap enough for every search); full=True also catches removals."""
+        ...
+
+
+STORE_METHODS = ("open", "add", "remove", "search", "count", "__len__", "flush", "sync")
 
 
 def _faiss():
@@ -38,20 +83,79 @@ def _faiss():
     return faiss
 
 
-class FaissStore:
-    """An inner-product FAISS index keyed by segment id, persisted to `path` (+ a .json sidecar)."""
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds off new readers (it is never starved)."""
 
-    def __init__(self, dim: int, path: Path | None = None, hnsw_threshold: int = 50_000,
-                 hnsw_m: int = 32, ef_search: int = 128):
-        self.dim, self.path = dim, path
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+REBUILD_CHUNK = 65_536  # vectors copied at a time when an index is rebuilt from itself
+
+
+class FaissStore:
+    """An inner-product FAISS index keyed by segment id (an IndexIDMap2 over IndexFlatIP or IndexHNSWFlat),
+    persisted to `path` (<space>.faiss) and a .json sidecar that vouches for it."""
+
+    suffix = ".faiss"
+
+    def __init__(self, dim: int, path: Path | None = None, hnsw_threshold: int = HNSW_THRESHOLD,
+                 hnsw_m: int = HNSW_M, ef_search: int = HNSW_EF_SEARCH):
+        self.dim, self.path = int(dim), (Path(path) if path is not None else None)
         self.hnsw_threshold, self.hnsw_m, self.ef_search = hnsw_threshold, hnsw_m, ef_search
-        self.max_id = -1
-        self.model = None
-        self._lock = threading.RLock()
+        self.max_id = -1  # the largest id in the index (-1: empty)
+        self.model = None  # the catalogue's model of the vectors, as of the last sync
+        self._lock = threading.RLock()  # one writer at a time (add, remove, sync, build, load, flush)
+        self._rw = _ReadWriteLock()  # searches (read) against an `add` changing the index in place (write)
         self.index = self._new_index(0)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None, dim: int, *, hnsw_threshold: int = HNSW_THRESHOLD,
+             hnsw_m: int = HNSW_M, ef_search: int = HNSW_EF_SEARCH, **_other_backends) -> FaissStore:
+        """`path` + ".faiss" (unless it ends so already) loaded, or an empty store (see `VectorStore.open`)."""
+        if path is not None:
+            path = Path(path)
+            if path.suffix != cls.suffix:
+                path = path.with_name(path.name + cls.suffix)
+        store = cls(dim, path, hnsw_threshold, hnsw_m, ef_search)
+        store.load()
+        return store
 
     # -- construction -------------------------------------------------------------------------
     def _new_index(self, n: int):
+        """An empty index of the kind that suits `n` vectors."""
         faiss = _faiss()
         if n >= self.hnsw_threshold:
             inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -61,112 +165,202 @@ class FaissStore:
             inner = faiss.IndexFlatIP(self.dim)
         return faiss.IndexIDMap2(inner)
 
+    @staticmethod
+    def _kind_of(index) -> str:
+        faiss = _faiss()
+        return "hnsw" if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) else "exact"
+
     @property
     def kind(self) -> str:
-        return "hnsw" if "HNSW" in type(_faiss().downcast_index(self.index.index)).__name__ else "exact"
+        """"exact" or "hnsw"."""
+        return self._kind_of(self.index)
+
+    def _too_small_a_kind(self, n: int) -> bool:
+        """Exact search over `n` vectors when it should be HNSW."""
+        return n >= self.hnsw_threshold and self.kind == "exact"
+
+    def _swap(self, index, max_id: int) -> None:
+        """Install a new index (the caller holds self._lock); searches in flight keep the old one."""
+        if self._kind_of(index) == "hnsw":
+            _faiss().downcast_index(index.index).hnsw.efSearch = self.ef_search
+        self.index, self.max_id = index, int(max_id)
+
+    def _ids(self, index=None) -> np.ndarray:
+        """The ids in the index, in storage order."""
+        return _faiss().vector_to_array((self.index if index is None else index).id_map).astype(np.int64)
+
+    def _rebuilt(self, keep: np.ndarray | None = None, ids: np.ndarray | None = None,
+                 vecs: np.ndarray | None = None):
+        """A new index (of the kind that suits its size) with the stored vectors where `keep` (all when
+        None) plus `ids`/`vecs`; the current index is only read."""
+        old = self.index
+        stored = self._ids(old)
+        if keep is None:
+            keep = np.ones(len(stored), dtype=bool)
+        extra = 0 if ids is None else len(ids)
+        index = self._new_index(int(keep.sum()) + extra)
+        inner = old.index
+        for start in range(0, len(stored), REBUILD_CHUNK):
+            stop = min(start + REBUILD_CHUNK, len(stored))
+            m = keep[start:stop]
+            if m.any():
+                chunk = inner.reconstruct_n(start, stop - start)
+                index.add_with_ids(np.ascontiguousarray(chunk[m]), np.ascontiguousarray(stored[start:stop][m]))
+        if extra:
+            index.add_with_ids(vecs, ids)
+        return index
 
     def build(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         """Replace the contents with exactly these vectors (choosing exact or HNSW by size)."""
+        ids, vecs = self._check(ids, vecs)
+        index = self._new_index(len(ids))
+        if len(ids):
+            index.add_with_ids(vecs, ids)
         with self._lock:
-            self.index = self._new_index(len(ids))
-            self.max_id = -1
-            if len(ids):
-                self.add(ids, vecs)
+            self._swap(index, ids.max() if len(ids) else -1)
+
+    def _check(self, ids, vecs) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        vecs = np.asarray(vecs, dtype=np.float32)
+        if vecs.size != len(ids) * self.dim:
+            raise ValueError(f"{len(ids)} ids but vectors of shape {vecs.shape} (dim {self.dim})")
+        return ids, np.ascontiguousarray(vecs.reshape(len(ids), self.dim))
 
     # -- VectorStore ----------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        ids, vecs = self._check(ids, vecs)
+        if not len(ids):
+            return
         with self._lock:
-            self.index.add_with_ids(vecs, ids)
-            if ids.size:
-                self.max_id = max(self.max_id, int(ids.max()))
+            new_max = max(self.max_id, int(ids.max()))
+            if self._too_small_a_kind(len(self) + len(ids)):  # crossing hnsw_threshold: rebuild as HNSW
+                self._swap(self._rebuilt(ids=ids, vecs=vecs), new_max)
+                return
+            with self._rw.write():  # in place: wait for the searches reading this index
+                self.index.add_with_ids(vecs, ids)
+                self.max_id = new_max
 
     def remove(self, ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if not ids.size:
+            return
         with self._lock:
-            if self.kind == "hnsw":
-                raise NotImplementedError("HNSW cannot delete in place; rebuild from the catalogue")
-            index = _faiss().clone_index(self.index)  # searches in flight keep the old one
-            index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-            self.index = index
+            stored = self._ids()
+            gone = np.isin(stored, ids)
+            if not gone.any():
+                return
+            left = stored[~gone]
+            new_max = int(left.max()) if left.size else -1
+            if self.kind == "exact":
+                index = _faiss().clone_index(self.index)  # searches in flight keep the old one
+                index.remove_ids(ids)
+            else:  # HNSW cannot delete: rebuild without them
+                index = self._rebuilt(keep=~gone)
+            self._swap(index, new_max)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        index = self.index  # searches run concurrently (FAISS search is read-only); `build` swaps the object
-        if index.ntotal == 0:
-            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        return index.search(q, min(k, index.ntotal))
+        k = max(int(k), 0)
+        if not len(q) or not k:
+            return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+        with self._rw.read():
+            scores, ids = self.index.search(q, k)  # FAISS search is read-only: searches run in parallel
+        scores[ids < 0] = -np.inf
+        return scores, ids
 
-    def __len__(self) -> int:
+    def count(self) -> int:
         return int(self.index.ntotal)
 
+    def __len__(self) -> int:
+        return self.count()
+
     # -- persistence ----------------------------------------------------------------------------
-    def save(self) -> None:
+    def flush(self) -> None:
         """Write atomically (temp file + rename), index first, then the sidecar that vouches for it."""
         if self.path is None:
             return
         faiss = _faiss()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            tmp = self.path.with_suffix(".faiss.tmp")
+            tmp = self.path.with_name(self.path.name + ".tmp")
             faiss.write_index(self.index, str(tmp))
             os.replace(tmp, self.path)
             side = {"count": len(self), "max_id": self.max_id, "dim": self.dim, "model": self.model}
-        tmpj = self.path.with_suffix(".json.tmp")
-        tmpj.write_text(json.dumps(side))
-        os.replace(tmpj, self.path.with_suffix(".json"))
+            sidecar = self.path.with_suffix(".json")
+            tmpj = sidecar.with_name(sidecar.name + ".tmp")
+            tmpj.write_text(json.dumps(side))
+            os.replace(tmpj, sidecar)
+
+    def save(self) -> None:
+        """`flush` under its old name."""
+        self.flush()
 
     def load(self) -> bool:
-        """Read the index from disk; False (and an empty index) when it is missing or unreadable."""
+        """Read the index from disk; False (and the store unchanged) when it is missing, unreadable, of
+        another dim or not the one its sidecar vouches for."""
         if self.path is None or not self.path.exists():
             return False
+        faiss = _faiss()
         try:
             side = json.loads(self.path.with_suffix(".json").read_text())
-            index = _faiss().read_index(str(self.path))
+            index = faiss.read_index(str(self.path))
         except Exception:
             return False
-        if index.d != self.dim or index.ntotal != side.get("count"):
+        if (not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim
+                or index.ntotal != side.get("count") or not isinstance(side.get("max_id"), int)):
             return False
         with self._lock:
-            self.index, self.max_id, self.model = index, int(side["max_id"]), side.get("model")
-            if self.kind == "hnsw":
-                _faiss().downcast_index(self.index.index).hnsw.efSearch = self.ef_search
+            self._swap(index, side["max_id"])
+            self.model = side.get("model")
         return True
 
     # -- catalogue sync -----------------------------------------------------------------------------
-    def sync(self, conn: sqlite3.Connection, space: str, full: bool = True) -> bool:
+    def sync(self, catalogue, space: str, full: bool = True) -> bool:
         """Make this index hold exactly the catalogue's vectors for `space`. True if it changed.
 
         full=False only checks for new vectors (the newest id, an O(log n) look-up: cheap enough for
-        every search); the full check counts every row (12 ms at 100k) and also catches removals."""
-        if not full:
-            newest = conn.execute("SELECT MAX(segment_id) FROM vectors WHERE space=?", (space,)).fetchone()[0]
-            if (newest if newest is not None else -1) == self.max_id and not (
-                    self.kind == "exact" and len(self) >= self.hnsw_threshold):
-                return False
-        row = conn.execute("SELECT COUNT(*), COALESCE(MAX(segment_id), -1), MIN(model) FROM vectors WHERE space=?",
-                           (space,)).fetchone()
-        count, max_id, model = int(row[0]), int(row[1]), row[2]
+        every search); the full check counts every row (12 ms at 100k) and also catches removals and a
+        new model."""
+        if not full and catalogue.newest_vector_id(space) == self.max_id and not self._too_small_a_kind(len(self)):
+            return False
+        count, max_id, model = catalogue.vector_summary(space)
         with self._lock:
-            wrong_kind = self.kind == "exact" and count >= self.hnsw_threshold
-            if count == len(self) and max_id == self.max_id and not wrong_kind:
+            n = len(self)
+            if count == n and max_id == self.max_id and model == self.model and not self._too_small_a_kind(count):
                 return False
-            below = conn.execute("SELECT COUNT(*) FROM vectors WHERE space=? AND segment_id<=?",
-                                 (space, self.max_id)).fetchone()[0]
             # never mutate the live index: concurrent searches may be reading it; build, then swap
-            if below == len(self) and (count < self.hnsw_threshold or self.kind == "hnsw"):
-                index, max_id = _faiss().clone_index(self.index), self.max_id
-                cur = conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? AND segment_id>? "
-                                   "ORDER BY segment_id", (space, self.max_id))
-            else:  # removals or a crash left them apart: rebuild
-                index, max_id = self._new_index(count), -1
-                cur = conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? ORDER BY segment_id", (space,))
-            while rows := cur.fetchmany(50_000):
-                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-                index.add_with_ids(vecs, ids)
-                max_id = max(max_id, int(ids.max()))
-            if self.kind == "hnsw" or "HNSW" in type(_faiss().downcast_index(index.index)).__name__:
-                _faiss().downcast_index(index.index).hnsw.efSearch = self.ef_search
-            self.index, self.max_id, self.model = index, max_id, model
+            if (model == self.model and not self._too_small_a_kind(count)
+                    and catalogue.count_vectors_upto(space, self.max_id) == n):
+                index, top = _faiss().clone_index(self.index), self.max_id  # only new vectors: add them
+            else:  # removals, a crash or a new model left them apart: rebuild
+                index, top = self._new_index(count), -1
+            for ids, vecs in catalogue.iter_vectors(space, after_id=top):
+                if vecs.shape[-1] != self.dim:
+                    raise LibraryError(f"the catalogue's '{space}' vectors have dim {vecs.shape[-1]}, "
+                                       f"its index {self.dim}")
+                index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids))
+                top = max(top, int(ids.max()))
+            self._swap(index, top)
+            self.model = model
         return True
+
+
+# -- the registry ---------------------------------------------------------------------------------------
+STORES: dict[str, type] = {"faiss": FaissStore}
+
+
+def register_store(name: str, cls: type) -> None:
+    """Make `cls` (a class with the `VectorStore` methods) the store called `name` (NELS_VECTOR_STORE)."""
+    missing = [m for m in STORE_METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        raise TypeError(f"{cls.__name__} is not a VectorStore: it lacks {', '.join(missing)}")
+    STORES[name] = cls
+
+
+def open_store(name: str, path: str | os.PathLike | None, dim: int, **options) -> VectorStore:
+    """The `name` store at `path` (without the backend's suffix: e.g. <library>/indexes/<space>), loaded
+    or empty; see `VectorStore.open`."""
+    cls = STORES.get(name)
+    if cls is None:
+        raise LibraryError(f"unknown vector store '{name}' (NELS_VECTOR_STORE); known: {', '.join(sorted(STORES))}")
+    return cls.open(path, dim, **options)

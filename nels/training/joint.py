@@ -38,8 +38,6 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
     from tqdm import tqdm
 
     from nels.audio.decode import decode
-    from nels.audio.features import logmel
-    from nels.audio.segment import SegmentConfig, segment_array
 
     sha = getattr(encoder, "meta", {}).get("weights_sha256")
     key = hashlib.sha256(json.dumps([encoder.name, sha, str(ds.root), len(ds.items), 2]).encode()).hexdigest()[:20]
@@ -51,13 +49,13 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
     embs, probs, clips, labels = [], [], [], []
     for ci, it in enumerate(tqdm(ds.items, desc="embeddings", unit="clip", disable=not progress, file=sys.stderr)):
         try:
-            segs = segment_array(decode(it.path), SegmentConfig())
+            r = encoder.encode(decode(it.path, sr=encoder.sample_rate), encoder.sample_rate)
         except Exception as exc:  # noqa: BLE001 - reported, never a silent wrong label
             print(f"skipped {it.path}: {exc}", file=sys.stderr)
             continue
-        if not segs:
+        segs = r.starts
+        if not len(segs):
             continue
-        r = encoder.encode_mels([logmel(s.audio, encoder.feature_config) for s in segs])
         embs.append(r.embeddings)
         probs.append(r.probs if r.probs is not None else np.zeros((len(segs), 0), np.float32))
         clips += [ci] * len(segs)
@@ -345,21 +343,3 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
         if src.exists():
             (out_dir / TRAINING_PHRASES_COPY).write_bytes(src.read_bytes())
     return {k: v for k, v in meta.items() if k != "labels"} | {"out": str(out_dir)}
-
-
-def cli_train_joint(args) -> int:
-    from nels.cli import print_json
-
-    res = train_joint(args.dataset, args.format, args.exclude_fold, args.model, args.loss, args.out, args.epochs,
-                      args.seed, args.vocabulary, progress=not args.json and sys.stderr.isatty(),
-                      phrases=getattr(args, "phrases", None))
-    if args.json:
-        print_json(res)
-    else:
-        for ln, r in res["losses"].items():
-            print(f"{ln:<20} validation {r['validation']:.3f}")
-        f = res["fusion"]["text"]
-        print(f"text search on validation: linguistic {f['linguistic']:.3f}, joint {f['joint']:.3f}, "
-              f"fused {f['fused']:.3f} (joint weight {f['weights']['joint']}); default text mode: {f['default_mode']}")
-        print(f"kept {res['loss']}/{res['text_tower']}; wrote {res['out']} ({res['train_seconds']:.0f} s)")
-    return 0

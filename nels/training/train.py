@@ -514,7 +514,7 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
                "validation_files": sorted(Path(feats.items[i].path).stem for i in va_idx),
                "skipped_clips": len(feats.skipped)}
     if len(test_idx):
-        from nels.evaluate.classification import classification_metrics
+        from nels.metrics import classification_metrics
 
         test_mels = [mels[i] for i in test_idx]
         by_pool = {}
@@ -573,26 +573,3 @@ def write_model_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, a
     else:
         lines.append("Trained on a user-supplied dataset: the weights carry that dataset's licence terms.")
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def cli_train(args) -> int:
-    from nels.cli import print_json
-
-    try:
-        arch = json.loads(args.arch) if getattr(args, "arch", None) else None
-        hparams = json.loads(args.hparams) if getattr(args, "hparams", None) else None
-    except ValueError as exc:
-        raise DatasetError(f"--arch / --hparams must be JSON objects ({exc})") from None
-    unknown = set(hparams or {}) - set(default_hparams())
-    if unknown:
-        raise DatasetError(f"unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(default_hparams())}")
-    cmd = "nels train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
-    summary = train(args.dataset, args.format, args.exclude_fold, args.out, args.epochs, args.seed, args.cache,
-                    arch=arch, hparams=hparams, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
-                    max_epochs_this_run=getattr(args, "max_epochs_this_run", None))
-    if args.json:
-        print_json(summary)
-    else:
-        print(f"{'model written to ' + summary['model'] if summary.get('model') else 'checkpoint kept in ' + summary['out']}"
-              f" (best validation accuracy {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']})")
-    return 0

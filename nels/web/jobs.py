@@ -11,18 +11,16 @@ clips on its next search (indexes re-sync from the catalogue).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-import time
 import traceback
 from typing import Any, Callable
 
-from nels.store import schema as db
+from nels.store.catalogue import MAX_KEPT_JOBS, Catalogue
 
 log = logging.getLogger("nels.web")
-MAX_KEPT = 100
+MAX_KEPT = MAX_KEPT_JOBS  # finished jobs kept (older ones are forgotten)
 POLL_SECONDS = 2.0  # how often an idle runner looks for jobs queued by other server processes
 
 
@@ -57,12 +55,11 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _row(r) -> dict:
-    d = dict(r)
-    for k in ("params", "result"):
-        d[k] = json.loads(d[k]) if d.get(k) else ({} if k == "params" else None)
-    d.pop("pid", None)
-    return d
+def _public(job: dict | None) -> dict | None:
+    """A job as the API shows it (the pid of the process running it stays inside)."""
+    if job is not None:
+        job.pop("pid", None)
+    return job
 
 
 class JobRunner:
@@ -73,8 +70,8 @@ class JobRunner:
 
         self.path = Path(library_path)
         self.handlers = handlers or HANDLERS
-        self._conn = db.connect(self.path / "nels.db")
-        self._lock = threading.Lock()  # the connection is shared by request threads
+        self.catalogue = Catalogue(self.path / "nels.db")  # one connection per thread
+        self._lock = threading.Lock()  # guards the runner thread's start
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -83,68 +80,34 @@ class JobRunner:
     def submit(self, kind: str, params: dict) -> dict:
         if kind not in self.handlers:
             raise ValueError(f"unknown job kind {kind!r}")
-        with self._lock:
-            cur = self._conn.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES(?, ?, 'queued', ?)",
-                                     (kind, json.dumps(params), time.time()))
-            job_id = cur.lastrowid
-            self._conn.execute("DELETE FROM jobs WHERE status IN ('done', 'failed') AND id NOT IN "
-                               "(SELECT id FROM jobs ORDER BY id DESC LIMIT ?)", (MAX_KEPT,))
+        job_id = self.catalogue.submit_job(kind, params)  # also forgets finished jobs past the newest MAX_KEPT
         self.start()
         self._wake.set()
         return self.get(job_id)
 
     def list(self) -> list[dict]:
         self._reap()
-        with self._lock:
-            return [_row(r) for r in self._conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (MAX_KEPT,))]
+        return [_public(j) for j in self.catalogue.jobs(MAX_KEPT)]
 
     def get(self, job_id: int) -> dict | None:
         self._reap()
-        with self._lock:
-            r = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _row(r) if r is not None else None
+        return _public(self.catalogue.job(job_id))
 
     def _reap(self) -> None:
         """Jobs 'running' in a process that no longer exists will never finish: say so."""
-        with self._lock:
-            rows = self._conn.execute("SELECT id, pid FROM jobs WHERE status = 'running'").fetchall()
-            for r in rows:
-                if not _alive(r["pid"]):
-                    self._conn.execute(
-                        "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
-                        (time.time(), "interrupted: the server process running it stopped; queue it again "
-                                      "(crawls and ingests resume where they stopped)", r["id"]))
+        for job_id, pid in self.catalogue.running_jobs():
+            if not _alive(pid):
+                self.catalogue.finish_job(job_id, "failed", error="interrupted: the server process running it"
+                                          " stopped; queue it again (crawls and ingests resume where they stopped)",
+                                          only_if_running=True)
 
     def _claim(self) -> dict | None:
         """The oldest queued job, marked running by this process; None when one is already running."""
         self._reap()
-        with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                if c.execute("SELECT 1 FROM jobs WHERE status = 'running' LIMIT 1").fetchone():
-                    c.execute("COMMIT")
-                    return None
-                r = c.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
-                if r is None:
-                    c.execute("COMMIT")
-                    return None
-                now = time.time()
-                c.execute("UPDATE jobs SET status = 'running', pid = ?, started_at = ? WHERE id = ?",
-                          (os.getpid(), now, r["id"]))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        job = _row(r)
-        job.update(status="running", started_at=now)
-        return job
+        return _public(self.catalogue.claim_job(os.getpid()))
 
     def _finish(self, job_id: int, status: str, result: dict | None = None, error: str | None = None) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ? WHERE id = ?",
-                               (status, time.time(), json.dumps(result) if result is not None else None, error,
-                                job_id))
+        self.catalogue.finish_job(job_id, status, result=result, error=error)
 
     # -- the runner thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,9 +120,7 @@ class JobRunner:
     def resume(self) -> None:
         """Start the runner when jobs are waiting (queued by a server that stopped before running them);
         called when a server starts."""
-        with self._lock:
-            waiting = self._conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone()
-        if waiting:
+        if self.catalogue.has_queued_jobs():
             self.start()
 
     def _work(self) -> None:

@@ -1,5 +1,8 @@
-"""Helpers for the browser tests, the screenshot script and the web benchmark: run `nels serve` as a
-subprocess on loopback, and build a small library from synthesised sounds (no dataset needed)."""
+"""Helpers for the web tests, the screenshot script and the web benchmark: run `nels serve` as a
+subprocess on loopback, and build a small library from synthesised sounds (no dataset needed).
+
+A test helper, not part of the package: the tests import it as `devserver` (pytest puts tests/ on
+sys.path), bench scripts put tests/ on sys.path first."""
 from __future__ import annotations
 
 import io
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 SR = 16000
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository (tests/ is one level down)
 CHROMIUM = os.environ.get("NELS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -1,0 +1,50 @@
+"""`nels train` (the sound-event CNN) and `nels train-joint` (the cross-modal joint space)."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+from nels.cli.output import print_json
+from nels.errors import DatasetError
+
+
+def cli_train_joint(args) -> int:
+    from nels.training.joint import train_joint
+
+    res = train_joint(args.dataset, args.format, args.exclude_fold, args.model, args.loss, args.out, args.epochs,
+                      args.seed, args.vocabulary, progress=not args.json and sys.stderr.isatty(),
+                      phrases=getattr(args, "phrases", None))
+    if args.json:
+        print_json(res)
+    else:
+        for ln, r in res["losses"].items():
+            print(f"{ln:<20} validation {r['validation']:.3f}")
+        f = res["fusion"]["text"]
+        print(f"text search on validation: linguistic {f['linguistic']:.3f}, joint {f['joint']:.3f}, "
+              f"fused {f['fused']:.3f} (joint weight {f['weights']['joint']}); default text mode: {f['default_mode']}")
+        print(f"kept {res['loss']}/{res['text_tower']}; wrote {res['out']} ({res['train_seconds']:.0f} s)")
+    return 0
+
+
+def cli_train(args) -> int:
+    from nels.training.train import default_hparams, train
+
+    try:
+        arch = json.loads(args.arch) if getattr(args, "arch", None) else None
+        hparams = json.loads(args.hparams) if getattr(args, "hparams", None) else None
+    except ValueError as exc:
+        raise DatasetError(f"--arch / --hparams must be JSON objects ({exc})") from None
+    unknown = set(hparams or {}) - set(default_hparams())
+    if unknown:
+        raise DatasetError(f"unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(default_hparams())}")
+    cmd = "nels train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    summary = train(args.dataset, args.format, args.exclude_fold, args.out, args.epochs, args.seed, args.cache,
+                    arch=arch, hparams=hparams, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
+                    max_epochs_this_run=getattr(args, "max_epochs_this_run", None))
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{'model written to ' + summary['model'] if summary.get('model') else 'checkpoint kept in ' + summary['out']}"
+              f" (best validation accuracy {summary['best_val_acc']:.3f} at epoch {summary['best_epoch']})")
+    return 0

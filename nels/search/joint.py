@@ -1,0 +1,51 @@
+"""Search in the cross-modal joint space: k-NN of a text or a sound, audio->text tag suggestions and
+text->text related words (the model itself, `JointEncoder`, is in `nels.encoders.joint`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from nels.encoders.base import l2_normalize
+from nels.encoders.joint import JointEncoder, joint_encoder_for
+from nels.encoders.selection import library_encoder
+from nels.search.results import Candidate, nearest_segments
+
+
+def library_has_joint(lib) -> bool:
+    return lib.catalogue.has_space("joint")
+
+
+def library_joint(lib) -> JointEncoder | None:
+    return lib.memo("joint", lambda: joint_encoder_for(library_encoder(lib)))
+
+
+def search_candidates(lib, text: str | None = None, audio: np.ndarray | None = None, n: int = 100):
+    """Joint-space k-NN: `text` (a string) or `audio` (acoustic embeddings of the query's windows)."""
+    enc = library_joint(lib)
+    if enc is None:
+        return None
+    if text is not None:
+        q = enc.text([text])
+        what = "the words"
+    else:
+        q = enc.audio(audio)
+        what = "the sound"
+    ranked = nearest_segments(lib.store("joint"), q, n)
+    return [Candidate(i, s, f"close to {what} in the joint space (cosine {s:.2f})", {"joint": s}) for i, s in ranked]
+
+
+def suggest_tags(enc: JointEncoder, acoustic_embeddings: np.ndarray, k: int = 5) -> list[dict]:
+    """Audio -> text: the vocabulary phrases nearest to a sound in the joint space."""
+    phrases, owners, vecs = enc.phrase_bank()
+    q = l2_normalize(enc.audio(acoustic_embeddings).mean(axis=0))
+    sims = vecs @ q
+    order = np.argsort(-sims)[:k]
+    return [{"phrase": phrases[i], "label": owners[i], "score": round(float(sims[i]), 4)} for i in order]
+
+
+def related_words(enc: JointEncoder, text: str, k: int = 8) -> list[dict]:
+    """Text -> text: sound words near a query in the joint space (near in sound, not only in spelling)."""
+    phrases, owners, vecs = enc.phrase_bank()
+    q = enc.text([text])[0]
+    sims = vecs @ q
+    order = [i for i in np.argsort(-sims) if phrases[i].lower() != text.lower()][:k]
+    return [{"phrase": phrases[i], "label": owners[i], "score": round(float(sims[i]), 4)} for i in order]

@@ -1,0 +1,534 @@
+"""The catalogue: the one module that speaks SQL. Clips, segments, vectors, probabilities, labels, models,
+crawl items, jobs, feedback and learning iterations are read and written through `Catalogue`'s methods.
+
+SQLite in WAL mode is the single source of truth (vectors included, as float32 blobs): the vector indexes
+are derived caches re-synced from it (`nels.store.vectors`). Every method that writes several rows does it
+in one transaction, so a `kill -9` leaves the catalogue as it was before or after, never between.
+
+`Catalogue` is the seam for a server database: another implementation (PostgreSQL, say) provides the same
+methods. Connections are per thread (WAL lets readers in many threads run beside one writer).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from nels.config import RETRY_BACKOFF_SECONDS
+from nels.errors import LibraryError
+from nels.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+PROVENANCE_KEYS = ("source_uri", "source_kind", "title", "uploader", "licence", "query", "webpage_url", "fetched_at")
+TOP_LABELS = 5  # labels kept per segment for display and filtering
+MAX_KEPT_JOBS = 100
+
+
+# -- connections and migrations ----------------------------------------------------------------------------
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """Open the catalogue file in WAL mode with foreign keys on, migrated to SCHEMA_VERSION."""
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn)
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations, each in its own transaction (a crash leaves a valid older version)."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise LibraryError(f"library schema v{version} is newer than this nels (v{SCHEMA_VERSION}); upgrade nels")
+    for i in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) != i:  # another process migrated meanwhile
+                conn.execute("ROLLBACK")
+                continue
+            for stmt in MIGRATIONS[i].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _in(ids: Sequence) -> str:
+    return ",".join("?" * len(ids))
+
+
+class Catalogue:
+    """The SQLite catalogue of one library (`<library>/nels.db`)."""
+
+    def __init__(self, dbfile: Path):
+        self.dbfile = Path(dbfile)
+        self._lock = threading.RLock()  # one writer transaction at a time from this object's threads
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self.conn  # noqa: B018 - open (and migrate) now, so a bad library fails here
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection. For tests and one-off scripts; NELS's own code calls the methods."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = connect(self.dbfile)
+            self._local.conn = c
+            with self._lock:
+                self._conns.append(c)
+        return c
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        c = self.conn
+        with self._lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def _one(self, sql: str, *args):
+        row = self.conn.execute(sql, args).fetchone()
+        return row[0] if row is not None else None
+
+    # -- state -------------------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        return schema_version(self.conn)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (thread, process or command) commits: a cheap "has anything
+        changed since?" for caches of search answers."""
+        return int(self._one("PRAGMA data_version"))
+
+    def newest_ids(self) -> dict:
+        """The newest clip and segment ids (0 when empty): O(log n), where COUNT(*) would scan."""
+        row = self.conn.execute("SELECT (SELECT MAX(id) FROM clips), (SELECT MAX(id) FROM segments)").fetchone()
+        return {"clips": row[0] or 0, "segments": row[1] or 0}
+
+    def get_meta(self, key: str, default=None):
+        v = self._one("SELECT value FROM meta WHERE key=?", key)
+        return json.loads(v) if v is not None else default
+
+    def set_meta(self, key: str, value) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                          (key, json.dumps(value)))
+
+    # -- clips -------------------------------------------------------------------------------------------
+    def clip_by_hash(self, content_hash: str) -> int | None:
+        return self._one("SELECT id FROM clips WHERE content_hash=?", content_hash)
+
+    def add_clip(self, content_hash: str, media_path: str, duration: float, provenance: dict, starts, ends,
+                 vectors: dict, probs, item_id: int | None = None) -> tuple[int, bool]:
+        """Store a clip with its segments, vectors, probabilities and top labels, and mark its crawl item
+        done: all of it or nothing. The hash is checked inside the transaction, so two writers never
+        store one content twice. Returns (clip id, True when it was added; False: already stored)."""
+        prov = {k: provenance.get(k) for k in PROVENANCE_KEYS}
+        extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
+        with self.transaction() as c:
+            existing = self.clip_by_hash(content_hash)
+            if existing is not None:
+                if item_id is not None:
+                    self.mark_done(item_id, existing, content_hash)
+                return existing, False
+            clip_id = c.execute(
+                "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
+                " webpage_url, fetched_at, duration, added_at, meta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (content_hash, media_path, prov["source_uri"], prov["source_kind"], prov["title"], prov["uploader"],
+                 prov["licence"], prov["query"], prov["webpage_url"], prov["fetched_at"], float(duration),
+                 time.time(), json.dumps(extra, default=str) if extra else None)).lastrowid
+            seg_ids = [c.execute("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?)",
+                                 (clip_id, float(s), float(e))).lastrowid for s, e in zip(starts, ends)]
+            self._insert_encodings(seg_ids, vectors, probs)
+            if item_id is not None:
+                self.mark_done(item_id, clip_id, content_hash)
+        return clip_id, True
+
+    def _insert_encodings(self, seg_ids: Sequence[int], vectors: dict, probs) -> None:
+        c = self.conn
+        for space, (model, vecs) in vectors.items():
+            vecs = np.asarray(vecs, dtype=np.float32)
+            c.executemany("INSERT OR REPLACE INTO vectors(space, segment_id, model, vec) VALUES(?,?,?,?)",
+                          [(space, sid, model, vecs[i].tobytes()) for i, sid in enumerate(seg_ids)])
+        if probs is not None:
+            model, labels, p = probs
+            p = np.asarray(p, dtype=np.float32)
+            self.register_model(model, "classifier", None, labels)
+            c.executemany("INSERT OR REPLACE INTO probs(segment_id, model, probs) VALUES(?,?,?)",
+                          [(sid, model, p[i].tobytes()) for i, sid in enumerate(seg_ids)])
+            rows = [(sid, labels[j], float(p[i, j])) for i, sid in enumerate(seg_ids)
+                    for j in np.argsort(-p[i])[:TOP_LABELS]]
+            c.execute(f"DELETE FROM labels WHERE segment_id IN ({_in(seg_ids)})", list(seg_ids))
+            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)", rows)
+
+    def replace_encodings(self, clip_id: int, vectors: dict, probs, drop_spaces: Sequence[str] = ()) -> None:
+        """Re-index one clip with another model (same segments), atomically."""
+        seg_ids = self.segment_ids(clip_id)
+        with self.transaction() as c:
+            for space in drop_spaces:
+                c.execute("DELETE FROM vectors WHERE space=? AND segment_id IN "
+                          "(SELECT id FROM segments WHERE clip_id=?)", (space, clip_id))
+            self._insert_encodings(seg_ids, vectors, probs)
+
+    def remove_clip(self, clip_id: int) -> tuple[str, list[int]] | None:
+        """Delete a clip (segments, vectors, labels cascade); its crawl item becomes 'removed'.
+        Returns (media path, segment ids), or None when there is no such clip."""
+        with self.transaction() as c:
+            row = c.execute("SELECT media_path FROM clips WHERE id=?", (clip_id,)).fetchone()
+            if row is None:
+                return None
+            seg_ids = self.segment_ids(clip_id)
+            c.execute("DELETE FROM clips WHERE id=?", (clip_id,))
+            c.execute("UPDATE items SET status='removed', clip_id=NULL WHERE clip_id=?", (clip_id,))
+        return row[0], seg_ids
+
+    def media_in_use(self, media_path: str) -> bool:
+        return self._one("SELECT 1 FROM clips WHERE media_path=?", media_path) is not None
+
+    def clip_exists(self, clip_id: int) -> bool:
+        return self._one("SELECT 1 FROM clips WHERE id=?", clip_id) is not None
+
+    def clip_media(self, clip_id: int) -> dict | None:
+        """{media_path, duration} of a clip, or None."""
+        row = self.conn.execute("SELECT media_path, duration FROM clips WHERE id=?", (clip_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def clips(self, columns: Sequence[str] = ("id", "media_path")) -> list[sqlite3.Row]:
+        """Every clip's `columns` (clip table fields), in id order."""
+        allowed = {"id", "media_path", "source_uri", "title", "query", "duration", "content_hash", "webpage_url"}
+        if not set(columns) <= allowed:
+            raise ValueError(f"unknown clip columns: {sorted(set(columns) - allowed)}")
+        return self.conn.execute(f"SELECT {', '.join(columns)} FROM clips ORDER BY id").fetchall()
+
+    def segment_ids(self, clip_id: int) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM segments WHERE clip_id=? ORDER BY id", (clip_id,))]
+
+    def segment_spans(self, clip_id: int) -> list[tuple[float, float]]:
+        return [(r[0], r[1]) for r in self.conn.execute("SELECT start, end FROM segments WHERE clip_id=? ORDER BY id",
+                                                        (clip_id,))]
+
+    def segment_in_clip(self, segment_id: int, clip_id: int) -> bool:
+        return self._one("SELECT 1 FROM segments WHERE id=? AND clip_id=?", segment_id, clip_id) is not None
+
+    def segment_rows(self, seg_ids: Sequence[int]) -> dict[int, dict]:
+        """segment id -> its clip's fields, start/end and top labels (one query each)."""
+        if not len(seg_ids):
+            return {}
+        ids = [int(i) for i in seg_ids]
+        q = _in(ids)
+        rows = self.conn.execute(
+            f"SELECT s.id AS segment_id, s.clip_id, s.start, s.end, c.title, c.source_uri, c.webpage_url, c.duration,"
+            f" c.media_path, c.query, c.uploader, c.licence FROM segments s JOIN clips c ON c.id=s.clip_id"
+            f" WHERE s.id IN ({q})", ids).fetchall()
+        out = {r["segment_id"]: dict(r) for r in rows}
+        for r in self.conn.execute(f"SELECT segment_id, label, prob FROM labels WHERE segment_id IN ({q})"
+                                   f" ORDER BY prob DESC", ids):
+            if r[0] in out:
+                out[r[0]].setdefault("labels", []).append({"label": r[1], "prob": round(r[2], 4)})
+        for v in out.values():
+            v.setdefault("labels", [])
+        return out
+
+    def clip(self, clip_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM clips WHERE id=?", (clip_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        segs = self.conn.execute("SELECT id, start, end FROM segments WHERE clip_id=? ORDER BY start",
+                                 (clip_id,)).fetchall()
+        rows = self.segment_rows([s[0] for s in segs])
+        out["segments"] = [{"segment_id": s[0], "start": s[1], "end": s[2], "labels": rows[s[0]]["labels"]}
+                           for s in segs]
+        return out
+
+    # -- vectors -----------------------------------------------------------------------------------------
+    def spaces(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT space FROM vectors")]
+
+    def has_space(self, space: str) -> bool:
+        return self._one("SELECT 1 FROM vectors WHERE space=? LIMIT 1", space) is not None
+
+    def has_vectors(self) -> bool:
+        return self._one("SELECT 1 FROM vectors LIMIT 1") is not None
+
+    def vector_dim(self, space: str) -> int | None:
+        v = self._one("SELECT vec FROM vectors WHERE space=? LIMIT 1", space)
+        return len(v) // 4 if v is not None else None
+
+    def newest_vector_id(self, space: str) -> int:
+        """The newest segment id with a vector in `space` (-1: none): O(log n)."""
+        v = self._one("SELECT MAX(segment_id) FROM vectors WHERE space=?", space)
+        return int(v) if v is not None else -1
+
+    def vector_summary(self, space: str) -> tuple[int, int, str | None]:
+        """(count, newest segment id or -1, model) of `space`'s vectors."""
+        row = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(segment_id), -1), MIN(model) FROM vectors"
+                                " WHERE space=?", (space,)).fetchone()
+        return int(row[0]), int(row[1]), row[2]
+
+    def count_vectors_upto(self, space: str, max_id: int) -> int:
+        return int(self._one("SELECT COUNT(*) FROM vectors WHERE space=? AND segment_id<=?", space, max_id))
+
+    def iter_vectors(self, space: str, after_id: int = -1, dim: int | None = None,
+                     batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(segment ids, vectors) of `space` with id > after_id, in id order, in blocks of `batch`."""
+        cur = self.conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? AND segment_id>? ORDER BY segment_id",
+                                (space, after_id))
+        while rows := cur.fetchmany(batch):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            yield ids, vecs
+
+    def clip_vector_models(self, clip_id: int) -> dict[str, str]:
+        """space -> the model that made this clip's vectors there."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT v.space, MIN(v.model) FROM vectors v JOIN segments s ON s.id=v.segment_id WHERE s.clip_id=?"
+            " GROUP BY v.space", (clip_id,))}
+
+    # -- class probabilities -----------------------------------------------------------------------------
+    def has_probs(self) -> bool:
+        return self._one("SELECT 1 FROM probs LIMIT 1") is not None
+
+    def newest_prob_id(self) -> int | None:
+        return self._one("SELECT MAX(segment_id) FROM probs")
+
+    def prob_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
+        """(segment ids, probs (n, C), labels, model) over the whole library; None without probabilities."""
+        model = self._one("SELECT model FROM probs LIMIT 1")
+        if model is None:
+            return None
+        labels = self.model_labels(model)
+        rows = self.conn.execute("SELECT segment_id, probs FROM probs WHERE model=? ORDER BY segment_id",
+                                 (model,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), len(labels))
+        return ids, mat, labels, model
+
+    # -- models ------------------------------------------------------------------------------------------
+    def register_model(self, name: str, kind: str, path: str | None, labels: Sequence[str] | None) -> None:
+        """Remember a model (first registration wins)."""
+        self.conn.execute("INSERT OR IGNORE INTO models(name, kind, path, labels, created_at) VALUES(?,?,?,?,?)",
+                          (name, kind, path, json.dumps(list(labels)) if labels is not None else None, time.time()))
+
+    def model_labels(self, name: str) -> list[str]:
+        v = self._one("SELECT labels FROM models WHERE name=?", name)
+        return json.loads(v) if v else []
+
+    def models(self) -> list[dict]:
+        out = []
+        for r in self.conn.execute("SELECT id, name, kind, path, labels, created_at, meta FROM models ORDER BY id"):
+            d = dict(r)
+            d["labels"] = json.loads(d["labels"] or "null") or []
+            d["meta"] = json.loads(d["meta"]) if d.get("meta") else None
+            out.append(d)
+        return out
+
+    # -- statistics --------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        c = self.conn
+        one = self._one
+        return {
+            "clips": one("SELECT COUNT(*) FROM clips"),
+            "segments": one("SELECT COUNT(*) FROM segments"),
+            "hours": round((one("SELECT COALESCE(SUM(duration), 0) FROM clips") or 0) / 3600, 3),
+            "spaces": {r[0]: {"vectors": r[1], "model": r[2]} for r in
+                       c.execute("SELECT space, COUNT(*), MIN(model) FROM vectors GROUP BY space")},
+            "classifier": one("SELECT model FROM probs LIMIT 1"),
+            "items": {r[0]: r[1] for r in c.execute("SELECT status, COUNT(*) FROM items GROUP BY status")},
+            "failures": [dict(r) for r in c.execute(
+                "SELECT uri, attempts, error, updated_at FROM items WHERE status='failed'"
+                " ORDER BY updated_at DESC LIMIT 50")],
+            "top_labels": [{"label": r[0], "segments": r[1]} for r in c.execute(
+                "SELECT label, COUNT(*) n FROM labels l WHERE prob = (SELECT MAX(prob) FROM labels"
+                " WHERE segment_id=l.segment_id) GROUP BY label ORDER BY n DESC LIMIT 10")],
+            "feedback": one("SELECT COUNT(*) FROM feedback"),
+            "schema_version": self.schema_version(),
+        }
+
+    # -- crawl items -------------------------------------------------------------------------------------
+    def register_items(self, items: Iterable[Any]) -> list[int]:
+        """Insert new items (objects with uri, kind, query, title, uploader, duration, licence, webpage_url);
+        existing URIs keep their state, gaining provenance they lacked. Returns their ids."""
+        now = time.time()
+        ids = []
+        c = self.conn
+        for it in items:
+            c.execute(
+                "INSERT INTO items(uri, kind, query, title, uploader, duration, licence, webpage_url, created_at,"
+                " updated_at) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
+                " query=COALESCE(items.query, excluded.query), title=COALESCE(items.title, excluded.title),"
+                " uploader=COALESCE(items.uploader, excluded.uploader),"
+                " duration=COALESCE(items.duration, excluded.duration),"
+                " status=CASE WHEN items.status='removed' THEN 'pending' ELSE items.status END",
+                (it.uri, it.kind, it.query, it.title, it.uploader, it.duration, it.licence, it.webpage_url, now, now))
+            ids.append(self._one("SELECT id FROM items WHERE uri=?", it.uri))
+        return ids
+
+    def due_items(self, ids: list[int], retries: int, now: float | None = None) -> list[sqlite3.Row]:
+        """Of `ids`, those to work on now: pending, or failed with attempts left and backoff elapsed."""
+        now = time.time() if now is None else now
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out += self.conn.execute(
+                f"SELECT * FROM items WHERE id IN ({_in(chunk)}) AND (status='pending' OR"
+                f" (status='failed' AND attempts < ? AND next_attempt_at <= ?)) ORDER BY id",
+                (*chunk, retries, now)).fetchall()
+        return out
+
+    def mark_done(self, item_id: int, clip_id: int, content_hash: str) -> None:
+        self.conn.execute("UPDATE items SET status='done', clip_id=?, content_hash=?, error=NULL,"
+                          " attempts=attempts+1, updated_at=? WHERE id=?", (clip_id, content_hash, time.time(), item_id))
+
+    def mark_skipped(self, item_id: int, reason: str) -> None:
+        self.conn.execute("UPDATE items SET status='skipped', error=?, updated_at=? WHERE id=?",
+                          (reason, time.time(), item_id))
+
+    def mark_failed(self, item_id: int, error: str, permanent: bool, retries: int) -> None:
+        """A failed attempt: retried later with exponential backoff, or never (permanent, or out of tries)."""
+        attempts = retries if permanent else (self._one("SELECT attempts FROM items WHERE id=?", item_id) or 0) + 1
+        now = time.time()
+        self.conn.execute("UPDATE items SET status='failed', error=?, attempts=?, next_attempt_at=?, updated_at=?"
+                          " WHERE id=?",
+                          (error, attempts, now + RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), now, item_id))
+
+    def next_attempt_at(self, ids: list[int]) -> float:
+        """The earliest time one of `ids` may be tried again."""
+        return min(r[0] for r in self.conn.execute(
+            f"SELECT next_attempt_at FROM items WHERE id IN ({_in(ids)})", ids))
+
+    def failed_items(self, ids: list[int]) -> list[tuple[str, str]]:
+        """(uri, error) of the items among `ids` that failed for good or for now."""
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            out += [(r[0], r[1]) for r in self.conn.execute(
+                f"SELECT uri, error FROM items WHERE status='failed' AND id IN ({_in(chunk)})", chunk)]
+        return out
+
+    def items_touched_since(self, t: float) -> dict[str, int]:
+        """status -> how many items changed since time `t` (a job's progress)."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT status, COUNT(*) FROM items WHERE updated_at >= ? GROUP BY status", (t,))}
+
+    # -- feedback ----------------------------------------------------------------------------------------
+    def add_feedback(self, query: str, mode: str | None, clip_id: int, segment_id: int | None, relevant: bool,
+                     label: str | None) -> int:
+        return self.conn.execute(
+            "INSERT INTO feedback(query, mode, clip_id, segment_id, relevant, label, created_at) VALUES(?,?,?,?,?,?,?)",
+            (query, mode, clip_id, segment_id, int(relevant), label, time.time())).lastrowid
+
+    def latest_feedback(self, query: str) -> list[dict]:
+        """The latest judgement per clip for `query`."""
+        rows = self.conn.execute(
+            "SELECT clip_id, segment_id, relevant, mode, created_at FROM feedback f WHERE query=? AND id ="
+            " (SELECT MAX(id) FROM feedback g WHERE g.query=f.query AND g.clip_id=f.clip_id)"
+            " ORDER BY clip_id", (query,)).fetchall()
+        return [dict(r, relevant=bool(r["relevant"])) for r in rows]
+
+    def all_feedback(self) -> list[tuple[str, int, bool, str | None]]:
+        """(query, clip id, relevant, label) of every judgement."""
+        return [(r[0], r[1], bool(r[2]), r[3]) for r in
+                self.conn.execute("SELECT query, clip_id, relevant, label FROM feedback")]
+
+    # -- learning iterations -----------------------------------------------------------------------------
+    def record_iteration(self, run: str, iteration: int, strategy: str, model: str | None, map_: float,
+                         per_class: dict, extra: dict) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO iterations(run, iteration, strategy, model, map, per_class,"
+                          " selected, created_at) VALUES(?,?,?,?,?,?,?,?)",
+                          (run, iteration, strategy, model, map_, json.dumps(per_class), json.dumps(extra),
+                           time.time()))
+
+    def iterations(self, run: str | None = None, strategy: str | None = None) -> list[dict]:
+        """Recorded learning iterations (per_class and selected decoded), by run, strategy, iteration."""
+        sql = "SELECT id, run, iteration, strategy, model, map, per_class, selected, created_at FROM iterations"
+        args: list = []
+        if run is not None:
+            sql += " WHERE run=? AND strategy=?"
+            args = [run, strategy]
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY run, strategy, iteration", args):
+            d = dict(r)
+            for key in ("per_class", "selected"):
+                try:
+                    d[key] = json.loads(d[key]) if d[key] else None
+                except ValueError:
+                    pass
+            out.append(d)
+        return out
+
+    # -- admin jobs --------------------------------------------------------------------------------------
+    @staticmethod
+    def _job(r) -> dict:
+        d = dict(r)
+        for k in ("params", "result"):
+            d[k] = json.loads(d[k]) if d.get(k) else ({} if k == "params" else None)
+        return d
+
+    def submit_job(self, kind: str, params: dict) -> int:
+        with self.transaction() as c:
+            job_id = c.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES(?, ?, 'queued', ?)",
+                               (kind, json.dumps(params), time.time())).lastrowid
+            c.execute("DELETE FROM jobs WHERE status IN ('done', 'failed') AND id NOT IN "
+                      "(SELECT id FROM jobs ORDER BY id DESC LIMIT ?)", (MAX_KEPT_JOBS,))
+        return job_id
+
+    def jobs(self, limit: int = MAX_KEPT_JOBS) -> list[dict]:
+        return [self._job(r) for r in self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def job(self, job_id: int) -> dict | None:
+        r = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(r) if r is not None else None
+
+    def running_jobs(self) -> list[tuple[int, int | None]]:
+        """(job id, pid of the process running it)."""
+        return [(r[0], r[1]) for r in self.conn.execute("SELECT id, pid FROM jobs WHERE status = 'running'")]
+
+    def has_queued_jobs(self) -> bool:
+        return self._one("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1") is not None
+
+    def claim_job(self, pid: int) -> dict | None:
+        """The oldest queued job, marked running by process `pid`; None when one is already running."""
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM jobs WHERE status = 'running' LIMIT 1").fetchone():
+                return None
+            r = c.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if r is None:
+                return None
+            now = time.time()
+            c.execute("UPDATE jobs SET status = 'running', pid = ?, started_at = ? WHERE id = ?", (pid, now, r["id"]))
+        job = self._job(r)
+        job.update(status="running", started_at=now, pid=pid)
+        return job
+
+    def finish_job(self, job_id: int, status: str, result: dict | None = None, error: str | None = None,
+                   only_if_running: bool = False) -> None:
+        self.conn.execute("UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ? WHERE id = ?"
+                          + (" AND status = 'running'" if only_if_running else ""),
+                          (status, time.time(), json.dumps(result) if result is not None else None, error, job_id))
+

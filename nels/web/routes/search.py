@@ -1,0 +1,114 @@
+"""Search by text (GET /api/search), by an uploaded sound (POST /api/search), and /api/modes."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from nels import config
+from nels.errors import DecodeError
+from nels.web.errors import ApiError
+from nels.web.state import AppState, app_state
+
+MAX_QUERY_SECONDS = config.MAX_QUERY_AUDIO_SECONDS
+Mode = Literal["linguistic", "acoustic", "joint", "fused"]
+
+router = APIRouter(tags=["search"])
+
+
+def _json_default(o):
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode("utf-8")
+
+
+def _answer(res, query: str, k: int, page: int) -> dict:
+    out = res.to_dict()
+    out.update(query=query, k=k, page=page, has_more=len(res) >= k)
+    return out
+
+
+@router.get("/api/search", summary="Search by text")
+async def search_text(q: str = Query(..., max_length=1000, description="what to look for, e.g. 'dog barking'"),
+                      mode: Mode | None = None, k: int = Query(10, ge=1, le=200),
+                      page: int = Query(1, ge=1, le=1000), label: str | None = None, source: str | None = None,
+                      min_duration: float | None = None, max_duration: float | None = None,
+                      st: AppState = Depends(app_state)):
+    # Answers are cached, serialised, per library state: a popular query or paging back costs a dict
+    # lookup on the event loop (no thread hop, no JSON encoding). A miss runs in the search pool, with
+    # no global lock: the catalogue gives each thread its own SQLite connection, and FAISS indexes are
+    # only ever swapped, never mutated in place.
+    lib = st.lib
+    key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
+    # any commit by anyone else (an ingest, a removal, a re-index, another server process) changes the
+    # catalogue's data_version as seen from this thread's connection, and retires every cached answer
+    stamp = lib.data_version()
+    hit = st.results.get(key)
+    if hit is not None and hit[0] == stamp:
+        return Response(hit[1], media_type="application/json")
+    pending = st.inflight.get((key, stamp))
+    if pending is not None:  # the same search is running for another client: share its answer
+        return Response(await asyncio.shield(pending), media_type="application/json")
+
+    def run() -> bytes:
+        res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
+                         min_duration=min_duration, max_duration=max_duration)
+        return _json_bytes(_answer(res, q, k, page))
+
+    async def prepare_then_run() -> bytes:
+        if st.text_ok(stamp):
+            await st.text_batcher.prepare(" ".join(q.split()))
+        return await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
+
+    fut = asyncio.ensure_future(prepare_then_run())
+    st.inflight[(key, stamp)] = fut
+    try:
+        body = await asyncio.shield(fut)
+    finally:
+        st.inflight.pop((key, stamp), None)
+    st.results.put(key, (stamp, body))
+    return Response(body, media_type="application/json")
+
+
+@router.post("/api/search", summary="Search by an uploaded sound (optionally with text)")
+async def search_audio(audio: UploadFile = File(..., description="an audio file (wav, flac, mp3, ogg, webm...)"),
+                       q: str | None = Form(None, max_length=1000), mode: Mode | None = Form(None),
+                       k: int = Form(10, ge=1, le=200), page: int = Form(1, ge=1, le=1000),
+                       start: float | None = Form(None, ge=0), end: float | None = Form(None, gt=0),
+                       label: str | None = Form(None), source: str | None = Form(None),
+                       st: AppState = Depends(app_state)):
+    limit_bytes = st.max_upload_bytes
+    data = await audio.read(limit_bytes + 1)
+    if len(data) > limit_bytes:
+        raise ApiError(413, f"upload too large: the limit is {limit_bytes // (1024 * 1024)} MB")
+    if not data:
+        raise ApiError(422, "the uploaded file is empty")
+
+    def run():
+        from nels.audio.decode import decode
+
+        limit = min(MAX_QUERY_SECONDS, (end + 1.0) if end else MAX_QUERY_SECONDS)
+        try:
+            x = decode(data, max_seconds=limit)
+        except DecodeError as exc:
+            raise DecodeError(f"{audio.filename or 'upload'}: not an audio file we can read"
+                              f" ({str(exc).split(': ', 1)[-1]})") from None
+        return st.lib.search(text=q, audio=x, mode=mode, k=k, page=page, start=start, end=end,
+                             label=label, source=source)
+
+    res = await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
+    return _answer(res, q or f"audio: {audio.filename or 'upload'}", k, page)
+
+
+@router.get("/api/modes", summary="Which search modes this library supports")
+def modes(st: AppState = Depends(app_state)):
+    return st.modes()

@@ -1,0 +1,39 @@
+"""The static site: one page (/, /clip/{id}, /admin) and its assets under /static."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+SITE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:;"
+                " style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none';"
+                " frame-ancestors 'none'"}
+
+router = APIRouter(include_in_schema=False)
+
+
+def _page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html",
+                        headers={**SITE_HEADERS, "Cache-Control": "no-cache"})
+
+
+@router.get("/")
+def home():
+    return _page()
+
+
+@router.get("/clip/{clip_id}")
+def clip_page(clip_id: int):
+    return _page()
+
+
+@router.get("/admin")
+def admin_page():
+    return _page()
+
+
+def mount_static(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")

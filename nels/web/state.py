@@ -1,0 +1,111 @@
+"""What one app (one server process) holds for the library it serves: the Library, the answer cache, the
+search thread pool, the text batcher and the admin job runner. Routes reach it through `app_state`."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import Request
+
+from nels import config
+from nels.encoders.text import shared_text_encoder
+from nels.errors import NelsError
+from nels.library import Library
+from nels.search.modes import library_modes
+from nels.web.jobs import JobRunner
+from nels.web.textbatch import TextBatcher
+
+log = logging.getLogger("nels.web")
+SEARCH_THREADS = config.SEARCH_THREADS
+
+
+class LRU:
+    """A small thread-safe LRU map (text-search answers)."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            v = self.data.get(key)
+            if v is not None:
+                self.data.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+class AppState:
+    """The library served and what the routes share. The Library's catalogue gives each thread its own
+    SQLite connection, so request threads read it without a lock.
+
+    admin_token : overrides $NELS_ADMIN_TOKEN (read per request when None).
+    max_upload_bytes : the largest uploaded query file.
+    """
+
+    def __init__(self, library_path, admin_token: str | None = None, max_upload_bytes: int | None = None):
+        self.lib = Library(library_path, create=False)
+        self.max_upload_bytes = config.max_upload_bytes() if max_upload_bytes is None else max_upload_bytes
+        self.results = LRU()
+        # searches run here, not in the 40-thread request pool: two at a time per process, the rest wait
+        # in order, and the event loop stays free to answer cached queries and serve media meanwhile
+        self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
+        self.inflight: dict = {}  # answer-cache key -> asyncio.Future: identical concurrent misses run once
+        self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
+        self.jobs = JobRunner(self.lib.path)
+        self._token = admin_token
+        self._text_ok: tuple | None = None  # (catalogue stamp, can this library answer text at all)
+
+    @property
+    def admin_token(self) -> str | None:
+        return self._token if self._token is not None else config.admin_token()
+
+    def modes(self) -> dict:
+        """The modes the library supports and the defaults (see `nels.search.modes.library_modes`)."""
+        return library_modes(self.lib)
+
+    def text_ok(self, stamp) -> bool:
+        """Whether a text query can be answered here (class probabilities or joint vectors), checked once
+        per catalogue state: the text batcher does not spend MiniLM on a query that only gets an error."""
+        if self._text_ok is None or self._text_ok[0] != stamp:
+            self._text_ok = (stamp, bool(self.modes()["text"]))
+        return self._text_ok[1]
+
+    def warm(self) -> None:
+        """Load every model and index a search needs (text model, label phrases, CNN, joint space, FAISS,
+        the probability matrix) before the first request, not during it: a cold process under load
+        otherwise made its first dozens of requests wait seconds."""
+        try:
+            if self.lib.newest_ids()["segments"] == 0:
+                return
+            modes = self.modes()
+            if modes["text"]:
+                self.lib.search(text="warm up", k=1)
+            if modes["audio"]:
+                import numpy as np
+
+                t = np.arange(16000, dtype=np.float32) / 16000
+                self.lib.search(audio=(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), k=1)
+        except NelsError as exc:  # a library that cannot be searched still serves its pages
+            log.warning("warm-up search failed: %s", exc)
+
+    def start(self) -> None:
+        """At server start: jobs queued before a restart run now, not at the next submission."""
+        self.jobs.resume()
+
+    def close(self) -> None:
+        self.search_pool.shutdown(wait=False, cancel_futures=True)
+        self.text_batcher.close()
+        self.jobs.stop()
+
+
+async def app_state(request: Request) -> AppState:
+    """The route dependency: this app's state (async, so that it runs on the event loop, no thread hop)."""
+    return request.app.state.nels
