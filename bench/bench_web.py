@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nels.web.app import default_workers  # noqa: E402
+from nels.web.server import default_workers  # noqa: E402
 from nels.web.devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library, tone, wav_bytes  # noqa: E402
 
 TEXT_QUERIES = ["dog barking", "rain", "church bells", "a baby crying", "footsteps", "birds singing",

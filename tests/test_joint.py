@@ -73,7 +73,7 @@ def test_train_joint_and_search_text_and_audio(world, joint_world):
     # ingest built the joint index alongside the acoustic one
     lib = Library(lib_dir, create=False)
     assert len(lib.store("cnn")) > 0
-    assert joint.library_has_joint(lib) and len(lib.store("joint")) == len(lib.store("cnn"))
+    assert lib.catalogue.has_space("joint") and len(lib.store("joint")) == len(lib.store("cnn"))
     hits = lib.search(text="bass drone", mode="joint", k=5)
     labels = [Path(h["source"]).parent.name for h in hits]
     assert labels.count("low_tone") >= 4, labels

@@ -54,12 +54,12 @@ def _world(seed=0, C=4, d=8):
 def test_loop_improves_records_and_resumes(tmp_path):
     data = _world()
     lib = Library(tmp_path / "lib")
-    rec = loop.recorder(lib.conn, "r1", "clarity", "m", data.labels)
+    rec = loop.recorder(lib.catalogue, "r1", "clarity", "m", data.labels)
     full, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=4, cap=5, patience=10)
     assert full[-1]["map"] > full[0]["map"]  # pseudo-labels help a 2-clips-per-class seed
     part, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=2, cap=5, patience=10, record=rec)
     assert [r["iteration"] for r in part] == [0, 1, 2]
-    done = loop.load_done(lib.conn, "r1", "clarity", data.labels)
+    done = loop.load_done(lib.catalogue, "r1", "clarity", data.labels)
     resumed, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=4, cap=5, patience=10, done=done, record=rec)
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3, 4]
     assert [round(r["map"], 6) for r in resumed] == [round(r["map"], 6) for r in full]

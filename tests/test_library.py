@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from nels.errors import LibraryError
-from nels.store import schema as db
+from nels.store import catalogue as db
+from nels.store.schema import MIGRATIONS, SCHEMA_VERSION
 from nels.library import ClipRecord, Library
 from nels.store.vectors import FaissStore
 
@@ -77,8 +78,9 @@ def test_hnsw_above_threshold_matches_exact(tmp_path):
     _, ia = approx.search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ia)])
     assert recall > 0.9
-    with pytest.raises(NotImplementedError):
-        approx.remove(ids[:3])
+    approx.remove(ids[:3])  # HNSW removes by rebuilding without them
+    assert len(approx) == len(ids) - 3
+    assert not set(approx.search(v[:3], 10)[1].ravel().tolist()) & set(ids[:3].tolist())
 
 
 def test_missing_library_is_refused(tmp_path):
@@ -91,13 +93,13 @@ def test_migrations_upgrade_an_old_library(tmp_path):
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    for stmt in db.MIGRATIONS[0].split(";"):
+    for stmt in MIGRATIONS[0].split(";"):
         if stmt.strip():
             conn.execute(stmt)
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     conn = db.connect(path)
-    assert db.schema_version(conn) == db.SCHEMA_VERSION
+    assert db.schema_version(conn) == SCHEMA_VERSION
     conn.execute("SELECT * FROM feedback")  # added by migration 2
     conn.execute("PRAGMA user_version = 99")
     with pytest.raises(LibraryError, match="newer"):

@@ -5,18 +5,16 @@ rate; NELS's pipeline only cuts audio into segments and hands them over.
     encoder = create_encoder("cnn:path/to/model")      # or "default", "baseline", a model folder, ...
     out = encoder.encode(waveform, sample_rate)         # Encoded: embeddings, probs, labels, starts, ends
 
-Encoders are made from a spec string through a registry: `register_encoder("tones", factory)` makes
-`create_encoder("tones")` and `create_encoder("tones:ARG")` call `factory(arg)`. A new encoder is one
-new file plus that one registration line (tests/test_encoder_seam.py registers a toy one).
+Encoders are made from a spec string through a registry (`nels.encoders.registry`):
+`register_encoder("tones", factory)` makes `create_encoder("tones")` and `create_encoder("tones:ARG")` call
+`factory(arg)`. A new encoder is one new file plus that one registration line (tests/plugins/tones.py).
 
 Implementations: `baseline` (training-free log-mel statistics), `cnn` (the trained sound-event CNN);
 derived encoders (the joint space) map another encoder's output with `encode_from(base)`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -24,7 +22,6 @@ import numpy as np
 from nels.audio.features import FeatureConfig, SlidingLogMel
 from nels.audio.segment import Segment, SegmentConfig, segment_array
 from nels.config import ENCODE_BATCH, SEGMENT_HOP_SECONDS, SEGMENT_SECONDS
-from nels.errors import ModelError
 
 
 @dataclass
@@ -178,46 +175,7 @@ class LogMelEncoder:
         return encode_waveform(self, waveform, sample_rate)
 
 
-# -- the registry -----------------------------------------------------------------------------------------
-_REGISTRY: dict[str, Callable[[str | None], Encoder]] = {}
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "esc50-cnn"
-
-
-def register_encoder(kind: str, factory: Callable[[str | None], Encoder]) -> None:
-    """Make `create_encoder("KIND")` / `create_encoder("KIND:ARG")` return `factory(None)` / `factory("ARG")`."""
-    if not kind or ":" in kind:
-        raise ValueError(f"bad encoder kind {kind!r}")
-    _REGISTRY[kind] = factory
-
-
-def encoder_kinds() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    from nels.encoders import baseline, cnn  # noqa: F401 - each registers itself on import
-
-
-def create_encoder(spec: str | os.PathLike | None = None) -> Encoder:
-    """An encoder from its spec.
-
-    spec : "KIND" or "KIND:ARG" for a registered kind ("baseline", "cnn:PATH", ...); a path to a model
-        folder (model.json: the CNN); "default" or None: the shipped CNN when present, else the baseline.
-    """
-    _load_builtin()
-    if spec in (None, "default"):
-        return _REGISTRY["cnn"](str(DEFAULT_MODEL_DIR)) if (DEFAULT_MODEL_DIR / "model.json").exists() \
-            else _REGISTRY["baseline"](None)
-    s = str(spec)
-    kind, sep, arg = s.partition(":")
-    if kind in _REGISTRY and (sep or kind == s):
-        return _REGISTRY[kind](arg or None)
-    if (Path(s) / "model.json").exists():
-        return _REGISTRY["cnn"](s)
-    raise ModelError(f"{s}: not a NELS model folder (no model.json) nor a known encoder"
-                     f" ({', '.join(k + '[:ARG]' for k in sorted(_REGISTRY))}); use 'baseline' or a folder made by"
-                     f" 'nels train'")
-
-
-load_encoder = create_encoder  # the name used before the registry
+# the registry lives in nels.encoders.registry (it loads implementations by name, so that no encoder module
+# and this one import each other); re-exported here for callers of the seam
+from nels.encoders.registry import (DEFAULT_MODEL_DIR, create_encoder, encoder_kinds,  # noqa: E402,F401
+                                    load_encoder, register_encoder)

@@ -28,7 +28,7 @@ import numpy as np
 from nels import config
 from nels.audio.features import FeatureConfig
 from nels.errors import ModelError
-from nels.encoders.base import Encoded, LogMelEncoder, l2_normalize, register_encoder
+from nels.encoders.base import Encoded, LogMelEncoder, l2_normalize
 
 FORMAT = "nels-cnn"
 FORMAT_VERSION = 1
@@ -356,5 +356,3 @@ def load_folder(path) -> CNNEncoder:
     enc.path = path.resolve()  # where its companions (the joint model, its vocabulary) live
     return enc
 
-
-register_encoder("cnn", load_folder)

@@ -20,7 +20,8 @@ from nels.encoders.selection import library_encoders
 from nels.ingest import reader, writer
 from nels.ingest.mapper import Work, process_item
 from nels.ingest.runners import Runner, make_runner
-from nels.sources.source import Source, expand_inputs
+from nels.sources.route import expand_inputs
+from nels.sources.source import Source
 from nels.store.catalogue import Catalogue
 from nels.store.library import Library
 

@@ -19,6 +19,7 @@ from nels.encoders.selection import library_encoder
 from nels.errors import QueryError
 from nels.search import joint as joint_search
 from nels.search import linguistic
+from nels.search.modes import default_mode
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
 from nels.config import (MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE, MIN_LABEL_SIMILARITY,  # noqa: F401
@@ -69,12 +70,17 @@ def label_space(labels, vocabulary: str | None = None) -> "object":
 _encoder_for = library_encoder  # the library's acoustic encoder, checked against its catalogue
 
 
-def query_audio(audio, start: float | None = None, end: float | None = None, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """A query waveform from a path, bytes or array, cropped to [start, end] seconds."""
+def query_audio(audio, start: float | None = None, end: float | None = None,
+                sr: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """A query waveform from a path, bytes or array, cropped to [start, end] seconds, and its sample rate.
+
+    sr : the rate a file or bytes are decoded to (the encoder's); an array is taken as SAMPLE_RATE audio
+        (the Python API's convention), whatever `sr` is.
+    """
     from nels.audio.decode import decode
 
     if isinstance(audio, np.ndarray):
-        x = audio.astype(np.float32).reshape(-1)
+        x, sr = audio.astype(np.float32).reshape(-1), SAMPLE_RATE
     else:
         x = decode(audio, sr=sr, max_seconds=(end + 1) if end else 600.0)
     a = int((start or 0) * sr)
@@ -86,16 +92,16 @@ def query_audio(audio, start: float | None = None, end: float | None = None, sr:
         raise QueryError("the query audio is shorter than 0.1 s")
     if np.abs(x).max() < 1e-4:
         raise QueryError("the query audio is silent")
-    return x
+    return x, sr
 
 
-def encode_query_audio(encoder, x: np.ndarray):
+def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
     """Embeddings of the query's 2 s windows (n, dim), and its mean class probabilities.
 
     A query is windowed like the library, so a 5 s query matches a segment that resembles any part
     of it (see `_acoustic`), rather than a blurred average of its parts.
     """
-    enc = encode_waveform(encoder, x, encoder.sample_rate, whole_if_empty=True)
+    enc = encode_waveform(encoder, x, sr, whole_if_empty=True)
     probs = enc.probs.mean(axis=0) if enc.probs is not None else None
     return enc.embeddings, probs
 
@@ -180,15 +186,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     jenc = joint_mod.library_joint(lib) if has_joint else None
     text_fusion = (jenc.meta.get("fusion") or {}).get("text") if jenc is not None else None
     if mode is None:
-        # text: what validation chose when the joint space was trained (joint.json "fusion"; measured
-        # on ESC-50 in bench/RESULTS.md), else linguistic; sound: fused when there is a joint space (it
-        # lifts audio->audio over the CNN embedding alone); a text + audio query fuses whatever applies
-        if text is not None and audio is not None:
-            mode = "fused"
-        elif text is not None:
-            mode = text_fusion["default_mode"] if text_fusion else "linguistic"
-        else:
-            mode = "fused" if has_joint else "acoustic"
+        mode = default_mode(lib, text is not None, audio is not None, has_joint)
     if mode == "acoustic" and audio is None:
         raise QueryError("acoustic mode needs an audio query (--audio FILE)")
     if mode == "linguistic" and text is None:
@@ -202,8 +200,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     vecs = None
     if audio is not None:
         enc = _encoder_for(lib)
-        x = query_audio(audio, start, end, enc.sample_rate)
-        vecs, qprobs = encode_query_audio(enc, x)
+        x, sr = query_audio(audio, start, end, enc.sample_rate)
+        vecs, qprobs = encode_query_audio(enc, x, sr)
         if qprobs is not None:
             qlabels = top_labels(qprobs, list(enc.labels))
         if mode in ("acoustic", "fused"):

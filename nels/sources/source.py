@@ -1,8 +1,8 @@
 """The Source seam: discovery (`items`) and fetching (`fetch`) of audio, with provenance.
 
 Sources: `LocalSource` (files/folders), `HttpSource` (direct URLs), `YtDlpSource` (YouTube search,
-video/playlist URLs, and web pages through yt-dlp's generic extractor). `expand_inputs` routes what
-a user typed to the right one.
+video/playlist URLs, and web pages through yt-dlp's generic extractor). `nels.sources.route`
+routes what a user typed to the right one.
 """
 from __future__ import annotations
 
@@ -115,32 +115,3 @@ def looks_like_url_list(p: Path) -> bool:
     except OSError:
         return False
     return head.lstrip().startswith((b"http://", b"https://", b"#"))
-
-
-def expand_inputs(inputs: list[str], allow_private: bool = True, query: str | None = None) -> list["Source"]:
-    """Route command-line inputs to sources: folders/files, URL-list files, URLs, yt-dlp targets."""
-    from nels.sources.http import HttpSource
-    from nels.sources.ytdlp import YtDlpSource
-
-    local, urls, ytdl = [], [], []
-    for s in inputs:
-        if is_url(s) or s.startswith(("ytsearch", "ytdl:")):
-            (ytdl if is_ytdlp_target(s) else urls).append(s)
-            continue
-        p = Path(s).expanduser()
-        if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS and looks_like_url_list(p):
-            for u in read_url_list(p):
-                if is_url(u) or u.startswith("ytsearch"):
-                    (ytdl if is_ytdlp_target(u) else urls).append(u)
-                else:
-                    local.append(u)
-        else:
-            local.append(s)
-    sources: list[Source] = []
-    if local:
-        sources.append(LocalSource(local))
-    if urls:
-        sources.append(HttpSource(urls, allow_private=allow_private, query=query))
-    if ytdl:
-        sources.append(YtDlpSource(ytdl, allow_private=allow_private, query=query))
-    return sources

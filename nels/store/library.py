@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nels.config import HNSW_THRESHOLD
+from nels.config import HNSW_THRESHOLD, VECTOR_STORE
 from nels.errors import LibraryError
 from nels.store.catalogue import Catalogue
-from nels.store.vectors import FaissStore
+from nels.store.vectors import VectorStore, open_store
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Library:
         self.catalogue = Catalogue(dbfile)
         self.hnsw_threshold = hnsw_threshold
         self._lock = threading.RLock()
-        self._stores: dict[str, FaissStore] = {}
+        self._stores: dict[str, VectorStore] = {}
         self._memo: dict[str, Any] = {}
 
     @property
@@ -148,10 +148,7 @@ class Library:
             media_path, seg_ids = gone
             removed.append(int(cid))
             for store in self._stores.values():
-                try:
-                    store.remove(np.asarray(seg_ids, dtype=np.int64))
-                except NotImplementedError:
-                    pass  # a store that cannot delete in place is rebuilt from the catalogue by sync()
+                store.remove(np.asarray(seg_ids, dtype=np.int64))
             media = self.path / media_path
             if media.exists() and not self.catalogue.media_in_use(media_path):
                 media.unlink()
@@ -162,7 +159,7 @@ class Library:
     def spaces(self) -> list[str]:
         return self.catalogue.spaces()
 
-    def store(self, space: str) -> FaissStore:
+    def store(self, space: str) -> VectorStore:
         """The synced vector index of `space` (loaded from disk, caught up with the catalogue)."""
         with self._lock:
             st = self._stores.get(space)
@@ -170,8 +167,12 @@ class Library:
                 dim = self.catalogue.vector_dim(space)
                 if dim is None:
                     raise LibraryError(f"the library has no '{space}' vectors")
-                st = FaissStore(dim, self.path / "indexes" / f"{space}.faiss", self.hnsw_threshold)
-                st.load()
+                # the store a library was made with stays its store ($NELS_VECTOR_STORE chooses for new ones)
+                kind = self.catalogue.get_meta("vector_store")
+                if kind is None:
+                    kind = VECTOR_STORE.get()
+                    self.catalogue.set_meta("vector_store", kind)
+                st = open_store(kind, self.path / "indexes" / space, dim, hnsw_threshold=self.hnsw_threshold)
                 self._stores[space] = st
                 full = True  # first use: catch anything (removals, a crash) since the file was written
             else:

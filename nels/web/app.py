@@ -56,12 +56,3 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
     app.add_middleware(SecurityHeaders)
     return app
 
-
-def __getattr__(name: str):
-    # TODO(issue 13): the old home of these server helpers; remove once bench/bench_web.py imports
-    # `default_workers` from nels.web.server.
-    if name in ("app_from_env", "default_workers"):
-        from nels.web import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
