@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--queries", type=int, default=100)
     a = ap.parse_args()
     lib = Library(a.library, create=False)
-    from nels.encoders import joint
+    from nels.search import joint
 
     texts = [q["text"] for q in json.loads((ROOT / "nels/data/eval/paraphrases.json").read_text())["queries"]]
     audios = sorted((esc50() / "audio").iterdir())[::7]

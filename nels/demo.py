@@ -78,7 +78,7 @@ SYNTH_CLASSES = {
 
 def _ticks(t, rate, r):
     x = np.zeros(t.size)
-    sr = 16000
+    sr = config.SAMPLE_RATE
     x[:: int(sr / rate)] = 1.0
     return np.convolve(x, np.exp(-np.arange(300) / 30.0) * np.sin(np.arange(300) * 0.9), mode="same")
 
@@ -88,7 +88,7 @@ def synth_corpus(dest: Path, per_class: int = 8, seconds: float = 5.0, seed: int
     import wave
 
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
+    t = np.arange(int(seconds * config.SAMPLE_RATE)) / config.SAMPLE_RATE
     for label, fn in SYNTH_CLASSES.items():
         for i in range(per_class):
             x = fn(t, rng) + 0.02 * rng.standard_normal(t.size)
@@ -98,7 +98,7 @@ def synth_corpus(dest: Path, per_class: int = 8, seconds: float = 5.0, seed: int
             with wave.open(str(p), "wb") as w:
                 w.setnchannels(1)
                 w.setsampwidth(2)
-                w.setframerate(16000)
+                w.setframerate(config.SAMPLE_RATE)
                 w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
     return dest
 

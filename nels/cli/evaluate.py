@@ -15,6 +15,16 @@ def cli_evaluate(args) -> int:
             "joint": cli_evaluate_joint, "learning": cli_evaluate_learning}[args.what](args)
 
 
+def _report(res: dict, args, filename: str) -> bool:
+    """Write the report to --out (when given) and print it as JSON with --json; True when printed."""
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / filename).write_text(json.dumps(res, indent=2))
+    if args.json:
+        print_json(res)
+    return bool(args.json)
+
+
 def cli_evaluate_classification(args) -> int:
     from nels.evaluate.classification import evaluate_classification
 
@@ -44,11 +54,7 @@ def cli_evaluate_joint(args) -> int:
         raise DatasetError("nels evaluate joint needs --dataset DIR")
     res = evaluate_joint(args.dataset, args.format, args.fold, args.model, args.out,
                          progress=not args.json and sys.stderr.isatty())
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"joint-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
-    if args.json:
-        print_json(res)
+    if _report(res, args, f"joint-fold{args.fold}.json"):
         return 0
     print(f"joint space {res['joint_model']} ({res['loss']}) on fold {res['fold']}")
     for k, v in res["space"].items():
@@ -67,11 +73,7 @@ def cli_evaluate_retrieval(args) -> int:
     if not args.dataset:
         raise DatasetError("nels evaluate retrieval needs --dataset DIR")
     res = evaluate_retrieval(args.dataset, args.format, args.fold, args.model, args.out)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"retrieval-fold{args.fold}.json").write_text(json.dumps(res, indent=2))
-    if args.json:
-        print_json(res)
+    if _report(res, args, f"retrieval-fold{args.fold}.json"):
         return 0
     print(f"retrieval on fold {res['fold']} ({res['clips']} clips, {res['segments']} segments), model {res['model']}")
     for name in ("text_class_names", "text_paraphrases", "audio"):

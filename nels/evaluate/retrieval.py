@@ -102,7 +102,7 @@ def paraphrase_queries(labels) -> list[tuple[str, str]]:
 
 def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: str | None = None,
                        workdir: str | None = None, modes_text=None, modes_audio=None) -> dict:
-    from nels.encoders import joint
+    from nels.search import joint
 
     where = Path(workdir or tempfile.mkdtemp(prefix="nels-eval-")) / f"fold{fold}-library"
     lib, truth = build_fold_library(dataset, fmt, fold, model, where)

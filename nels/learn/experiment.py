@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nels.config import SAMPLE_RATE
 from nels.learn import loop, select
 from nels.learn.embed import CACHE, embed_many
 
@@ -50,7 +51,7 @@ def _esc_rows(root: Path) -> list[dict]:
 def _synth_other(seed: int) -> np.ndarray:
     """A sound of no ESC-50 class: a chord, a pure beep pattern or band-passed noise, 5 s."""
     rng = np.random.default_rng(10_000 + seed)
-    t = np.arange(5 * 16000) / 16000
+    t = np.arange(5 * SAMPLE_RATE) / SAMPLE_RATE
     kind = seed % 3
     if kind == 0:
         f0 = rng.uniform(150, 500)

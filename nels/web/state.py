@@ -91,7 +91,7 @@ class AppState:
             if modes["audio"]:
                 import numpy as np
 
-                t = np.arange(16000, dtype=np.float32) / 16000
+                t = np.arange(config.SAMPLE_RATE, dtype=np.float32) / config.SAMPLE_RATE
                 self.lib.search(audio=(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), k=1)
         except NelsError as exc:  # a library that cannot be searched still serves its pages
             log.warning("warm-up search failed: %s", exc)
