@@ -71,6 +71,18 @@ class Encoder(Protocol):
         ...
 
 
+@runtime_checkable
+class TextEncoderSeam(Protocol):
+    """The text side: sentences -> (n, dim) float32 L2-normalised embeddings. `create_text_encoder(spec)`
+    makes one by name ("minilm", the default: all-MiniLM-L6-v2); `register_text_encoder` adds kinds."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        ...
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -177,5 +189,5 @@ class LogMelEncoder:
 
 # the registry lives in nels.encoders.registry (it loads implementations by name, so that no encoder module
 # and this one import each other); re-exported here for callers of the seam
-from nels.encoders.registry import (DEFAULT_MODEL_DIR, create_encoder, encoder_kinds,  # noqa: E402,F401
-                                    load_encoder, register_encoder)
+from nels.encoders.registry import (DEFAULT_MODEL_DIR, create_encoder, create_text_encoder,  # noqa: E402,F401
+                                    encoder_kinds, load_encoder, register_encoder, register_text_encoder)

@@ -81,3 +81,24 @@ def create_encoder(spec: str | os.PathLike | None = None):
 
 
 load_encoder = create_encoder  # the name used before the registry
+
+
+# -- text encoders ------------------------------------------------------------------------------------------
+TEXT_BUILTIN = {"minilm": "nels.encoders.text:TextEncoder"}
+DEFAULT_TEXT_ENCODER = "minilm"
+_TEXT_REGISTRY: dict[str, Callable[[], Any]] = {}
+
+
+def register_text_encoder(kind: str, factory: Callable[[], Any]) -> None:
+    """Make `create_text_encoder(kind)` return `factory()` (an object with name, dim, encode(texts))."""
+    _TEXT_REGISTRY[kind] = factory
+
+
+def create_text_encoder(spec: str | None = None):
+    """A text encoder by name (None: the default, all-MiniLM-L6-v2)."""
+    kind = spec or DEFAULT_TEXT_ENCODER
+    if kind in _TEXT_REGISTRY:
+        return _TEXT_REGISTRY[kind]()
+    if kind in TEXT_BUILTIN:
+        return _resolve(TEXT_BUILTIN[kind])()
+    raise ModelError(f"unknown text encoder {kind!r} (known: {', '.join(sorted(set(TEXT_BUILTIN) | set(_TEXT_REGISTRY)))})")

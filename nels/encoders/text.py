@@ -128,7 +128,9 @@ def shared_text_encoder() -> TextEncoder:
     """One TextEncoder (and so one query cache) per process, for search's several users of it."""
     global _shared
     if _shared is None:
-        _shared = TextEncoder()
+        from nels.encoders.registry import create_text_encoder
+
+        _shared = create_text_encoder()
     return _shared
 
 
