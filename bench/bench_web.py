@@ -33,9 +33,10 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # the test suite's server helpers
 
 from nels.web.server import default_workers  # noqa: E402
-from nels.web.devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library, tone, wav_bytes  # noqa: E402
+from devserver import CHROMIUM, CHROMIUM_ARGS, Server, build_library, tone, wav_bytes  # noqa: E402
 
 TEXT_QUERIES = ["dog barking", "rain", "church bells", "a baby crying", "footsteps", "birds singing",
                 "car horn", "thunderstorm", "keyboard typing", "door knock", "crackling fire", "sea waves"]

@@ -300,22 +300,27 @@ def test_faiss_add_in_place_never_overlaps_a_search():
     ids, vecs = ids_for(400), unit(400)
     store.add(ids[:100], vecs[:100])
     store.index = watched = WatchedIndex(store.index)
-    done, searches = threading.Event(), [0]
+    done, searches, progressed = threading.Event(), [0], threading.Condition()
 
     def reader():
         while not done.is_set():
             store.search(vecs[:4], 5)
-            searches[0] += 1
+            with progressed:
+                searches[0] += 1
+                progressed.notify_all()
 
     readers = [threading.Thread(target=reader) for _ in range(3)]
     for t in readers:
         t.start()
     for part in np.array_split(np.arange(100, 400), 30):
+        with progressed:  # each add waits until a search has run since the last one (readiness, not a clock)
+            seen = searches[0]
+            progressed.wait_for(lambda: searches[0] > seen)
         store.add(ids[part], vecs[part])
     done.set()
     for t in readers:
         t.join()
-    assert searches[0] > 30 and store.count() == 400
+    assert searches[0] >= 30 and store.count() == 400
     assert watched.overlaps == 0
 
 

@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", nargs="?", default="classification",
                    choices=["classification", "retrieval", "joint", "learning"])
     s.add_argument("--dataset", default=None, metavar="DIR")
-    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders", "realworld"],
+                   help="realworld: labels.csv (file,label,esc50_class), retrieval and classification only")
     s.add_argument("--fold", type=int, default=1)
     s.add_argument("--model", default=None)
     s.add_argument("--out", default=None, metavar="DIR", help="where reports and PNGs go")
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="server processes (default: one per core, at most 4)")
+    s.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="Host names to answer, comma-separated, e.g. sounds.example.org (a defence against DNS"
+                        " rebinding); default $NELS_ALLOWED_HOSTS, else loopback names and --host; '*': any")
     s.set_defaults(func="nels.cli.serve:cli_serve")
 
     s = sub.add_parser("demo", help="build a demo library (ESC-50 or synthetic) and serve it")
@@ -166,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--download", action="store_true", help="download ESC-50 when it is not on disk")
     s.set_defaults(func="nels.demo:cli_demo")
+
+    s = sub.add_parser("models", help="pretrained models: fetch, add a local copy, list what is installed")
+    ms = s.add_subparsers(dest="models_command", metavar="ACTION")
+    ms.required = True
+    m = ms.add_parser("fetch", help="download a model's official file (SHA-256 checked, resumable)")
+    m.add_argument("name", help="yamnet, audioset-ontology")
+    m.add_argument("--url", default=None, help="download from this URL instead of the official one (same hash check)")
+    m.add_argument("--force", action="store_true", help="download again even when installed")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func="nels.cli.models:cli_fetch")
+    m = ms.add_parser("add", help="install a local copy of a model's file (SHA-256 checked)")
+    m.add_argument("name")
+    m.add_argument("path", metavar="PATH", help="the file, or a folder holding it")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func="nels.cli.models:cli_add")
+    m = ms.add_parser("list", help="models NELS knows: installed or not, size, classes, licence")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func="nels.cli.models:cli_list")
     return p
 
 
@@ -178,7 +200,9 @@ def _resolve(ref: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what was typed (a trained model records its command)
     if args.library is None:
         args.library = _default_library()
     try:

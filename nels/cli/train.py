@@ -38,7 +38,8 @@ def cli_train(args) -> int:
     unknown = set(hparams or {}) - set(default_hparams())
     if unknown:
         raise DatasetError(f"unknown hyper-parameter(s) {sorted(unknown)}; known: {sorted(default_hparams())}")
-    cmd = "nels train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["train"] else None
+    argv = getattr(args, "argv", None) or []
+    cmd = "nels " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["train"] else None
     summary = train(args.dataset, args.format, args.exclude_fold, args.out, args.epochs, args.seed, args.cache,
                     arch=arch, hparams=hparams, threads=getattr(args, "threads", None), command=cmd, quiet=bool(args.json),
                     max_epochs_this_run=getattr(args, "max_epochs_this_run", None))

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from nels.config import RETRY_BACKOFF_SECONDS
-from nels.errors import LibraryError
+from nels.errors import DiskFullError, LibraryError, RejectedError
 from nels.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 PROVENANCE_KEYS = ("source_uri", "source_kind", "title", "uploader", "licence", "query", "webpage_url", "fetched_at")
@@ -72,6 +72,22 @@ def _in(ids: Sequence) -> str:
     return ",".join("?" * len(ids))
 
 
+def _storage_error(exc: sqlite3.OperationalError) -> Exception:
+    """DiskFullError for a full disk (SQLITE_FULL) or a write the OS refused (a file size limit, an I/O
+    error); other operational errors (a lock held too long) stay what they are."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") or "disk is full" in str(exc):
+        return DiskFullError(f"disk full: the catalogue could not be written ({exc}); the transaction was rolled"
+                             f" back, free some space and re-run")
+    return exc
+
+
+def _finite(a: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise RejectedError(f"non-finite {what}: refused (the audio or the model is broken)")
+    return a
+
+
 class Catalogue:
     """The SQLite catalogue of one library (`<library>/nels.db`)."""
 
@@ -105,13 +121,28 @@ class Catalogue:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
         c = self.conn
         with self._lock:
-            c.execute("BEGIN IMMEDIATE")
             try:
+                c.execute("BEGIN IMMEDIATE")
                 yield c
                 c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk): ROLLBACK would then fail with
+                # "no transaction is active" and hide the real error
+                if c.in_transaction:
+                    try:
+                        c.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _storage_error(exc) from exc
                 raise
+
+    def _write(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
+        """One write statement outside `transaction` (a full disk becomes DiskFullError)."""
+        try:
+            return self.conn.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc) from exc
 
     def _one(self, sql: str, *args):
         row = self.conn.execute(sql, args).fetchone()
@@ -172,19 +203,23 @@ class Catalogue:
     def _insert_encodings(self, seg_ids: Sequence[int], vectors: dict, probs) -> None:
         c = self.conn
         for space, (model, vecs) in vectors.items():
-            vecs = np.asarray(vecs, dtype=np.float32)
+            vecs = _finite(np.asarray(vecs, dtype=np.float32), f"{space} vectors")
             c.executemany("INSERT OR REPLACE INTO vectors(space, segment_id, model, vec) VALUES(?,?,?,?)",
                           [(space, sid, model, vecs[i].tobytes()) for i, sid in enumerate(seg_ids)])
-        if probs is not None:
-            model, labels, p = probs
-            p = np.asarray(p, dtype=np.float32)
+        if probs is None:
+            return
+        # one classifier (model, labels, (n, C)) or several: each keeps its own probability rows; the top
+        # labels of all of them (the best probability where two share a label name) serve display and filters
+        c.execute(f"DELETE FROM labels WHERE segment_id IN ({_in(seg_ids)})", list(seg_ids))
+        for model, labels, p in ([probs] if isinstance(probs, tuple) else probs):
+            p = _finite(np.asarray(p, dtype=np.float32), f"{model} class probabilities")
             self.register_model(model, "classifier", None, labels)
             c.executemany("INSERT OR REPLACE INTO probs(segment_id, model, probs) VALUES(?,?,?)",
                           [(sid, model, p[i].tobytes()) for i, sid in enumerate(seg_ids)])
             rows = [(sid, labels[j], float(p[i, j])) for i, sid in enumerate(seg_ids)
                     for j in np.argsort(-p[i])[:TOP_LABELS]]
-            c.execute(f"DELETE FROM labels WHERE segment_id IN ({_in(seg_ids)})", list(seg_ids))
-            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)", rows)
+            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?) ON CONFLICT(segment_id, label)"
+                          " DO UPDATE SET prob=MAX(prob, excluded.prob)", rows)
 
     def replace_encodings(self, clip_id: int, vectors: dict, probs, drop_spaces: Sequence[str] = ()) -> None:
         """Re-index one clip with another model (same segments), atomically."""
@@ -193,6 +228,8 @@ class Catalogue:
             for space in drop_spaces:
                 c.execute("DELETE FROM vectors WHERE space=? AND segment_id IN "
                           "(SELECT id FROM segments WHERE clip_id=?)", (space, clip_id))
+            if probs is not None:  # the new classifiers replace every old one
+                c.execute("DELETE FROM probs WHERE segment_id IN (SELECT id FROM segments WHERE clip_id=?)", (clip_id,))
             self._insert_encodings(seg_ids, vectors, probs)
 
     def remove_clip(self, clip_id: int) -> tuple[str, list[int]] | None:
@@ -317,14 +354,25 @@ class Catalogue:
     def newest_prob_id(self) -> int | None:
         return self._one("SELECT MAX(segment_id) FROM probs")
 
-    def prob_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
-        """(segment ids, probs (n, C), labels, model) over the whole library; None without probabilities."""
-        model = self._one("SELECT model FROM probs LIMIT 1")
+    def prob_models(self) -> list[str]:
+        """The classifiers whose probabilities the library holds, in the order they were registered."""
+        have = {r[0] for r in self.conn.execute("SELECT DISTINCT model FROM probs")}
+        order = [r[0] for r in self.conn.execute("SELECT name FROM models ORDER BY id")]
+        return [m for m in order if m in have] + sorted(have - set(order))
+
+    def prob_matrix(self, model: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
+        """(segment ids, probs (n, C), labels, model) of one classifier (None: the first) over the whole
+        library; None without probabilities."""
         if model is None:
-            return None
+            models = self.prob_models()
+            if not models:
+                return None
+            model = models[0]
         labels = self.model_labels(model)
         rows = self.conn.execute("SELECT segment_id, probs FROM probs WHERE model=? ORDER BY segment_id",
                                  (model,)).fetchall()
+        if not rows:
+            return None
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), len(labels))
         return ids, mat, labels, model
@@ -358,7 +406,8 @@ class Catalogue:
             "hours": round((one("SELECT COALESCE(SUM(duration), 0) FROM clips") or 0) / 3600, 3),
             "spaces": {r[0]: {"vectors": r[1], "model": r[2]} for r in
                        c.execute("SELECT space, COUNT(*), MIN(model) FROM vectors GROUP BY space")},
-            "classifier": one("SELECT model FROM probs LIMIT 1"),
+            "classifier": (self.prob_models() or [None])[0],
+            "classifiers": self.prob_models(),
             "items": {r[0]: r[1] for r in c.execute("SELECT status, COUNT(*) FROM items GROUP BY status")},
             "failures": [dict(r) for r in c.execute(
                 "SELECT uri, attempts, error, updated_at FROM items WHERE status='failed'"
@@ -376,9 +425,8 @@ class Catalogue:
         existing URIs keep their state, gaining provenance they lacked. Returns their ids."""
         now = time.time()
         ids = []
-        c = self.conn
         for it in items:
-            c.execute(
+            self._write(
                 "INSERT INTO items(uri, kind, query, title, uploader, duration, licence, webpage_url, created_at,"
                 " updated_at) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
                 " query=COALESCE(items.query, excluded.query), title=COALESCE(items.title, excluded.title),"
@@ -402,20 +450,45 @@ class Catalogue:
         return out
 
     def mark_done(self, item_id: int, clip_id: int, content_hash: str) -> None:
-        self.conn.execute("UPDATE items SET status='done', clip_id=?, content_hash=?, error=NULL,"
-                          " attempts=attempts+1, updated_at=? WHERE id=?", (clip_id, content_hash, time.time(), item_id))
+        self._write("UPDATE items SET status='done', clip_id=?, content_hash=?, error=NULL, claimed_by=NULL,"
+                    " attempts=attempts+1, updated_at=? WHERE id=?", (clip_id, content_hash, time.time(), item_id))
 
     def mark_skipped(self, item_id: int, reason: str) -> None:
-        self.conn.execute("UPDATE items SET status='skipped', error=?, updated_at=? WHERE id=?",
-                          (reason, time.time(), item_id))
+        self._write("UPDATE items SET status='skipped', error=?, claimed_by=NULL, updated_at=? WHERE id=?",
+                    (reason, time.time(), item_id))
 
     def mark_failed(self, item_id: int, error: str, permanent: bool, retries: int) -> None:
         """A failed attempt: retried later with exponential backoff, or never (permanent, or out of tries)."""
         attempts = retries if permanent else (self._one("SELECT attempts FROM items WHERE id=?", item_id) or 0) + 1
         now = time.time()
-        self.conn.execute("UPDATE items SET status='failed', error=?, attempts=?, next_attempt_at=?, updated_at=?"
-                          " WHERE id=?",
-                          (error, attempts, now + RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), now, item_id))
+        self._write("UPDATE items SET status='failed', error=?, attempts=?, next_attempt_at=?, updated_at=?,"
+                    " claimed_by=NULL WHERE id=?",
+                    (error, attempts, now + RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), now, item_id))
+
+    # an item being processed is claimed by its ingest run (claimed_by = "host:pid:nonce"), so that two runs
+    # over the same inputs never fetch and encode one item twice; mark_* release the claim
+    def claim_item(self, item_id: int, owner: str, retries: int, now: float | None = None) -> bool:
+        """Claim `item_id` for `owner` if it is still due and no other run holds it. True: it is ours."""
+        now = time.time() if now is None else now
+        cur = self._write(
+            "UPDATE items SET claimed_by=?, claimed_at=? WHERE id=? AND (claimed_by IS NULL OR claimed_by=?) AND"
+            " (status='pending' OR (status='failed' AND attempts < ? AND next_attempt_at <= ?))",
+            (owner, now, item_id, owner, retries, now))
+        return cur.rowcount == 1
+
+    def item_claimed_elsewhere(self, item_id: int, owner: str) -> bool:
+        """Whether another run than `owner` holds `item_id` now."""
+        return self._one("SELECT 1 FROM items WHERE id=? AND claimed_by IS NOT NULL AND claimed_by != ?",
+                         item_id, owner) is not None
+
+    def claim_owners(self) -> dict[str, float]:
+        """owner -> its oldest claim's time, of every run that holds claims."""
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT claimed_by, MIN(claimed_at) FROM items WHERE claimed_by IS NOT NULL GROUP BY claimed_by")}
+
+    def release_claims(self, owner: str) -> int:
+        """Forget the claims of `owner` (a finished or dead run). Returns how many there were."""
+        return self._write("UPDATE items SET claimed_by=NULL, claimed_at=NULL WHERE claimed_by=?", (owner,)).rowcount
 
     def next_attempt_at(self, ids: list[int]) -> float:
         """The earliest time one of `ids` may be tried again."""

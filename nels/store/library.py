@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nels.config import HNSW_THRESHOLD, VECTOR_STORE
-from nels.errors import LibraryError
+from nels.errors import LibraryError, disk_error
 from nels.store.catalogue import Catalogue
 from nels.store.vectors import VectorStore, open_store
 
@@ -35,8 +35,24 @@ class ClipRecord:
     vectors: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # space -> (model name, (n, dim))
     probs: tuple[str, list[str], np.ndarray] | None = None  # (model name, labels, (n, C))
     move_media: bool = False  # True for downloads (a temp file we own), False for a user's file
+    media_ext: str | None = None  # the extension of the format the decoder found (None: a safe guess)
 
 
+
+
+# stored media keep the extension of the format decoded; anything else is stored as .bin (served as a download)
+MEDIA_EXTENSIONS = {".wav", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mka", ".webm", ".aac", ".aiff",
+                    ".aif", ".caf", ".amr", ".wma", ".avi", ".au", ".wv", ".ape", ".tta", ".voc", ".mpg", ".3gp",
+                    ".mp4", ".mkv", ".mov", ".bin"}
+
+
+def media_extension(rec: ClipRecord) -> str:
+    """The extension a clip's media file is stored under: the decoded format's, else a known audio suffix of
+    the file, else .bin (never a name such as .html or .svg that a browser would render)."""
+    for ext in (rec.media_ext, rec.media_file.suffix.lower()):
+        if ext and ext.lower() in MEDIA_EXTENSIONS:
+            return ext.lower()
+    return ".bin"
 
 
 class Library:
@@ -70,9 +86,14 @@ class Library:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.save_indexes()
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.save_indexes()
+        except Exception:
+            if exc_type is None:  # never hide the error that ended the block (a full disk) behind this one
+                raise
+        finally:
+            self.close()
 
     # -- per-library memo (models and matrices loaded once per Library object) ----------------------------
     def memo(self, key: str, make: Callable[[], Any]) -> Any:
@@ -117,22 +138,32 @@ class Library:
         False when this content is already stored (by this or another process).
         """
         existing = self.catalogue.clip_by_hash(rec.content_hash)
+        placed = None
         if existing is None:
-            ext = rec.media_file.suffix.lower() or ".bin"
-            rel = f"media/{rec.content_hash[:2]}/{rec.content_hash}{ext}"
+            rel = f"media/{rec.content_hash[:2]}/{rec.content_hash}{media_extension(rec)}"
             dest = self.path / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
                 tmp = dest.with_suffix(dest.suffix + f".{os.getpid()}.part")
-                if rec.move_media:
-                    shutil.move(str(rec.media_file), tmp)
-                else:
-                    shutil.copyfile(rec.media_file, tmp)
-                os.replace(tmp, dest)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if rec.move_media:
+                        shutil.move(str(rec.media_file), tmp)
+                    else:
+                        shutil.copyfile(rec.media_file, tmp)
+                    os.replace(tmp, dest)
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise disk_error(exc, f"cannot store the media of {rec.provenance.get('source_uri')}") from exc
+                placed = dest
         else:
             rel = ""
-        return self.catalogue.add_clip(rec.content_hash, rel, rec.duration, rec.provenance, rec.starts, rec.ends,
-                                       rec.vectors, rec.probs, item_id)
+        try:
+            return self.catalogue.add_clip(rec.content_hash, rel, rec.duration, rec.provenance, rec.starts, rec.ends,
+                                           rec.vectors, rec.probs, item_id)
+        except BaseException:
+            if placed is not None and not self.catalogue.media_in_use(rel):  # not committed: no orphan file
+                placed.unlink(missing_ok=True)
+            raise
 
     def replace_encodings(self, clip_id: int, vectors, probs, drop_spaces: Sequence[str] = ()) -> None:
         """Re-index one clip with another model (same segments), atomically."""
@@ -178,7 +209,10 @@ class Library:
             else:
                 full = False  # later: new vectors only; this object's own removals update the index directly
             if st.sync(self.catalogue, space, full=full):
-                st.save()
+                try:
+                    st.save()
+                except LibraryError:  # the index is a cache: searching goes on; save_indexes() says why
+                    pass
             return st
 
     def save_indexes(self) -> None:
@@ -195,8 +229,18 @@ class Library:
     def clip(self, clip_id: int) -> dict | None:
         return self.catalogue.clip(clip_id)
 
-    def prob_matrix(self) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
-        """(segment ids, probs (n, C), labels, model) over the whole library, cached until it changes."""
+    def prob_matrix(self, model: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
+        """(segment ids, probs (n, C), labels, model) of one classifier (None: the first) over the whole
+        library, cached until it changes."""
+        mats = self.prob_matrices()
+        if not mats:
+            return None
+        if model is None:
+            return mats[0]
+        return next((m for m in mats if m[3] == model), None)
+
+    def prob_matrices(self) -> list[tuple[np.ndarray, np.ndarray, list[str], str]]:
+        """`prob_matrix` of every classifier the library holds, cached until the catalogue gains segments."""
         # the newest id is O(log n) (COUNT(*) scanned 100k rows: 12 ms per search); rows of segments
         # removed since are harmless: results are looked up in the catalogue and dropped
         stamp = self.catalogue.newest_prob_id()
@@ -204,8 +248,8 @@ class Library:
         if cached and cached[0] == stamp:
             return cached[1]
         if stamp is None:
-            return None
-        val = self.catalogue.prob_matrix()
+            return []
+        val = [m for m in (self.catalogue.prob_matrix(name) for name in self.catalogue.prob_models()) if m is not None]
         self._memo["probs"] = (stamp, val)
         return val
 

@@ -7,7 +7,7 @@ index file that lags behind is caught up (or rebuilt) on the next open.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 # Each migration brings the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -86,6 +86,24 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL, started_at REAL, finished_at REAL, result TEXT, error TEXT
     );
     CREATE INDEX jobs_status ON jobs(status);
+    """,
+    # 3 -> 4: several classifiers per segment (the own CNN and a pretrained backbone, fused at search time)
+    """
+    CREATE TABLE probs_by_model (
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        probs BLOB NOT NULL,
+        PRIMARY KEY (segment_id, model)
+    );
+    INSERT INTO probs_by_model(segment_id, model, probs) SELECT segment_id, model, probs FROM probs;
+    DROP TABLE probs;
+    ALTER TABLE probs_by_model RENAME TO probs;
+    CREATE INDEX probs_model ON probs(model, segment_id);
+    """,
+    # 4 -> 5: an item being processed is claimed by its ingest run, so concurrent runs never encode it twice
+    """
+    ALTER TABLE items ADD COLUMN claimed_by TEXT;
+    ALTER TABLE items ADD COLUMN claimed_at REAL;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -330,6 +330,24 @@ def _run_key(ds_root, fmt, exclude_fold, seed, hp, arch, fconf) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def equivalent_command(dataset: str, fmt: str, exclude_fold: int | None, out, epochs: int | None, seed: int,
+                       arch: dict | None, hparams: dict | None) -> str:
+    """The `nels train` command line that makes the same model as a `train(...)` call."""
+    parts = ["nels", "train", "--dataset", str(dataset), "--format", fmt]
+    if exclude_fold is not None:
+        parts += ["--exclude-fold", str(exclude_fold)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    if epochs is not None:
+        parts += ["--epochs", str(epochs)]
+    parts += ["--seed", str(seed)]
+    if arch:
+        parts += ["--arch", json.dumps(arch, sort_keys=True)]
+    if hparams:
+        parts += ["--hparams", json.dumps(hparams, sort_keys=True)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out: str | None = None,
           epochs: int | None = None, seed: int = 0, cache: str | None = None, arch: dict | None = None,
           hparams: dict | None = None, feature_config: FeatureConfig = FeatureConfig(), threads: int | None = None,
@@ -526,7 +544,8 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
                 log(f"held-out fold {exclude_fold} [{pl}]: accuracy {m['accuracy']:.4f}, mAP {m['mAP']:.4f}")
         metrics["test_fold"] = exclude_fold
         metrics["test"] = by_pool
-    cmd = command or "nels train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # the CLI passes the command line it was given; from the Python API, the equivalent one
+    cmd = command or equivalent_command(dataset, fmt, exclude_fold, out, epochs, seed, arch, hparams)
     name = f"{out.name}-v{MODEL_VERSION}"
     extra = {"version": MODEL_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "training": {"command": cmd, "dataset": str(ds.root), "format": fmt, "exclude_fold": exclude_fold,
