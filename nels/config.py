@@ -34,19 +34,27 @@ VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss", "the vector store of new li
 RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process) or pool (a process per core)")
 SERVE_LIBRARY = Setting("NELS_SERVE_LIBRARY", "", "set by `nels serve --workers N` for its worker processes")
 CHROMIUM = Setting("NELS_CHROMIUM", "/usr/bin/chromium", "the browser of the browser tests and bench/screenshot.py")
+MODELS = Setting("NELS_MODELS", "", "where `nels models fetch\\|add` install pretrained weights; unset: `$NELS_CACHE/models`")
+ALLOWED_HOSTS = Setting("NELS_ALLOWED_HOSTS", "",
+                        "Host names the website answers to, comma-separated (`nels serve --allowed-hosts`; `*`: any);"
+                        " unset: loopback names and the address served on")
 
 SETTINGS: tuple[Setting, ...] = (LIBRARY, CACHE, ADMIN_TOKEN, MAX_UPLOAD_MB, BF16, YTDLP_SEARCH, ESC50, VECTOR_STORE,
-                                 RUNNER, SERVE_LIBRARY, CHROMIUM)
+                                 RUNNER, SERVE_LIBRARY, CHROMIUM, MODELS, ALLOWED_HOSTS)
 
 # -- audio ---------------------------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Hz: what decoding produces unless an encoder asks for another rate
 SEGMENT_SECONDS = 2.0  # the library's segments: 2 s windows...
 SEGMENT_HOP_SECONDS = 1.0  # ...every second
 DECODE_CHUNK_SECONDS = 30.0  # decoding streams in chunks of this length: memory is flat in a file's length
+MAX_SAMPLE_AMPLITUDE = 1000.0  # float audio peaking above this (x full scale, +60 dB) is refused as absurd
+MIN_SOURCE_RATE = 1000  # Hz: a file declaring a lower sample rate is refused (a tiny file, hours of audio)
 
 # -- ingest ---------------------------------------------------------------------------------------------
 MAX_DOWNLOAD_BYTES = 2 * 1024 ** 3  # a larger download is refused
 RETRY_BACKOFF_SECONDS = 2.0  # failed items wait 2, 4, 8... s before their next attempt
+CLAIM_STALE_SECONDS = 6 * 3600  # an item claim older than this (a run on another host that died) is released
+STALE_TEMP_SECONDS = 3600  # an `ingest-*` temp folder not named after its process is removed after this long
 ENCODE_BATCH = 64  # segments per encoder call
 
 # -- vector indexes ---------------------------------------------------------------------------------------
@@ -61,10 +69,19 @@ RRF_K = 60  # reciprocal-rank fusion constant
 MIN_LABEL_SIMILARITY = 0.30  # below this best query-label cosine, no label means the query: say so
 MIN_ACOUSTIC_SCORE = 0.30  # below this cosine, an audio query has no acoustically similar segment
 MIN_LINGUISTIC_SCORE = 0.10  # below this probability mass on the query's labels, nothing is clearly recognised
+# several classifiers: one ranks a text query only if its best label similarity is within this of the best
+# model's (a vocabulary that does not cover the query adds noise: rank fusion of the ESC-50 CNN with YAMNet
+# scored below YAMNet alone on out-of-vocabulary labels). Fixed a priori, not fitted on any evaluation set.
+COVERAGE_MARGIN = 0.10
 
 # -- website ----------------------------------------------------------------------------------------------
 MAX_QUERY_AUDIO_SECONDS = 600.0
 SEARCH_THREADS = 2  # searches per server process at once (CPU-bound, they hold the GIL)
+FEEDBACK_PER_MINUTE = 30  # relevance judgements per client (address) and server process, on average...
+FEEDBACK_BURST = 20  # ...with bursts of this many (feedback becomes training labels: no flooding)
+SPECTROGRAM_CACHE_FILES = 2000  # spectrogram PNGs kept on disk per library (least recently used go first)...
+SPECTROGRAM_CACHE_BYTES = 64 * 1024 ** 2  # ...and at most this many bytes of them
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the Host names `nels serve` answers to by default
 
 
 def cache_dir() -> Path:
@@ -93,6 +110,23 @@ def bf16_override() -> bool | None:
     if v is None:
         return None
     return v.strip() not in ("0", "", "false", "no")
+
+
+def models_dir() -> Path:
+    """Where installed pretrained models live: $NELS_MODELS, else <cache_dir()>/models."""
+    env = MODELS.get()
+    return Path(env).expanduser() if env else cache_dir() / "models"
+
+
+def shared_candidates(relative: str) -> list[Path]:
+    """A development machine's shared copies (of `models/yamnet`, `datasets/audioset-ontology`, ...):
+    ./shared/RELATIVE, ../shared/RELATIVE and the one beside this checkout."""
+    out = []
+    for base in (Path("shared"), Path("../shared"), Path(__file__).resolve().parents[2] / "shared"):
+        p = base / relative
+        if p not in out:
+            out.append(p)
+    return out
 
 
 def esc50_candidates() -> list[str]:

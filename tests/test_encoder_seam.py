@@ -65,3 +65,35 @@ def test_unknown_encoder_names_the_known_kinds(tones_registered):
 
     with pytest.raises(ModelError, match="tones"):
         create_encoder("no-such-encoder")
+
+
+def test_two_encoders_in_one_library_are_fused_where_they_cover_the_query(tmp_path, tones_registered):
+    """"default+tones": the own CNN and the toy tone classifier both index every segment; a text query is
+    ranked by the classifiers whose vocabulary covers it (the tone words: only the tone model), an audio
+    query by both acoustic spaces."""
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.library import Library
+
+    d = tmp_path / "in"
+    for i, (name, f) in enumerate([("low", 300), ("middle", 1000), ("high", 3000)] * 2):
+        write_wav(d / f"{name}-{i}.wav", tone(f, seed=i))
+    lib = Library(tmp_path / "lib")
+    rep = ingest(lib, [str(d)], model="default+tones", options=IngestOptions(progress=False))
+    assert len(rep.added) == 6 and not rep.failed
+    st = lib.stats()
+    assert {"cnn", "tones"} <= set(st["spaces"]) and len(st["classifiers"]) == 2, st
+    assert "tones-v1" in st["classifiers"]
+
+    res = lib.search(text="high tone", k=2, mode="linguistic")
+    assert [r["title"].split("-")[0] for r in res] == ["high", "high"], [r["title"] for r in res]
+    assert all("[tones-v1]" in r["explanation"] for r in res), [r["explanation"] for r in res]
+    assert all(set(r["scores"]) == {"linguistic:tones-v1"} for r in res), [r["scores"] for r in res]
+
+    res = lib.search(audio=tone(3000, seed=9), k=2, mode="acoustic")
+    assert [r["title"].split("-")[0] for r in res] == ["high", "high"], [r["title"] for r in res]
+    # a library indexed with two encoders refuses to be extended with one of them alone
+    from nels.errors import ModelMismatchError
+
+    with pytest.raises(ModelMismatchError, match="reindex"):
+        ingest(lib, [str(d)], model="default", options=IngestOptions(progress=False))
+    lib.close()

@@ -113,25 +113,53 @@ def encode_segments(encoder: Encoder, segments: Iterable[Segment], batch: int = 
 
     Yields, per batch, the encoder's Encoded (with starts/ends) and the outputs of `derived` encoders
     (each maps the base output with `encode_from`, so the base network runs once for all of them)."""
-    front = encoder.frontend()
-    feats, starts, ends = [], [], []
+    for outs in encode_segments_with(group_encoders([encoder, *derived]), segments, encoder.sample_rate, batch):
+        yield outs[0]
+
+
+def group_encoders(encoders: Sequence[Any]) -> list[tuple[Encoder, list]]:
+    """[(acoustic encoder, [encoders derived from it]), ...] from an ingest-ordered list (a derived encoder,
+    one with `encode_from`, follows the acoustic encoder it maps)."""
+    groups: list[tuple[Encoder, list]] = []
+    for e in encoders:
+        if hasattr(e, "encode_from"):
+            if not groups:
+                raise ValueError(f"{e.name} maps another encoder's output, but none comes before it")
+            groups[-1][1].append(e)
+        else:
+            groups.append((e, []))
+    return groups
+
+
+def encode_segments_with(groups: Sequence[tuple[Encoder, Sequence[Any]]], segments: Iterable[Segment],
+                         sample_rate: int, batch: int = ENCODE_BATCH) -> Iterator[list[tuple[Encoded, list[Encoded]]]]:
+    """Several acoustic encoders (each with its derived ones) over one stream of segments at `sample_rate`
+    (each encoder gets them at its own rate). Yields, per batch, one (Encoded, [derived Encoded]) per group."""
+    fronts = [g[0].frontend() for g in groups]
+    feats: list[list] = [[] for _ in groups]
+    starts, ends = [], []
 
     def flush():
-        out = encoder.encode_features(feats)
-        out.starts, out.ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
-        if out.labels is None and encoder.labels is not None:
-            out.labels = list(encoder.labels)
-        result = (out, [d.encode_from(out) for d in derived])
-        feats.clear(), starts.clear(), ends.clear()
+        result = []
+        for (enc, derived), f in zip(groups, feats):
+            out = enc.encode_features(f)
+            out.starts, out.ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+            if out.labels is None and enc.labels is not None:
+                out.labels = list(enc.labels)
+            result.append((out, [d.encode_from(out) for d in derived]))
+            f.clear()
+        starts.clear(), ends.clear()
         return result
 
     for seg in segments:
-        feats.append(front(seg.audio, int(round(seg.start * encoder.sample_rate))))
+        for (enc, _), front, f in zip(groups, fronts, feats):
+            audio = seg.audio if enc.sample_rate == sample_rate else resample(seg.audio, sample_rate, enc.sample_rate)
+            f.append(front(audio, int(round(seg.start * enc.sample_rate))))
         starts.append(seg.start)
         ends.append(seg.end)
-        if len(feats) >= batch:
+        if len(starts) >= batch:
             yield flush()
-    if feats:
+    if starts:
         yield flush()
 
 

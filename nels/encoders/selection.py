@@ -1,6 +1,11 @@
 """Which encoders a library uses: fixed at its first ingest, recorded in its catalogue, checked on every
 later use (vectors of two models are not comparable), and re-chosen only by `nels reindex`.
 
+A spec may name several encoders joined by "+" ("default+yamnet"): each writes its own vector space and
+class probabilities for the same segments, and search fuses them. The first one is the library's
+*primary* encoder (its name is the one recorded and checked); each encoder's joint space, when it has
+one, follows it.
+
 `lib` is anything with `get_meta`/`set_meta`, `newest_ids()` and `memo(key, make)` (a
 `nels.store.library.Library`); this module does not import the store.
 """
@@ -36,29 +41,59 @@ def check_model(lib, enc, spec=None) -> None:
             f" 'nels reindex{' --model ' + str(spec) if spec else ''}' to re-encode the library with it")
 
 
+def split_spec(spec: str) -> list[str]:
+    """"default+yamnet" -> ["default", "yamnet"] (a path may not contain "+" then; a single spec may)."""
+    parts = [p.strip() for p in str(spec).split("+")]
+    return parts if len(parts) > 1 and all(parts) else [str(spec)]
+
+
+def encoders_for(spec: str) -> list[Encoder]:
+    """The encoders of a spec, in ingest order: each acoustic encoder, then its joint space if it has one
+    (a derived encoder maps the output of the acoustic encoder just before it)."""
+    out: list[Encoder] = []
+    for part in split_spec(spec):
+        enc = create_encoder(part)
+        out.append(enc)
+        joint = joint_encoder_for(enc)
+        if joint is not None:
+            out.append(joint)
+    return out
+
+
+def primaries(encoders) -> list[Encoder]:
+    """The acoustic encoders of a list (those that read audio, not another encoder's output)."""
+    return [e for e in encoders if not hasattr(e, "encode_from")]
+
+
 def library_encoders(lib, model: str | None) -> list[Encoder]:
-    """The encoders a library ingests with: the acoustic encoder (fixed at the first ingest; another one
-    needs `nels reindex`), then the joint space trained on it, when there is one."""
+    """The encoders a library ingests with (see `encoders_for`): fixed at the first ingest; another spec
+    needs `nels reindex`."""
     current = lib.get_meta("model")
     if model is None:
         model = current or "default"
-    enc = create_encoder(model)
+    encoders = encoders_for(model)
+    enc = encoders[0]
     if current is None or lib.newest_ids()["segments"] == 0:
         record_model(lib, model, enc)
     else:
         check_model(lib, enc, model)
-    encoders: list[Encoder] = [enc]
-    joint = joint_encoder_for(enc)
-    if joint is not None:
-        encoders.append(joint)
+        if split_spec(model) != split_spec(current) and len(split_spec(current)) + len(split_spec(model)) > 2:
+            raise ModelMismatchError(f"this library is indexed with '{current}'; '{model}' names other encoders: run"
+                                     f" 'nels reindex --model {model}' to re-encode the library with them")
     return encoders
 
 
 def library_encoder(lib) -> Encoder:
-    """The library's acoustic encoder, created once per library object and checked against the catalogue."""
-    def make():
-        enc = create_encoder(lib.get_meta("model") or "default")
-        check_model(lib, enc)
-        return enc
+    """The library's primary acoustic encoder, created once per library object and checked against the
+    catalogue."""
+    return library_primaries(lib)[0]
 
-    return lib.memo("encoder", make)
+
+def library_primaries(lib) -> list[Encoder]:
+    """Every acoustic encoder of the library's spec (the primary first), created once per library object."""
+    def make():
+        encs = primaries(encoders_for(lib.get_meta("model") or "default"))
+        check_model(lib, encs[0])
+        return encs
+
+    return lib.memo("encoders", make)

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nels.audio.decode import probe_duration, stream
+from nels.audio.decode import container_extension, probe_duration, stream
 from nels.audio.segment import SegmentConfig, segments
-from nels.encoders.base import Encoder, encode_segments
+from nels.encoders.base import Encoder, encode_segments_with, group_encoders
 from nels.errors import DecodeError, SourceError
 from nels.sources.source import Item, Source
 from nels.store.library import ClipRecord
@@ -29,20 +29,30 @@ def content_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def all_finite(vectors: dict, probs) -> bool:
+    """Whether every vector and class probability is a finite number (probs: one (model, labels, p) or a list)."""
+    arrays = [v for _, v in vectors.values()]
+    if probs is not None:
+        arrays += [p for _, _, p in ([probs] if isinstance(probs, tuple) else probs)]
+    return all(np.isfinite(np.asarray(a)).all() for a in arrays)
+
+
 class TooLong(Exception):
     """The item exceeds the max duration: skipped, not failed."""
 
 
 def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConfig = SegmentConfig(),
                 max_duration: float | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
-    """Decode, segment and encode `path` with every encoder (the first one reads the audio; the others,
-    derived, map its output).
+    """Decode, segment and encode `path` with every encoder: each acoustic encoder reads the same segments
+    (decoded once, at the first encoder's rate); derived ones (the joint space) map the acoustic encoder
+    before them.
 
-    Returns (duration, starts, ends, vectors {space: (model, (n, dim))}, probs (model, labels, (n, C)) or None).
-    Raises DecodeError for unreadable audio, TooLong when over `max_duration`.
+    Returns (duration, starts, ends, vectors {space: (model, (n, dim))}, probs: None, (model, labels,
+    (n, C)) for one classifier, or a list of them for several). Raises DecodeError for unreadable audio,
+    TooLong when over `max_duration`.
     """
-    base, derived = encoders[0], list(encoders[1:])
-    sr = base.sample_rate
+    groups = group_encoders(encoders)
+    sr = groups[0][0].sample_rate
     if max_duration is not None:
         declared = probe_duration(path)
         if declared is not None and declared > max_duration:
@@ -57,20 +67,29 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
                 raise TooLong(f"longer than the {max_duration:.0f} s limit")
             yield chunk
 
-    starts, ends, probs_out = [], [], []
-    outs: list[list[np.ndarray]] = [[] for _ in encoders]
-    for out, more in encode_segments(base, segments(counted(), seg_config, sr), derived=derived):
-        starts.append(out.starts)
-        ends.append(out.ends)
-        if out.probs is not None:
-            probs_out.append(out.probs)
-        for i, o in enumerate([out, *more]):
+    ordered = [e for g in groups for e in (g[0], *g[1])]  # encoders in output order
+    starts, ends = [], []
+    outs: list[list[np.ndarray]] = [[] for _ in ordered]
+    probs_out: list[list[np.ndarray]] = [[] for _ in groups]
+    for batch in encode_segments_with(groups, segments(counted(), seg_config, sr), sr):
+        starts.append(batch[0][0].starts)
+        ends.append(batch[0][0].ends)
+        flat = [o for out, more in batch for o in (out, *more)]
+        for i, o in enumerate(flat):
             outs[i].append(o.embeddings)
+        for g, (out, _) in enumerate(batch):
+            if out.probs is not None:
+                probs_out[g].append(out.probs)
     duration = total / sr
     if not starts:
         raise DecodeError(f"{path.name}: no sound (digital silence, or shorter than {seg_config.min_seconds} s)")
-    vectors = {enc.space: (enc.name, np.concatenate(outs[i])) for i, enc in enumerate(encoders)}
-    probs = (base.name, list(base.labels), np.concatenate(probs_out)) if probs_out else None
+    vectors = {enc.space: (enc.name, np.concatenate(outs[i])) for i, enc in enumerate(ordered)}
+    classified = [(g[0].name, list(g[0].labels), np.concatenate(po)) for g, po in zip(groups, probs_out) if po]
+    probs = None if not classified else classified[0] if len(classified) == 1 else classified
+    # decoding refuses NaN/inf/absurd samples; this catches an encoder that still makes a non-finite number
+    # (the catalogue would refuse it, or worse, store it and poison every search)
+    if not all_finite(vectors, probs):
+        raise DecodeError(f"{path.name}: the model gave non-finite outputs for this audio; refused")
     return duration, np.concatenate(starts), np.concatenate(ends), vectors, probs
 
 
@@ -122,13 +141,14 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
             return Outcome(work.item_id, uri, "duplicate", clip_id=existing, content_hash=digest)
         try:
             duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration)
+            media_ext = container_extension(fetched.path)  # by content: a WAV named x.html is stored as .wav
         except TooLong as exc:
             return Outcome(work.item_id, uri, "skipped", error=str(exc))
         except DecodeError as exc:
             return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=True)
         rec = ClipRecord(content_hash=digest, media_file=fetched.path, duration=duration,
                          provenance=fetched.provenance, starts=starts, ends=ends, vectors=vectors, probs=probs,
-                         move_media=fetched.owned)
+                         move_media=fetched.owned, media_ext=media_ext)
         keep = True
         return Outcome(work.item_id, uri, "added", record=rec, content_hash=digest)
     finally:

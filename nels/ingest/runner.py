@@ -6,17 +6,20 @@ the catalogue (the crawl table), so a re-run after any crash resumes and nothing
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from nels.encoders.base import create_encoder
-from nels.encoders.joint import joint_encoder_for
-from nels.encoders.selection import library_encoders
+from nels.config import CLAIM_STALE_SECONDS, STALE_TEMP_SECONDS
+from nels.encoders.selection import encoders_for, library_encoders
 from nels.ingest import reader, writer
 from nels.ingest.mapper import Work, process_item
 from nels.ingest.runners import Runner, make_runner
@@ -43,9 +46,11 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds_of_audio: float = 0.0
     wall_seconds: float = 0.0
+    elsewhere: int = 0  # items another ingest (of the same library) was processing: left to it
 
     def to_dict(self) -> dict:
         return {"added": len(self.added), "clip_ids": self.added, "duplicates": self.duplicates,
+                "in_progress_elsewhere": self.elsewhere,
                 "skipped": [{"uri": u, "reason": r} for u, r in self.skipped],
                 "failed": [{"uri": u, "error": e} for u, e in self.failed],
                 "audio_seconds": round(self.seconds_of_audio, 2), "wall_seconds": round(self.wall_seconds, 2),
@@ -53,10 +58,8 @@ class IngestReport:
 
 
 def build_encoders(spec: str) -> list:
-    """The encoders of a library's model spec: the acoustic one, then its joint space if it has one."""
-    enc = create_encoder(spec)
-    joint = joint_encoder_for(enc)
-    return [enc] + ([joint] if joint is not None else [])
+    """The encoders of a library's model spec (see nels.encoders.selection.encoders_for)."""
+    return encoders_for(spec)
 
 
 @dataclass
@@ -96,13 +99,16 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
     report = IngestReport()
     t0 = time.time()
     cat = lib.catalogue
+    clean_stale(lib)  # temp folders and claims of runs that were killed
     owner, listing_errors = reader.discover(cat, list(sources))
     report.failed.extend(listing_errors)
     ids = sorted(owner)
-    workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=lib.path))
+    token = run_token()
+    workdir = Path(tempfile.mkdtemp(prefix=f"ingest-{os.getpid()}-", dir=lib.path))
     limiter = reader.RateLimiter(options.rate_limit)
     build = IngestBuilder(spec, str(lib.path), str(workdir), options.max_duration)
     full = lambda: options.max_items is not None and len(report.added) >= options.max_items  # noqa: E731
+    failure: BaseException | None = None
     try:
         pending = reader.due_work(cat, ids, options.retries)
         bar = _bar(len(pending), options.progress, "ingest")
@@ -113,6 +119,11 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
                 for w in pending:
                     if full():
                         return
+                    # claimed before it is fetched: another run over the same inputs leaves it to this one
+                    if not cat.claim_item(w.item_id, token, options.retries):
+                        report.elsewhere += int(cat.item_claimed_elsewhere(w.item_id, token))
+                        bar.update(1)
+                        continue
                     if w.item.kind != "file":
                         limiter.wait()
                     yield w, owner[w.item_id]
@@ -142,11 +153,59 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
             pending = reader.due_work(cat, retry, options.retries)
         report.failed.extend(cat.failed_items(ids))  # items still failed after their last attempt
         bar.close()
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        lib.save_indexes()
+        for step in (lambda: cat.release_claims(token), lib.save_indexes):
+            try:
+                step()
+            except Exception:
+                if failure is None:  # never hide the error that stopped the run (a full disk) behind this one
+                    raise
     report.wall_seconds = time.time() - t0
     return report
+
+
+def run_token() -> str:
+    """Who claims items: this host, this process and a nonce (two runs in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale(lib: Library) -> None:
+    """What killed runs left behind: `ingest-PID-*` temp folders (partial downloads) and `*.PID.part` media of
+    processes that no longer exist (older `ingest-*` folders after an hour), and their item claims."""
+    now = time.time()
+    for d in lib.path.glob("ingest-*"):
+        m = re.fullmatch(r"ingest-(\d+)-.*", d.name)
+        try:
+            stale = not _alive(int(m.group(1))) if m else now - d.stat().st_mtime > STALE_TEMP_SECONDS
+        except OSError:
+            continue
+        if stale and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    for part in (lib.path / "media").glob("*/*.part"):
+        m = re.fullmatch(r".*\.(\d+)\.part", part.name)
+        if m and not _alive(int(m.group(1))):
+            part.unlink(missing_ok=True)
+    host = socket.gethostname()
+    for owner, since in lib.catalogue.claim_owners().items():
+        o_host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        dead = o_host == host and pid.isdigit() and not _alive(int(pid))
+        if dead or now - (since or 0) > CLAIM_STALE_SECONDS:
+            lib.catalogue.release_claims(owner)
 
 
 def _attempts(pending: list[Work], item_id: int) -> int:

@@ -15,15 +15,15 @@ import numpy as np
 
 from nels.config import SAMPLE_RATE
 from nels.encoders.base import encode_waveform
-from nels.encoders.selection import library_encoder
-from nels.errors import QueryError
+from nels.encoders.selection import library_encoder, library_primaries
+from nels.errors import NelsError, QueryError
 from nels.search import joint as joint_search
 from nels.search import linguistic
 from nels.search.modes import default_mode
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
-from nels.config import (MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE, MIN_LABEL_SIMILARITY,  # noqa: F401
-                         MIN_LINGUISTIC_SCORE, RRF_K)
+from nels.config import (COVERAGE_MARGIN, MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE,  # noqa: F401
+                         MIN_LABEL_SIMILARITY, MIN_LINGUISTIC_SCORE, RRF_K)
 
 _lock = threading.Lock()
 _threads_set = False
@@ -43,28 +43,50 @@ def _one_inference_thread() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _label_space(labels: tuple[str, ...], vocabulary: str | None):
-    from nels.encoders.text import LabelSpace, load_vocabulary
+    from nels.encoders.concepts import ConceptSpace, search_vocabulary
 
-    return LabelSpace(list(labels), load_vocabulary(vocabulary) if vocabulary else None)
+    return ConceptSpace(list(labels), search_vocabulary(vocabulary or labels_vocabulary(labels)))
+
+
+def labels_vocabulary(labels) -> str | None:
+    """The shipped AudioSet vocabulary when most of `labels` are AudioSet class names (YAMNet's), else None."""
+    from nels.encoders.audioset import AUDIOSET_VOCABULARY, load_audioset_vocabulary
+
+    labels = list(labels or [])
+    known = load_audioset_vocabulary().classes
+    if labels and sum(l in known for l in labels) >= 0.9 * len(labels):
+        return str(AUDIOSET_VOCABULARY)
+    return None
 
 
 def model_vocabulary(encoder) -> str | None:
     """The vocabulary a model's classes were described with: `<model>/vocabulary.json`, else the copy its
-    joint space was trained with (`<model>/joint/vocabulary.json`); None: the shipped one."""
+    joint space was trained with (`<model>/joint/vocabulary.json`), else the AudioSet vocabulary for a model
+    of AudioSet classes (YAMNet); None: the shipped ESC-50 one. Search adds the AudioSet and ESC-50 classes
+    and their hierarchy to whichever it is (`nels.encoders.concepts.search_vocabulary`)."""
     base = getattr(encoder, "path", None)
-    if base is None:
-        return None
-    from pathlib import Path
+    if base is not None:
+        from pathlib import Path
 
-    for f in (Path(base) / "vocabulary.json", Path(base) / "joint" / "vocabulary.json"):
-        if f.exists():
-            return str(f)
-    return None
+        for f in (Path(base) / "vocabulary.json", Path(base) / "joint" / "vocabulary.json"):
+            if f.exists():
+                return str(f)
+    return labels_vocabulary(getattr(encoder, "labels", None))
 
 
 def label_space(labels, vocabulary: str | None = None) -> "object":
+    """The hierarchy-aware label space of a model's labels (a ConceptSpace over the search vocabulary)."""
     with _lock:
         return _label_space(tuple(labels), vocabulary)
+
+
+def text_scores(texts, probs: np.ndarray, labels, vocabulary: str | None = None) -> np.ndarray:
+    """(n_rows, n_texts): how linguistic search scores each row of `probs` (segments or clips, columns =
+    `labels`) for each text query, with the same label space, weights and hierarchy as `search`."""
+    space = label_space(labels, vocabulary)
+    sims, _ = space.query(list(texts))
+    w = linguistic.label_weights(sims)
+    return np.stack([linguistic.score(w[i], probs, space.members) for i in range(len(w))], axis=1)
 
 
 _encoder_for = library_encoder  # the library's acoustic encoder, checked against its catalogue
@@ -77,10 +99,17 @@ def query_audio(audio, start: float | None = None, end: float | None = None,
     sr : the rate a file or bytes are decoded to (the encoder's); an array is taken as SAMPLE_RATE audio
         (the Python API's convention), whatever `sr` is.
     """
-    from nels.audio.decode import decode
+    from nels.audio.decode import check_samples, decode
 
+    for v in (start, end):
+        if v is not None and not (np.isfinite(v) and 0 <= v <= 1e6):
+            raise QueryError(f"bad query span: start {start}, end {end}")
     if isinstance(audio, np.ndarray):
         x, sr = audio.astype(np.float32).reshape(-1), SAMPLE_RATE
+        try:
+            check_samples(x, "the query audio")  # NaN, infinity or an absurd amplitude: say so
+        except NelsError as exc:
+            raise QueryError(str(exc)) from None
     else:
         x = decode(audio, sr=sr, max_seconds=(end + 1) if end else 600.0)
     a = int((start or 0) * sr)
@@ -112,32 +141,61 @@ def _acoustic(lib, vecs: np.ndarray, space: str, n: int) -> list[Candidate]:
     return [Candidate(i, s, f"sounds like the query (cosine {s:.2f})", {"acoustic": s}) for i, s in ranked]
 
 
-def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float]:
-    pm = lib.prob_matrix()
-    if pm is None:
+def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float, dict[str, float]]:
+    """Segments ranked by the probability their classifier puts on the labels the query means.
+
+    With several classifiers (the own CNN, a pretrained backbone), each one's *coverage* of the query is
+    its best label similarity; only the classifiers within COVERAGE_MARGIN of the best coverage rank
+    ("guitar" is YAMNet's alone, "dog" both models'), fused by reciprocal rank. Returns (candidates, best
+    label similarity, coverage per model).
+    """
+    mats = lib.prob_matrices()
+    if not mats:
         raise QueryError("this library has no class probabilities (it was indexed without a classifier);"
                          " run 'nels reindex --model default' to add them")
-    ids, probs, labels, _ = pm
-    space = label_space(labels, model_vocabulary(_encoder_for(lib)))
-    sims, matched = space.query([text])
-    sims, matched = sims[0], matched[0]
-    w = linguistic.label_weights(sims)
-    rows, scores = linguistic.top_segments(w, probs, n, order=_label_order(lib, probs))
-    out = []
-    for j, sj in zip(rows.tolist(), scores.tolist()):
-        # explained lazily: only the results shown are explained (200 explanations cost 6 ms)
-        expl = functools.partial(linguistic.explain, text, sims, matched, probs[j], labels, space.names)
-        out.append(Candidate(int(ids[j]), sj, expl, {"linguistic": sj}))
-    return out, float(sims.max())
+    encoders = {e.name: e for e in library_primaries(lib)}
+    per = []
+    for ids, probs, labels, model in mats:
+        space = label_space(labels, model_vocabulary(encoders.get(model)))
+        sims, matched = space.query([text])
+        per.append((model, ids, probs, labels, space, sims[0], matched[0]))
+    coverage = {p[0]: float(p[5].max()) for p in per}
+    best = max(coverage.values())
+    lists: dict[str, list[Candidate]] = {}
+    for model, ids, probs, labels, space, sims, matched in per:
+        if len(per) > 1 and coverage[model] < best - COVERAGE_MARGIN:
+            continue  # this model's vocabulary does not cover the query: its ranking would be noise
+        w = linguistic.label_weights(sims)
+        rows, scores = linguistic.top_segments(w, probs, n, order=_label_order(lib, model, probs),
+                                               members=space.members)
+        tag = f" [{model}]" if len(per) > 1 else ""
+        out = []
+        for j, sj in zip(rows.tolist(), scores.tolist()):
+            # explained lazily: only the results shown are explained (200 explanations cost 6 ms)
+            expl = functools.partial(_explain, text, sims, matched, probs[j], labels, space, tag)
+            out.append(Candidate(int(ids[j]), sj, expl, {"linguistic" + (f":{model}" if tag else ""): sj}))
+        lists[model] = out
+    if len(lists) == 1:
+        return next(iter(lists.values())), best, coverage
+    fused = sorted(rrf(lists), key=lambda c: -c.score)
+    for c in fused:  # a fused candidate's own score: the best probability mass any model gave it
+        c.mass = max(c.parts.values())
+    return fused, best, coverage
 
 
-def _label_order(lib, probs: np.ndarray) -> np.ndarray:
-    """linguistic.label_order of the library's probability matrix, kept as long as that matrix is."""
-    cached = lib.remembered("label_order")
+def _explain(text, sims, matched, probs_row, labels, space, tag: str) -> str:
+    return linguistic.explain(text, sims, matched, probs_row, labels, space.label_names, members=space.members,
+                              concept_names=space.names) + tag
+
+
+def _label_order(lib, model: str, probs: np.ndarray) -> np.ndarray:
+    """linguistic.label_order of a classifier's probability matrix, kept as long as that matrix is."""
+    key = f"label_order:{model}"
+    cached = lib.remembered(key)
     if cached is not None and cached[0] is probs:
         return cached[1]
     order = linguistic.label_order(probs)
-    lib.remember("label_order", (probs, order))
+    lib.remember(key, (probs, order))
     return order
 
 
@@ -198,19 +256,28 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     lists: dict[str, list[Candidate]] = {}
     notice, qlabels = None, []
     vecs = None
+    coverage: dict[str, float] = {}
     if audio is not None:
-        enc = _encoder_for(lib)
-        x, sr = query_audio(audio, start, end, enc.sample_rate)
-        vecs, qprobs = encode_query_audio(enc, x, sr)
-        if qprobs is not None:
-            qlabels = top_labels(qprobs, list(enc.labels))
-        if mode in ("acoustic", "fused"):
-            lists["acoustic"] = _acoustic(lib, vecs, enc.space, n)
-            if lists["acoustic"] and lists["acoustic"][0].score < MIN_ACOUSTIC_SCORE:
+        encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
+        acoustic: dict[str, list[Candidate]] = {}
+        for i, enc in enumerate(encs):
+            x, sr = query_audio(audio, start, end, enc.sample_rate)
+            evecs, qprobs = encode_query_audio(enc, x, sr)
+            if i == 0:
+                vecs = evecs  # the primary's: the joint space maps these
+            if qprobs is not None:
+                qlabels = sorted(qlabels + top_labels(qprobs, list(enc.labels)), key=lambda l: -l["prob"])[:5]
+            if mode in ("acoustic", "fused"):
+                acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n)
+        if acoustic:
+            tops = [c[0].score for c in acoustic.values() if c]
+            lists["acoustic"] = next(iter(acoustic.values())) if len(acoustic) == 1 else \
+                sorted(rrf(acoustic), key=lambda c: -c.score)
+            if tops and max(tops) < MIN_ACOUSTIC_SCORE:
                 notice = "nothing in the library sounds much like this query"
     if text is not None and mode in ("linguistic", "fused"):
         try:
-            cands, best_sim = _linguistic(lib, text, n)
+            cands, best_sim, coverage = _linguistic(lib, text, n)
         except QueryError:
             if mode == "linguistic" or has_joint:
                 raise
@@ -220,12 +287,17 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             if mode == "linguistic":
                 return Results([], notice=notice, mode=mode)
             cands = []
-        elif cands and cands[0].score < MIN_LINGUISTIC_SCORE:
-            notice = (f"nothing in the library is clearly recognised as {text!r} (best p={cands[0].score:.2f});"
+        elif cands and (cands[0].mass if cands[0].mass is not None else cands[0].score) < MIN_LINGUISTIC_SCORE:
+            top = (cands[0].mass if cands[0].mass is not None else cands[0].score)
+            notice = (f"nothing in the library is clearly recognised as {text!r} (best p={top:.2f});"
                       " these are only the closest")
         lists["linguistic"] = cands
     if mode in ("joint", "fused") and has_joint:
-        if text is not None:
+        # the joint space is its acoustic model's: with several classifiers it answers text only where
+        # that model's vocabulary covers the query (see _linguistic)
+        joint_covers = not coverage or jenc is None or jenc.audio_model not in coverage or \
+            coverage[jenc.audio_model] >= max(coverage.values()) - COVERAGE_MARGIN
+        if text is not None and (joint_covers or mode == "joint"):
             lists["joint_text"] = _joint(lib, text, None, n) or []
         if vecs is not None:
             lists["joint_audio"] = _joint(lib, None, vecs, n) or []

@@ -60,6 +60,7 @@ class Candidate:
     explanation: "str | Callable[[], str]"  # a callable is evaluated only if the candidate is shown
     parts: dict = field(default_factory=dict)  # per-mode scores, for fused explanations
     why: list = field(default_factory=list)  # fused: the explanations of each mode that found it
+    mass: float | None = None  # fused linguistic lists: the best class-probability mass any model gave it
 
     def explain(self) -> str:
         parts = [self.explanation] if self.explanation else []
