@@ -3,6 +3,8 @@
     python bench/run_cv.py --folds 2 3 --runs /tmp/cv --epochs 200 --arch JSON [--threads 1]
     python bench/run_cv.py --folds 1 --model-for 1=nels/data/models/esc50-cnn   # score an existing model
     python bench/run_cv.py --summary                                            # only rebuild summary.json
+    python bench/run_cv.py --backbone yamnet --folds 1 2 3 4 5 --runs /tmp/cv-head --out bench/results/cv-head
+                                                       # a head on YAMNet's window embeddings (nels train --backbone)
 
 Each fold trains through the real CLI (`nels train ... --exclude-fold K`, resumable: re-running picks up
 the checkpoint), then `nels evaluate classification --fold K --model ... --json` scores it (the model's
@@ -21,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLINGS = ("segments-mean-prob", "segments-mean-logit", "whole")
+HEAD_POOLINGS = ("windows-mean-prob", "windows-mean-logit")
 
 
 def nels(*args: str) -> list[str]:
@@ -34,6 +37,8 @@ def run_fold(fold: int, a, model_dir: Path | None) -> dict:
         args = ["train", "--dataset", a.dataset, "--format", "esc50", "--exclude-fold", str(fold),
                 "--out", str(model_dir), "--epochs", str(a.epochs), "--seed", str(a.seed), "--cache", a.cache,
                 "--threads", str(a.threads)]
+        if a.backbone:
+            args[1:1] = ["--backbone", a.backbone]
         if a.arch:
             args += ["--arch", a.arch]
         if a.hparams:  # "{fold}" stands for the held-out fold (e.g. a per-fold teacher path)
@@ -50,7 +55,7 @@ def run_fold(fold: int, a, model_dir: Path | None) -> dict:
     res = json.loads(subprocess.run(nels(*ev, "--json", "--out", str(Path(a.out) / f"fold{fold}-eval")), cwd=ROOT,
                                     check=True, capture_output=True, text=True).stdout)
     by_pool = {res.get("pooling"): {"accuracy": res["accuracy"], "mAP": res["mAP"]}}
-    for p in POOLINGS:
+    for p in poolings_of(meta):
         if p in by_pool:
             continue
         r = json.loads(subprocess.run(nels(*ev, "--pooling", p, "--json"), cwd=ROOT, check=True,
@@ -64,17 +69,22 @@ def run_fold(fold: int, a, model_dir: Path | None) -> dict:
             "train_minutes": round(m.get("train_seconds", 0) / 60, 1), "per_class_ap": res.get("per_class_ap")}
 
 
+def poolings_of(meta: dict) -> tuple:
+    return HEAD_POOLINGS if meta.get("format") == "nels-head" else POOLINGS
+
+
 def summary(out: Path) -> dict:
     folds = [json.loads(p.read_text()) for p in sorted(out.glob("fold[0-9].json"))]
     if not folds:
         return {}
     mean = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
+    pools = [p for p in folds[0]["pooling_comparison"] if all(p in f["pooling_comparison"] for f in folds)]
     s = {"folds": [{k: f[k] for k in ("fold", "accuracy", "mAP", "train_minutes", "epochs_run", "train_command")}
                    for f in folds],
          "n_folds": len(folds), "mean_accuracy": mean([f["accuracy"] for f in folds]),
          "mean_mAP": mean([f["mAP"] for f in folds]),
-         "mean_by_pooling": {p: mean([f["pooling_comparison"][p]["accuracy"] for f in folds]) for p in POOLINGS},
-         "mean_mAP_by_pooling": {p: mean([f["pooling_comparison"][p]["mAP"] for f in folds]) for p in POOLINGS}}
+         "mean_by_pooling": {p: mean([f["pooling_comparison"][p]["accuracy"] for f in folds]) for p in pools},
+         "mean_mAP_by_pooling": {p: mean([f["pooling_comparison"][p]["mAP"] for f in folds]) for p in pools}}
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     return s
 
@@ -88,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arch", default=None, help="JSON, as for nels train --arch")
+    ap.add_argument("--backbone", default=None, help="train a head on this backbone (nels train --backbone), not the CNN")
     ap.add_argument("--hparams", default=None, help="JSON, as for nels train --hparams; {fold} is replaced by the fold")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "nels" / "features"))

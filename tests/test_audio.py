@@ -95,8 +95,13 @@ def test_logmel_shape_and_loudness_invariance():
 
 
 def test_sliding_logmel_equals_logmel_per_window():
-    """Ingest shares the FFT frames of overlapping windows; every window must still come out exactly as
-    `logmel(window)` (its own loudness normalisation included), across skipped silence and the tail."""
+    """Ingest shares the FFT frames of overlapping windows; every window must still come out as
+    `logmel(window)` (its own loudness normalisation included), across skipped silence and the tail.
+
+    Not bit for bit: torch's FFT/matmul may round differently from one call to the next on the same input
+    (seen once in a full random-order run: 6e-5 dB apart on the very first window, which both sides compute
+    with the same `mel_frames` call). 1e-3 dB is far below what a wrong frame offset or a missed loudness
+    normalisation gives (dB to tens of dB)."""
     from nels.audio.features import SlidingLogMel, logmel
     from nels.audio.segment import segment_array
 
@@ -110,4 +115,5 @@ def test_sliding_logmel_equals_logmel_per_window():
     for s in segs:
         want = logmel(s.audio)
         got = sliding(s.audio, int(round(s.start * 16000)))
-        assert got.shape == want.shape and np.array_equal(got, want), s.start
+        assert got.shape == want.shape, s.start
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3, err_msg=f"window at {s.start} s")

@@ -165,4 +165,5 @@ def test_kill_9_during_ingest_leaves_a_consistent_library_and_rerun_finishes(tmp
     lib = Library(lib_dir)
     assert lib.stats()["clips"] == 60
     assert lib.conn.execute("SELECT COUNT(DISTINCT content_hash) FROM clips").fetchone()[0] == 60
+    assert not list(lib_dir.glob("ingest-*"))  # the killed run's temp folder was cleaned by the re-run
     assert len(lib.store("baseline")) == lib.stats()["segments"]

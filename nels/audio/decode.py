@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from nels.config import SAMPLE_RATE
+from nels.config import MAX_SAMPLE_AMPLITUDE, MIN_SOURCE_RATE, SAMPLE_RATE
 from nels.errors import DecodeError
 
 PathOrFile = str | os.PathLike | BinaryIO | bytes
@@ -39,6 +39,44 @@ def _open(src: PathOrFile):
 
 _SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "s32": 1 / 2 ** 31, "s32p": 1 / 2 ** 31, "flt": 1.0, "fltp": 1.0,
           "dbl": 1.0, "dblp": 1.0}
+_FLOAT = {"flt", "fltp", "dbl", "dblp"}  # sample formats that can hold NaN, infinity or any amplitude
+
+
+def check_samples(a: np.ndarray, what: str = "<audio>") -> None:
+    """Refuse samples no microphone or mixer produces: NaN or infinity ("non-finite samples"), or a peak over
+    MAX_SAMPLE_AMPLITUDE x full scale ("absurd amplitude"). Such audio otherwise turns into NaN features,
+    NaN class probabilities and a catalogue that refuses them: a clear DecodeError instead."""
+    if not a.size:
+        return
+    peak = float(np.max(np.abs(a)))  # NaN propagates through max, infinity stays infinite
+    if not np.isfinite(peak):
+        raise DecodeError(f"{what}: non-finite samples ({'NaN' if np.isnan(peak) else 'infinity'} in the audio);"
+                          f" refused")
+    if peak > MAX_SAMPLE_AMPLITUDE:
+        raise DecodeError(f"{what}: absurd amplitude (peak {peak:.3g} x full scale, the limit is"
+                          f" {MAX_SAMPLE_AMPLITUDE:g}); refused")
+
+
+# container (PyAV/FFmpeg demuxer name, first alias) -> the extension its media file is stored under
+CONTAINER_EXTENSIONS = {"wav": ".wav", "w64": ".w64", "flac": ".flac", "ogg": ".ogg", "mp3": ".mp3", "mov": ".m4a",
+                        "mp4": ".m4a", "matroska": ".mka", "webm": ".webm", "aac": ".aac", "aiff": ".aiff",
+                        "caf": ".caf", "amr": ".amr", "asf": ".wma", "avi": ".avi", "au": ".au", "wv": ".wv",
+                        "ape": ".ape", "tta": ".tta", "voc": ".voc", "mpeg": ".mpg", "3gp": ".3gp"}
+WEBM_CODECS = {"opus", "vorbis"}
+
+
+def container_extension(src: str | os.PathLike) -> str:
+    """The file extension of the format FFmpeg detects in `src` (by content, not by name): what a stored media
+    file is called, so that a WAV named x.html is stored, and served, as .wav. '.bin' when unknown."""
+    container = _open(src)
+    try:
+        name = (container.format.name or "").split(",")[0]
+        ext = CONTAINER_EXTENSIONS.get(name, ".bin")
+        if ext == ".mka" and all(s.codec_context.name in WEBM_CODECS for s in container.streams.audio):
+            ext = ".webm"
+        return ext
+    finally:
+        container.close()
 
 
 def _name(src) -> str:
@@ -71,6 +109,10 @@ def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) 
         astream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
         ctx = astream.codec_context
+        if ctx is None:  # a codec FFmpeg does not know (a mangled WAV format tag)
+            raise DecodeError(f"{_name(src)}: no decoder for its audio stream")
+        if ctx.sample_rate and ctx.sample_rate < MIN_SOURCE_RATE:  # 100 KB at 1 Hz would be 14 hours of audio
+            raise DecodeError(f"{_name(src)}: implausible sample rate ({ctx.sample_rate} Hz); refused")
         # already 16 kHz mono integer/float PCM (ESC-50 FLAC, most WAVs): convert in numpy, 5x cheaper
         direct = (ctx.sample_rate == sr and ctx.channels == 1 and ctx.format is not None
                   and ctx.format.name in _SCALE)
@@ -81,9 +123,15 @@ def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) 
         def frames():
             try:
                 for frame in container.decode(astream):
-                    if direct and frame.sample_rate == sr and frame.format.name in _SCALE:
-                        yield frame.to_ndarray().reshape(-1).astype(np.float32) * _SCALE[frame.format.name]
+                    fmt = frame.format.name
+                    if direct and frame.sample_rate == sr and fmt in _SCALE:
+                        pcm = frame.to_ndarray().reshape(-1)
+                        if fmt in _FLOAT:
+                            check_samples(pcm, _name(src))
+                        yield pcm.astype(np.float32) * _SCALE[fmt]
                     else:
+                        if fmt in _FLOAT:  # checked before the resampler mixes NaN into its neighbours
+                            check_samples(frame.to_ndarray(), _name(src))
                         yield from (f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             except av.error.EOFError:
                 pass
@@ -108,6 +156,8 @@ def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) 
             yield np.concatenate(buf)
         if total == 0:
             raise DecodeError(f"{_name(src)}: decodes to zero samples")
+    except (av.FFmpegError, ValueError) as exc:  # the resampler's flush, a sample format numpy cannot take...
+        raise DecodeError(f"{_name(src)}: corrupt audio ({exc.__class__.__name__}: {exc})") from None
     finally:
         container.close()
 

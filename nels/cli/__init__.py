@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="add files, folders, URLs or URL-list files to the library")
     s.add_argument("inputs", nargs="+", metavar="PATH_OR_URL")
-    s.add_argument("--model", default=None, help="encoder: default (shipped CNN), baseline, or a model folder")
+    s.add_argument("--model", default=None, help="encoder: default (shipped CNN), baseline, yamnet[:FILE] (see 'nels models'), or a model folder")
     s.add_argument("--max-duration", type=float, default=None, metavar="SEC", help="skip items longer than this")
     s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
     s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
@@ -88,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.library:cli_reindex")
 
-    s = sub.add_parser("train", help="train the sound-event CNN on a labelled dataset")
+    s = sub.add_parser("train", help="train the sound-event CNN (or, with --backbone, a head on a pretrained"
+                                     " backbone) on a labelled dataset")
     s.add_argument("--dataset", required=True, metavar="DIR")
+    s.add_argument("--backbone", default=None, metavar="SPEC",
+                   help="train a classifier head on this backbone's window embeddings instead of the CNN"
+                        " (e.g. yamnet; minutes on a CPU); --hparams then sets the head's hyper-parameters")
     s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
     s.add_argument("--exclude-fold", type=int, default=None, metavar="K",
                    help="hold this fold out (esc50): it is never seen in training")
@@ -132,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="learning: the pool's random seed")
     s.add_argument("--cache", default=None, metavar="DIR", help="feature cache folder")
     s.add_argument("--pooling", default=None,
-                   choices=["segments-mean-prob", "segments-mean-logit", "whole"],
-                   help="classification: how a clip prediction is made (default: the model's own, from model.json)")
+                   choices=["segments-mean-prob", "segments-mean-logit", "whole", "windows-mean-prob",
+                            "windows-mean-logit"],
+                   help="classification: how a clip prediction is made (default: the model's own, from model.json;"
+                        " windows-*: a head on a backbone)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.evaluate:cli_evaluate")
 

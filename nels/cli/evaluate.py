@@ -30,6 +30,8 @@ def cli_evaluate_classification(args) -> int:
 
     if not args.dataset:
         raise DatasetError("--dataset DIR is required for 'nels evaluate classification'")
+    if args.format == "realworld":
+        return _classification_realworld(args)
     r = evaluate_classification(args.dataset, args.format, args.fold, args.model, args.out,
                                 getattr(args, "cache", None), getattr(args, "pooling", None),
                                 progress=not args.json)
@@ -44,6 +46,20 @@ def cli_evaluate_classification(args) -> int:
         print(s)
     if r.get("confusion_png"):
         print(f"confusion matrix: {r['confusion_png']}")
+    return 0
+
+
+def _classification_realworld(args) -> int:
+    from nels.evaluate.realworld import evaluate_classification_realworld
+
+    r = evaluate_classification_realworld(args.dataset, args.model, progress=not args.json and sys.stderr.isatty())
+    if _report(r, args, "classification-realworld.json"):
+        return 0
+    for m in r.get("per_model") or [r]:
+        print(f"{m['model_name']} on {r['dataset']} ({r['n_clips']} clips of {r['classes']} ESC-50 classes,"
+              f" {m['how']}): top-1 {m['accuracy']:.4f}")
+        if m["confusions"]:
+            print("  most frequent errors: " + ", ".join(f"{k} ({n})" for k, n in m["confusions"][:5]))
     return 0
 
 
@@ -72,11 +88,29 @@ def cli_evaluate_retrieval(args) -> int:
 
     if not args.dataset:
         raise DatasetError("nels evaluate retrieval needs --dataset DIR")
+    if args.format == "realworld":
+        return _retrieval_realworld(args)
     res = evaluate_retrieval(args.dataset, args.format, args.fold, args.model, args.out)
     if _report(res, args, f"retrieval-fold{args.fold}.json"):
         return 0
     print(f"retrieval on fold {res['fold']} ({res['clips']} clips, {res['segments']} segments), model {res['model']}")
     for name in ("text_class_names", "text_paraphrases", "audio"):
+        for mode, r in res[name].items():
+            print(f"  {name:<17} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
+                  f"  ({r['queries']} queries, p95 {r['latency_ms_p95']:.0f} ms)")
+    return 0
+
+
+def _retrieval_realworld(args) -> int:
+    from nels.evaluate.realworld import evaluate_retrieval_realworld
+
+    res = evaluate_retrieval_realworld(args.dataset, args.model, args.out)
+    if _report(res, args, "retrieval-realworld.json"):
+        return 0
+    print(f"retrieval on {res['dataset']} ({res['clips']} clips, {res['segments']} segments, {res['esc50_clips']} clips"
+          f" of {res['esc50_classes']} ESC-50 classes), model {res['model']}; default modes: text"
+          f" {res['default_mode']['text']}, audio {res['default_mode']['audio']}")
+    for name in ("text_esc50_names", "text_paraphrases", "text_other_labels", "audio"):
         for mode, r in res[name].items():
             print(f"  {name:<17} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
                   f"  ({r['queries']} queries, p95 {r['latency_ms_p95']:.0f} ms)")

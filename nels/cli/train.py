@@ -1,4 +1,5 @@
-"""`nels train` (the sound-event CNN) and `nels train-joint` (the cross-modal joint space)."""
+"""`nels train` (the sound-event CNN, or with --backbone a head on a pretrained backbone) and `nels train-joint`
+(the cross-modal joint space)."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,37 @@ def cli_train_joint(args) -> int:
     return 0
 
 
+def cli_train_head(args, cmd: str | None) -> int:
+    from nels.training.head import train_head
+
+    if getattr(args, "arch", None):
+        raise DatasetError("--arch shapes the CNN; a head's layers are set with --hparams '{\"hidden\": [1024]}'")
+    try:
+        hparams = json.loads(args.hparams) if getattr(args, "hparams", None) else None
+    except ValueError as exc:
+        raise DatasetError(f"--hparams must be a JSON object ({exc})") from None
+    if hparams is not None and not isinstance(hparams, dict):
+        raise DatasetError("--hparams must be a JSON object")
+    summary = train_head(args.dataset, args.format, args.exclude_fold, args.out, args.backbone, args.epochs, args.seed,
+                         args.cache, hparams=hparams, command=cmd, quiet=bool(args.json),
+                         progress=sys.stderr.isatty(), threads=getattr(args, "threads", None))
+    if args.json:
+        print_json(summary)
+    else:
+        m = summary["metrics"]
+        line = f"head written to {summary['model']} (validation accuracy {m['validation_accuracy']}, pooling {summary['pooling']}"
+        if "test" in m:
+            line += f"; held-out fold {m['test_fold']}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in m["test"].items())
+        print(line + f"; {summary['train_seconds']:.0f} s)")
+    return 0
+
+
 def cli_train(args) -> int:
     from nels.training.train import default_hparams, train
+
+    argv = getattr(args, "argv", None) or []
+    if getattr(args, "backbone", None):
+        return cli_train_head(args, "nels " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["train"] else None)
 
     try:
         arch = json.loads(args.arch) if getattr(args, "arch", None) else None

@@ -19,6 +19,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" /
 BUILTIN = {
     "baseline": "nels.encoders.baseline:create",
     "cnn": "nels.encoders.cnn:load_folder",
+    "yamnet": "nels.encoders.yamnet:create",
+    "head": "nels.encoders.head:load_folder",
 }
 
 _REGISTRY: dict[str, Callable[[str | None], Any]] = {}
@@ -58,11 +60,26 @@ def encoder_kinds() -> list[str]:
     return sorted(set(BUILTIN) | set(_REGISTRY) | {ep.name for ep in entry_points(group="nels.encoders")})
 
 
+FOLDER_FORMATS = {"nels-head": "head"}  # model.json "format" -> kind; anything else is a CNN folder ("nels-cnn")
+
+
+def _folder_kind(path: Path) -> str:
+    """The kind of a model folder, from its model.json's "format" (a head on a backbone: "nels-head")."""
+    import json
+
+    try:
+        fmt = json.loads((path / "model.json").read_text(encoding="utf-8")).get("format")
+    except (ValueError, OSError, AttributeError):
+        fmt = None  # the CNN loader reports a broken model.json
+    return FOLDER_FORMATS.get(fmt, "cnn")
+
+
 def create_encoder(spec: str | os.PathLike | None = None):
     """An encoder from its spec.
 
-    spec : "KIND" or "KIND:ARG" for a known kind ("baseline", "cnn:PATH", ...); a path to a model folder
-        (model.json: the CNN); "default" or None: the shipped CNN when present, else the baseline.
+    spec : "KIND" or "KIND:ARG" for a known kind ("baseline", "cnn:PATH", "head:PATH", ...); a path to a model
+        folder (model.json: the CNN, or a head on a backbone when its format is "nels-head"); "default" or None:
+        the shipped CNN when present, else the baseline.
     """
     if spec in (None, "default"):
         if (DEFAULT_MODEL_DIR / "model.json").exists():
@@ -74,7 +91,7 @@ def create_encoder(spec: str | os.PathLike | None = None):
     if factory is not None:
         return factory(arg or None)
     if (Path(s) / "model.json").exists():
-        return _factory("cnn")(s)
+        return _factory(_folder_kind(Path(s)))(s)
     raise ModelError(f"{s}: not a NELS model folder (no model.json) nor a known encoder"
                      f" ({', '.join(k + '[:ARG]' for k in encoder_kinds())}); use 'baseline' or a folder made by"
                      f" 'nels train'")

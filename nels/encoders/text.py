@@ -164,8 +164,22 @@ def fallback_name(label: str) -> str:
 
 @dataclass
 class Vocabulary:
+    """Class texts by label, and optionally a hierarchy: `parents[label]` are broader entries of the same
+    vocabulary ("Dog" -> ("Domestic animals, pets",)); `mids[label]` an external id (AudioSet's /m/...)."""
+
     classes: dict[str, ClassText] = field(default_factory=dict)
     path: Path | None = None
+    parents: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    mids: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, key: str) -> str | None:
+        """The label of `key`, which is a label or a mid ("/m/0bt9lr" -> "Dog"); None when neither."""
+        if key in self.classes:
+            return key
+        for label, mid in self.mids.items():
+            if mid == key:
+                return label
+        return None
 
     def missing(self, labels: Iterable[str]) -> list[str]:
         """Labels (in the given order) with no entry here."""
@@ -190,6 +204,9 @@ class Vocabulary:
 def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     """Read a vocabulary file: {"classes": {label: {"name": str, "description": str, "synonyms": [str]}}}.
 
+    An entry may also have "parents": [labels of broader entries in the same file] and "mid": an external id
+    (the AudioSet vocabulary, nels/data/audioset/vocabulary.json, has both).
+
     path : the JSON file; None, the one shipped in nels/data/vocabulary.json.
     Raises VocabularyError with the file, the label and the field at fault.
     """
@@ -205,13 +222,15 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     if not isinstance(raw, dict) or not isinstance(raw.get("classes"), dict):
         raise VocabularyError(f'{p}: expected an object with a "classes" object mapping label -> entry')
     classes: dict[str, ClassText] = {}
+    parents: dict[str, tuple[str, ...]] = {}
+    mids: dict[str, str] = {}
     for label, e in raw["classes"].items():
         where = f"{p}: class {label!r}"
         if not label.strip():
             raise VocabularyError(f"{p}: empty class label")
         if not isinstance(e, dict):
             raise VocabularyError(f'{where}: entry must be an object with "name", "description", "synonyms"')
-        unknown = set(e) - {"name", "description", "synonyms"}
+        unknown = set(e) - {"name", "description", "synonyms", "parents", "mid"}
         if unknown:
             raise VocabularyError(f"{where}: unknown field(s) {sorted(unknown)} (typo?)")
         name = e.get("name")
@@ -224,7 +243,21 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
         if not isinstance(syn, list) or not all(isinstance(s, str) and s.strip() for s in syn):
             raise VocabularyError(f'{where}: "synonyms" must be a list of non-empty strings')
         classes[label] = ClassText(name=name.strip(), description=desc.strip(), synonyms=tuple(s.strip() for s in syn))
-    return Vocabulary(classes=classes, path=p)
+        par = e.get("parents", [])
+        if not isinstance(par, list) or not all(isinstance(x, str) and x.strip() for x in par):
+            raise VocabularyError(f'{where}: "parents" must be a list of labels')
+        if par:
+            parents[label] = tuple(par)
+        mid = e.get("mid")
+        if mid is not None:
+            if not isinstance(mid, str) or not mid.strip():
+                raise VocabularyError(f'{where}: "mid" must be a non-empty string')
+            mids[label] = mid.strip()
+    for label, par in parents.items():
+        unknown = [x for x in par if x not in classes]
+        if unknown:
+            raise VocabularyError(f"{p}: class {label!r}: parent(s) {unknown} have no entry")
+    return Vocabulary(classes=classes, path=p, parents=parents, mids=mids)
 
 
 def word_stem(t: str) -> str:

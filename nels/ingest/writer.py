@@ -2,6 +2,7 @@
 done, skipped or failed in the same place), in one process."""
 from __future__ import annotations
 
+from nels.errors import RejectedError
 from nels.ingest.mapper import Outcome
 from nels.store.library import Library
 
@@ -13,6 +14,10 @@ def write(lib: Library, out: Outcome, retries: int) -> str:
         rec = out.record
         try:
             clip_id, added = lib.store_clip(rec, out.item_id)
+        except RejectedError as exc:  # data the catalogue refuses (non-finite numbers): this item fails, not the batch
+            out.status, out.error, out.permanent = "failed", str(exc), True
+            cat.mark_failed(out.item_id, out.error, True, retries)
+            return "failed"
         finally:
             if rec.move_media and rec.media_file.exists():  # a duplicate's download: not moved in
                 rec.media_file.unlink(missing_ok=True)

@@ -6,6 +6,12 @@ what the classifier knows by any wording, but only what it knows, and only as we
 ("car brakes" is worded like "car horn" but sounds like a squeal): acoustic and joint search cover that.
 
 Defaults were chosen by reasoning about MiniLM cosines, not tuned on any evaluation set (see label_weights).
+
+Hierarchy: the similarities and weights may be over *concepts* rather than the model's labels
+(`nels.encoders.concepts.ConceptSpace`: "animal" is a concept covering the labels dog, cow, ...). Then
+`members` (n_concepts, n_labels) bool says what each concept covers, and a segment scores
+sum_c w_c * max(p_l for l in members[c]): a concept is as present as its most probable member. Without
+`members` (or with the identity) this is the plain weights @ probs.
 """
 from __future__ import annotations
 
@@ -55,26 +61,47 @@ def label_weights(sims: np.ndarray, temperature: float = DEFAULT_TEMPERATURE, to
     return w[0] if one else w
 
 
-def score(weights: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Score segments by the class probability they put on the query's labels.
+def score(weights: np.ndarray, probs: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
+    """Score segments by the class probability they put on the query's labels (or concepts).
 
-    weights : (n_labels,) from label_weights.
-    probs : (n_segments, n_labels) class probabilities, columns index-aligned with the weights' labels.
-    Returns (n_segments,) float32 = probs @ weights: in [0, 1] when the weights sum to 1 and probs are in
-    [0, 1]; higher first.
+    weights : (n_labels,) from label_weights; with `members`, (n_concepts,).
+    probs : (n_segments, n_labels) class probabilities, columns index-aligned with the model's labels.
+    members : None, or (n_concepts, n_labels) bool: the labels each concept covers (see the module docstring).
+    Returns (n_segments,) float32 = probs @ weights without members, else sum_c w_c * max(probs[:, members[c]]):
+    in [0, 1] when the weights sum to 1 and probs are in [0, 1]; higher first.
     """
     w = np.asarray(weights, dtype=np.float32)
     p = np.asarray(probs, dtype=np.float32)
     if w.ndim != 1:
         raise ValueError(f"weights must be (n_labels,), got {w.shape}")
-    if p.ndim != 2 or p.shape[1] != w.shape[0]:
-        raise ValueError(f"probs must be (n_segments, {w.shape[0]}), got {p.shape}")
-    return p @ w
+    if members is None:
+        if p.ndim != 2 or p.shape[1] != w.shape[0]:
+            raise ValueError(f"probs must be (n_segments, {w.shape[0]}), got {p.shape}")
+        return p @ w
+    m = np.asarray(members, dtype=bool)
+    if m.shape[0] != w.shape[0] or p.ndim != 2 or p.shape[1] != m.shape[1]:
+        raise ValueError(f"members must be (n_concepts={w.shape[0]}, n_labels) and probs (n_segments, n_labels);"
+                         f" got members {m.shape}, probs {p.shape}")
+    out = np.zeros(p.shape[0], dtype=np.float32)
+    for c in np.flatnonzero(w > 0):
+        out += w[c] * concept_probs(p, m[c])
+    return out
+
+
+def concept_probs(probs: np.ndarray, member_row: np.ndarray) -> np.ndarray:
+    """(n_segments,) the largest probability among the labels a concept covers (0 when it covers none)."""
+    cols = np.flatnonzero(member_row)
+    if len(cols) == 0:
+        return np.zeros(probs.shape[0], dtype=np.float32)
+    if len(cols) == 1:
+        return probs[:, cols[0]]
+    return probs[:, cols].max(axis=1)
 
 
 def explain(query: str, sims: np.ndarray, phrases: Sequence[str], probs_row: np.ndarray, labels: Sequence[str],
             names: Sequence[str] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-            top: int = DEFAULT_TOP) -> str:
+            top: int = DEFAULT_TOP, members: np.ndarray | None = None,
+            concept_names: Sequence[str] | None = None) -> str:
     """Why one segment matched a query, e.g. "matches 'sea waves' (similarity 0.71 to 'ocean surf'), p=0.93".
 
     query : the query text (quoted when nothing matches).
@@ -83,10 +110,29 @@ def explain(query: str, sims: np.ndarray, phrases: Sequence[str], probs_row: np.
     probs_row : (n_labels,) the segment's class probabilities.
     labels : class labels; names : their display names (LabelSpace.names), default labels with spaces.
     The label named is the one contributing most to score() under the same temperature/top.
+    members, concept_names : with concepts (sims and phrases per concept), what each covers and its name;
+        e.g. "matches 'Animal' (similarity 0.93 to 'animals'): 'dog', p=0.91".
     """
     sims = np.asarray(sims, dtype=np.float32)
     probs_row = np.asarray(probs_row, dtype=np.float32)
     names = list(names) if names is not None else [l.replace("_", " ") for l in labels]
+    if members is not None:
+        w = label_weights(sims, temperature=temperature, top=top)
+        nz = np.flatnonzero(w > 0)  # a few concepts: explaining stays cheap with hundreds of them
+        cp = np.where(np.asarray(members, dtype=bool)[nz], probs_row[None, :], -1.0)
+        contrib = w[nz] * np.maximum(cp.max(axis=1), 0)
+        if len(nz) == 0 or contrib.max() <= 0:
+            return f"no recognised sound matches {query!r}"
+        k = int(contrib.argmax())
+        c, best = int(nz[k]), cp[k].argmax()
+        cname = (list(concept_names) if concept_names is not None else names)[c]
+        phrase = phrases[c]
+        if len(phrase) > 60:
+            phrase = phrase[:57].rstrip() + "..."
+        via = "" if phrase.lower() == cname.lower() else f" to '{phrase}'"
+        lab = int(best)
+        what = "" if names[lab].lower() == cname.lower() else f": '{names[lab]}'"
+        return f"matches '{cname}' (similarity {sims[c]:.2f}{via}){what}, p={probs_row[lab]:.2f}"
     contrib = label_weights(sims, temperature=temperature, top=top) * probs_row
     i = int(contrib.argmax())
     if contrib[i] <= 0:
@@ -124,8 +170,8 @@ def label_order(probs: np.ndarray, depth: int | None = None) -> np.ndarray:
     return out
 
 
-def top_segments(weights: np.ndarray, probs: np.ndarray, n: int,
-                 order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_segments(weights: np.ndarray, probs: np.ndarray, n: int, order: np.ndarray | None = None,
+                 members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `n` best rows by score(weights, probs), best first, with their scores (zero scores dropped).
 
     Exact, and at library scale much cheaper than scoring every segment: a query's weights are non-zero
@@ -133,7 +179,11 @@ def top_segments(weights: np.ndarray, probs: np.ndarray, n: int,
     walks those labels' best-first lists (`order`, from label_order) until no unseen segment can beat
     the n-th best seen one (an unseen row has at most the current depth's probability on every label).
     Falls back to scoring every row when the lists are too short to decide, or when `order` is None.
+    With `members` (concept weights, see `score`) the lists walked are those of every label the weighted
+    concepts cover, and the bound is sum_c w_c * max over c's labels of their list's current depth.
     """
+    if members is not None:
+        return _top_segments_concepts(weights, probs, n, order, members)
     w = np.asarray(weights, dtype=np.float32)
     p = np.asarray(probs, dtype=np.float32)
     total = p.shape[0]
@@ -162,3 +212,49 @@ def top_segments(weights: np.ndarray, probs: np.ndarray, n: int,
     top = top[np.argsort(-s[top], kind="stable")]
     keep = s[top] > 0
     return top[keep], s[top][keep]
+
+
+def _top_segments_concepts(weights, probs, n, order, members):
+    w = np.asarray(weights, dtype=np.float32)
+    p = np.asarray(probs, dtype=np.float32)
+    m = np.asarray(members, dtype=bool)
+    total = p.shape[0]
+    nz = np.flatnonzero(w > 0)
+    if n <= 0 or total == 0 or len(nz) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    groups = [np.flatnonzero(m[c]) for c in nz]
+    keep = [i for i, g in enumerate(groups) if len(g)]
+    nz, groups = nz[keep], [groups[i] for i in keep]
+    if len(nz) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    wz = w[nz]
+    cols = np.unique(np.concatenate(groups))
+    pos = {c: i for i, c in enumerate(cols.tolist())}
+    local = [np.array([pos[c] for c in g.tolist()]) for g in groups]
+
+    def scores(rows):
+        sub = p[rows][:, cols]
+        return sum(wc * sub[:, g].max(axis=1) for wc, g in zip(wz, local))
+
+    if order is not None and order.shape[1] > 0 and order.shape[1] < total and n < order.shape[1]:
+        d_max = order.shape[1]
+        depth = min(d_max, max(4 * n, 256))
+        while True:
+            rows = np.unique(order[cols, :depth])
+            s = scores(rows)
+            at_depth = p[order[cols, depth - 1], cols]  # each list's probability at the current depth
+            bound = float(sum(wc * at_depth[g].max() for wc, g in zip(wz, local)))
+            if len(rows) >= n:
+                kth = np.partition(s, len(s) - n)[len(s) - n]
+                if kth >= bound:
+                    top = np.argsort(-s, kind="stable")[:n]
+                    ok = s[top] > 0
+                    return rows[top][ok].astype(np.int64), s[top][ok].astype(np.float32)
+            if depth == d_max:
+                break
+            depth = min(d_max, depth * 4)
+    s = np.asarray(scores(np.arange(total)), dtype=np.float32)
+    top = np.argpartition(-s, n - 1)[:n] if n < total else np.arange(total)
+    top = top[np.argsort(-s[top], kind="stable")]
+    ok = s[top] > 0
+    return top[ok], s[top][ok]

@@ -5,6 +5,7 @@ finds <audio>/<video> elements and embedded players.
 """
 from __future__ import annotations
 
+import http.client
 import tempfile
 import urllib.error
 import urllib.request
@@ -13,8 +14,8 @@ from typing import Iterator
 from urllib.parse import urlparse, unquote
 
 from nels import config
-from nels.sources.guard import check_public_url
-from nels.sources.source import Fetched, Item, provenance_of
+from nels.sources.guard import guarded_opener, plain_opener, split_url
+from nels.sources.source import AUDIO_EXTENSIONS, Fetched, Item, provenance_of
 from nels.errors import SourceError
 
 USER_AGENT = "nels/0.1 (+https://github.com/nels-audio/nels)"
@@ -31,18 +32,23 @@ class HttpSource:
 
     def items(self) -> Iterator[Item]:
         for u in self.urls:
-            name = unquote(Path(urlparse(u).path).name) or urlparse(u).hostname
+            try:
+                name = unquote(Path(urlparse(u).path).name) or urlparse(u).hostname
+            except ValueError:  # "http://[::1": fetching it says why
+                name = u[:200]
             yield Item(u, "url", query=self.query, title=name, webpage_url=u)
 
     def fetch(self, item: Item, workdir: Path) -> Fetched:
-        if not self.allow_private:
-            check_public_url(item.uri)
+        split_url(item.uri)  # a malformed URL ("http://[::1", port 99999, ftp:) is a SourceError, not a crash
+        # untrusted input: every connection (redirect hops too) resolves once, is checked, and goes to the
+        # address checked (so a DNS answer that changes after the check cannot move it)
+        opener = plain_opener() if self.allow_private else guarded_opener()
         req = urllib.request.Request(item.uri, headers={"User-Agent": USER_AGENT})
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout)
+            resp = opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise SourceError(f"{item.uri}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SourceError(f"{item.uri}: unreachable ({reason})") from None
         with resp:
@@ -51,7 +57,9 @@ class HttpSource:
                 from nels.sources.ytdlp import YtDlpSource
 
                 return YtDlpSource([item.uri], allow_private=self.allow_private).fetch(item, workdir)
-            suffix = Path(urlparse(resp.geturl()).path).suffix[:8] or ".bin"
+            # a hint for the demuxer only: the stored name takes the extension of the format decoded
+            suffix = Path(urlparse(resp.geturl()).path).suffix.lower()
+            suffix = suffix if suffix in AUDIO_EXTENSIONS else ".bin"
             fd, tmp = tempfile.mkstemp(suffix=suffix, dir=workdir)
             n = 0
             try:
@@ -61,7 +69,7 @@ class HttpSource:
                         if n > self.max_bytes:
                             raise SourceError(f"{item.uri}: larger than {self.max_bytes // 1024 ** 2} MB, skipped")
                         f.write(block)
-            except (TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 Path(tmp).unlink(missing_ok=True)
                 raise SourceError(f"{item.uri}: download interrupted ({exc})") from None
             except BaseException:

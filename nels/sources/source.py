@@ -55,13 +55,16 @@ class Source(Protocol):
 
 
 def is_url(s: str) -> bool:
-    return urlparse(s).scheme in ("http", "https")
+    return s.split(":", 1)[0].lower() in ("http", "https") and ":" in s
 
 
 def is_ytdlp_target(s: str) -> bool:
     if s.startswith(("ytsearch", "ytdl:")):
         return True
-    host = (urlparse(s).hostname or "").lower()
+    try:
+        host = (urlparse(s).hostname or "").lower()
+    except ValueError:  # a malformed URL ("http://[::1"): a plain URL, whose fetch says what is wrong
+        return False
     return host.endswith(("youtube.com", "youtu.be", "soundcloud.com", "vimeo.com", "bandcamp.com", "freesound.org"))
 
 

@@ -7,16 +7,22 @@ crawl path can run against a local server in tests and air-gapped installs.
 """
 from __future__ import annotations
 
-import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote_plus
 
 from nels import config
 from nels.sources.guard import check_public_url
+from nels.sources.guardproxy import GuardProxy
 from nels.sources.source import Fetched, Item, is_url, is_ytdlp_target, provenance_of
 from nels.errors import SourceError
+
+
+# untrusted input: formats fetched over http(s) only (yt-dlp's own networking, hence the guard proxy), never
+# through an external program (ffmpeg, rtmpdump) that would not go through it
+GUARDED_FORMAT = ("bestaudio[protocol^=http]/bestaudio[protocol^=m3u8]/best[protocol^=http]/best[protocol^=m3u8]")
 
 
 def search_target(query: str, n: int) -> str:
@@ -95,6 +101,25 @@ class YtDlpSource:
         return {"quiet": True, "no_warnings": True, "noprogress": True, "socket_timeout": self.socket_timeout,
                 "retries": 2, "logger": _Logger(), "ignoreerrors": False, "noplaylist": False, **extra}
 
+    @contextmanager
+    def _guarded(self, opts: dict) -> Iterator[GuardProxy | None]:
+        """Untrusted input (allow_private=False): every request yt-dlp makes goes through the guard proxy
+        (checked, pinned), and only formats fetched over http(s) (plain or HLS/DASH) are chosen."""
+        if self.allow_private:
+            yield None
+            return
+        with GuardProxy(timeout=self.socket_timeout) as proxy:
+            opts["proxy"] = proxy.url
+            if "format" in opts:
+                opts["format"] = GUARDED_FORMAT
+            yield proxy
+
+    @staticmethod
+    def _refusal(target: str, proxy: GuardProxy | None) -> SourceError | None:
+        if proxy is not None and proxy.refused:
+            return SourceError(f"{target}: {proxy.refused[0].split(': ', 1)[-1]} (a URL the page led to)")
+        return None
+
     def items(self) -> Iterator[Item]:
         import yt_dlp
 
@@ -105,11 +130,14 @@ class YtDlpSource:
                 check_public_url(target)
             # YouTube lists flat (metadata only, fast); other pages are resolved to find their media
             flat = "in_playlist" if target.startswith("ytsearch") or is_ytdlp_target(target) else False
-            try:
-                with yt_dlp.YoutubeDL(self._opts(extract_flat=flat)) as ydl:
-                    info = ydl.extract_info(target, download=False, process=True)
-            except Exception as exc:
-                raise SourceError(f"{target}: yt-dlp could not list it ({_clean(exc)})") from None
+            opts = self._opts(extract_flat=flat)
+            with self._guarded(opts) as proxy:
+                try:
+                    with yt_dlp.YoutubeDL(opts) as ydl:
+                        info = ydl.extract_info(target, download=False, process=True)
+                except Exception as exc:
+                    raise self._refusal(target, proxy) or SourceError(
+                        f"{target}: yt-dlp could not list it ({_clean(exc)})") from None
             n = 0
             for e in _entries(info or {}):
                 item = entry_to_item(e, query)
@@ -132,13 +160,17 @@ class YtDlpSource:
                           max_filesize=2 * 1024 ** 3, overwrites=True)
         if self.max_duration:
             opts["match_filter"] = yt_dlp.utils.match_filter_func(f"duration <=? {self.max_duration}")
-        try:
-            with yt_dlp.YoutubeDL(opts) as ydl:
-                info = ydl.extract_info(item.uri, download=True)
-        except Exception as exc:
-            raise SourceError(f"{item.uri}: yt-dlp failed ({_clean(exc)})") from None
+        with self._guarded(opts) as proxy:
+            try:
+                with yt_dlp.YoutubeDL(opts) as ydl:
+                    info = ydl.extract_info(item.uri, download=True)
+            except Exception as exc:
+                raise self._refusal(item.uri, proxy) or SourceError(
+                    f"{item.uri}: yt-dlp failed ({_clean(exc)})") from None
         files = [f for f in out.iterdir() if f.is_file() and not f.name.endswith((".part", ".ytdl"))]
         if not files:
+            if refused := self._refusal(item.uri, proxy):
+                raise refused
             raise SourceError(f"{item.uri}: yt-dlp downloaded nothing (filtered out or no audio format)")
         info = info or {}
         prov = provenance_of(item)

@@ -20,8 +20,10 @@ it waits for the searches in flight (and holds new ones) while it does.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from nels.config import HNSW_EF_SEARCH, HNSW_M, HNSW_THRESHOLD
-from nels.errors import LibraryError
+from nels.errors import LibraryError, disk_error
 
 
 class VectorStore(Protocol):
@@ -283,13 +285,25 @@ class FaissStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             tmp = self.path.with_name(self.path.name + ".tmp")
-            faiss.write_index(self.index, str(tmp))
-            os.replace(tmp, self.path)
-            side = {"count": len(self), "max_id": self.max_id, "dim": self.dim, "model": self.model}
             sidecar = self.path.with_suffix(".json")
             tmpj = sidecar.with_name(sidecar.name + ".tmp")
-            tmpj.write_text(json.dumps(side))
-            os.replace(tmpj, sidecar)
+            try:
+                faiss.write_index(self.index, str(tmp))
+                os.replace(tmp, self.path)
+                side = {"count": len(self), "max_id": self.max_id, "dim": self.dim, "model": self.model}
+                tmpj.write_text(json.dumps(side))
+                os.replace(tmpj, sidecar)
+            except (OSError, RuntimeError) as exc:  # faiss says RuntimeError for a failed write (a full disk)
+                tmp.unlink(missing_ok=True)
+                tmpj.unlink(missing_ok=True)
+                err = exc
+                if isinstance(exc, RuntimeError):  # "... write error in F: 1048531 != 5120000 (No space left on device)"
+                    msg = str(exc).strip().splitlines()[-1][-300:]
+                    full = any(t in msg for t in ("No space", "too large", "quota")) \
+                        or shutil.disk_usage(self.path.parent).free < (1 << 20)
+                    err = OSError(errno.ENOSPC if full else errno.EIO, msg)
+                raise disk_error(err, f"cannot write the vector index {self.path.name} (it is a cache: the"
+                                      f" catalogue keeps every vector, and the next open rebuilds it)") from exc
 
     def save(self) -> None:
         """`flush` under its old name."""

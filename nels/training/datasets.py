@@ -7,6 +7,10 @@ Two layouts:
   extension): files are resolved by stem.
 * ``folders``: ``DIR/<class>/*.wav|flac|mp3|ogg|...``, one sub-folder per class (sorted names
   give the label order). No folds: the trainer draws its validation split at random.
+* ``realworld``: ``DIR/labels.csv`` with columns ``file`` (relative to DIR), ``label`` (free text, e.g.
+  "horse neighing") and optionally ``esc50_class`` (one of the 50 ESC-50 class names when the clip belongs
+  to it, else empty); other columns (source, licence, ...) are kept out of the way. Labels may have a
+  single clip. An evaluation layout (``nels evaluate ... --format realworld``): no folds, not for training.
 
 Bad input never becomes a silent wrong label: a missing path, a malformed CSV (missing columns,
 non-integer or inconsistent fold/target values), a class with no files, raise ``DatasetError``;
@@ -42,6 +46,7 @@ class Item:
     path: Path
     label: int
     fold: int | None = None
+    esc50_class: str | None = None  # realworld: the ESC-50 class the clip belongs to, if any
 
 
 @dataclass
@@ -154,12 +159,79 @@ def load_folders(root) -> Dataset:
     return Dataset(root, "folders", [c.name for c in classes], items, None, [])
 
 
+REALWORLD_COLUMNS = ("file", "label")
+
+
+def esc50_class_names() -> list[str]:
+    """The 50 ESC-50 class labels ("dog", "sea_waves", ...), from the shipped vocabulary."""
+    from nels.encoders.text import load_vocabulary
+
+    return list(load_vocabulary().classes)
+
+
+def load_realworld(root) -> Dataset:
+    """Read DIR/labels.csv (file,label[,esc50_class,...]); see the module docstring.
+
+    Labels are sorted for the label order. A listed file that is missing is reported as skipped (an error
+    when none exists); an empty label, a file listed twice, or an esc50_class that is not an ESC-50 class
+    name raises DatasetError with the line.
+    """
+    root = _check_root(root)
+    meta = root / "labels.csv"
+    if not meta.is_file():
+        raise DatasetError(f"{root}: not a realworld layout (no labels.csv with columns file,label[,esc50_class])")
+    try:
+        with open(meta, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in REALWORLD_COLUMNS if c not in cols]
+            if missing:
+                raise DatasetError(f"{meta}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{meta}: not a readable CSV ({exc})") from None
+    if not rows:
+        raise DatasetError(f"{meta}: no rows")
+    known_esc = set(esc50_class_names())
+    parsed, seen, skipped = [], set(), []
+    for line, r in enumerate(rows, start=2):
+        fn = (r.get("file") or "").strip()
+        label = " ".join((r.get("label") or "").split())
+        esc = (r.get("esc50_class") or "").strip() or None
+        if not fn:
+            raise DatasetError(f"{meta}:{line}: empty file")
+        if not label:
+            raise DatasetError(f"{meta}:{line}: empty label for {fn}")
+        if esc is not None and esc not in known_esc:
+            raise DatasetError(f"{meta}:{line}: esc50_class {esc!r} is not an ESC-50 class name "
+                               f"(e.g. dog, sea_waves, crackling_fire; empty when the clip is none)")
+        if fn in seen:
+            raise DatasetError(f"{meta}:{line}: {fn} is listed twice")
+        seen.add(fn)
+        path = root / fn
+        if not path.is_file():
+            skipped.append((str(path), "listed in labels.csv but not found"))
+            continue
+        parsed.append((path, label, esc))
+    if not parsed:
+        raise DatasetError(f"{root}: none of the {len(rows)} files in labels.csv were found")
+    labels = sorted({lab for _, lab, _ in parsed})
+    index = {lab: i for i, lab in enumerate(labels)}
+    items = [Item(path, index[lab], None, esc) for path, lab, esc in parsed]
+    return Dataset(root, "realworld", labels, items, None, skipped)
+
+
+FORMATS = ("esc50", "folders", "realworld")
+
+
 def load_dataset(root, fmt: str = "esc50") -> Dataset:
     if fmt == "esc50":
         return load_esc50(root)
     if fmt == "folders":
         return load_folders(root)
-    raise DatasetError(f"unknown dataset format '{fmt}' (esc50 or folders)")
+    if fmt == "realworld":
+        return load_realworld(root)
+    raise DatasetError(f"unknown dataset format '{fmt}' ({', '.join(FORMATS)})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     vocabulary)."""
     from nels.training.datasets import load_dataset
     from nels.encoders.base import load_encoder
-    from nels.encoders.text import LabelSpace, TextEncoder, load_vocabulary
+    from nels.encoders.text import TextEncoder
     from nels.search import linguistic
 
     t0 = time.time()
@@ -314,9 +314,13 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     with torch.no_grad():
         a_val = towers.embed_audio(torch.from_numpy(emb[va])).numpy()
         q_joint = towers.embed_text(torch.from_numpy(t_all[held])).numpy()
-    space = LabelSpace(labels, load_vocabulary(vocabulary), te)
+    # the linguistic scores exactly as search makes them (hierarchy-aware concepts over the search vocabulary)
+    from nels.encoders.concepts import ConceptSpace, search_vocabulary
+
+    space = ConceptSpace(labels, search_vocabulary(vocabulary), te)
     sims, _ = space.similarity(t_all[held])
-    ling = linguistic.label_weights(sims) @ probs[va].T
+    qw = linguistic.label_weights(sims)
+    ling = np.stack([linguistic.score(qw[i], probs[va], space.members) for i in range(len(qw))])
     clips_val = np.unique(clip[va])
     clip_labels = np.array([label[clip == c][0] for c in clips_val])
     fusion = fit_text_fusion(q_joint @ a_val.T, ling, clip[va], clips_val, clip_labels, owner[held])

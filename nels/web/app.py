@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from nels import config
 from nels.web.errors import install_error_handlers
-from nels.web.middleware import BodyLimit, SecurityHeaders
+from nels.web.middleware import AllowedHosts, BodyLimit, SecurityHeaders
 from nels.web.routes import admin, clips, search, site
 from nels.web.state import AppState
 
@@ -23,12 +23,14 @@ MAX_UPLOAD_BYTES = config.max_upload_bytes()
 
 
 def create_app(library_path, admin_token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               warm: bool = False) -> FastAPI:
+               warm: bool = False, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app over the library at `library_path` (LibraryError when there is none).
 
     admin_token : overrides $NELS_ADMIN_TOKEN (read per request when not given).
     max_upload_bytes : the largest uploaded query file (a request body a little larger is refused, 413).
     warm : load the models and indexes at startup, before serving (what `nels serve` does).
+    allowed_hosts : the Host names answered (others get 400); None: any (an app embedded in another server,
+        which checks hosts itself). `nels serve` always passes a list (`nels.web.server.allowed_hosts`).
     """
     st = AppState(library_path, admin_token, max_upload_bytes)
 
@@ -53,6 +55,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
         app.include_router(routes.router)
     site.mount_static(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 256 * 1024)  # room for the multipart envelope
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts)  # before the body is read
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, refusals included
     return app
 

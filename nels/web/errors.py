@@ -8,23 +8,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nels.errors import DecodeError, LibraryError, ModelError, ModelMismatchError, NelsError, QueryError, SourceError
+from nels.errors import DecodeError, DiskFullError, LibraryError, ModelError, ModelMismatchError, NelsError, QueryError, SourceError
 
 log = logging.getLogger("nels.web")
 STATUS = {QueryError: 400, SourceError: 400, ModelError: 422, DecodeError: 422, ModelMismatchError: 409,
-          LibraryError: 404}
+          DiskFullError: 507, LibraryError: 404}
 
 
 class ApiError(Exception):
     """An answer with `status` and `{"error": message}`, raised from a route."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
-def error_response(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -35,14 +35,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         msg = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and msg == "Not Found":
             msg = f"not found: {request.url.path}"
-        return error_response(exc.status_code, msg)
+        return error_response(exc.status_code, msg, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -73,6 +73,22 @@ def spectrogram_png(media: Path, duration: float, start: float | None = None, en
     return out.getvalue()
 
 
+def outline_png(base_png: bytes, duration: float, start: float, end: float) -> bytes:
+    """`base_png` (a `spectrogram_png` without a span) with [start, end] seconds outlined: a few ms, where a
+    spectrogram costs a decode."""
+    from PIL import Image, ImageDraw
+
+    im = Image.open(io.BytesIO(base_png)).convert("RGB")
+    if duration > 0:
+        d = ImageDraw.Draw(im)
+        x0 = int(WIDTH * min(max(0.0, start), duration) / duration)
+        x1 = int(WIDTH * min(duration, max(end, 0.0)) / duration)
+        d.rectangle([x0, 0, max(x0 + 1, x1 - 1), HEIGHT - 1], outline=(80, 220, 255), width=2)
+    out = io.BytesIO()
+    im.save(out, format="PNG")
+    return out.getvalue()
+
+
 def _per_class(raw) -> dict[str, float]:
     """{class: AP} from the stored JSON: a dict, a list of {label|class, ap} rows, or a plain list."""
     try:

@@ -1,5 +1,6 @@
 """Pure ASGI middleware (Starlette's @app.middleware("http") wraps every response in a stream and cost a
-third of a cached search's server time): security headers on every answer, and the request size cap."""
+third of a cached search's server time): security headers on every answer, the request size cap, and the
+Host check (DNS rebinding)."""
 from __future__ import annotations
 
 import json
@@ -77,4 +78,42 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def host_name(value: str) -> str:
+    """The name of a Host header value, without its port, lower-case ("[::1]:8000" -> "::1")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class AllowedHosts:
+    """Answers only requests whose Host header names this server (`--allowed-hosts`): a page on another site
+    whose name an attacker re-points at 127.0.0.1 (DNS rebinding) then cannot read the API. `hosts` None or
+    containing "*": any host. A name "*.example.org" allows its subdomains."""
+
+    def __init__(self, app, hosts):
+        self.app = app
+        self.hosts = None if hosts is None or "*" in hosts else {host_name(h) for h in hosts}
+
+    def allowed(self, host: str) -> bool:
+        if self.hosts is None:
+            return True
+        name = host_name(host)
+        return name in self.hosts or any(h.startswith("*.") and name.endswith(h[1:]) for h in self.hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or self.hosts is None:
+            return await self.app(scope, receive, send)
+        host = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"host"), "")
+        if self.allowed(host):
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await send({"type": "websocket.close", "code": 1008})
+        body = json.dumps({"error": f"host not allowed: {host[:100]!r} (the server answers to"
+                                    f" {', '.join(sorted(self.hosts))}; see --allowed-hosts)"}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -11,10 +11,23 @@ from nels.web.app import create_app
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def allowed_hosts(host: str = "127.0.0.1", names: str | None = None) -> list[str]:
+    """The Host names `nels serve` answers to: `names` (comma-separated; else $NELS_ALLOWED_HOSTS), else the
+    loopback names plus the address served on when it is a specific one (not 0.0.0.0 or ::)."""
+    names = names if names is not None else config.ALLOWED_HOSTS.get()
+    given = [n.strip() for n in (names or "").split(",") if n.strip()]
+    if given:
+        return given
+    out = list(config.LOOPBACK_HOSTS)
+    if host not in ("0.0.0.0", "::", "") and host not in out:
+        out.append(host)
+    return out
+
+
 def app_from_env() -> FastAPI:
     """The app factory each worker process of `serve(..., workers=N)` calls (the library path comes in
-    $NELS_SERVE_LIBRARY, set by `serve`)."""
-    return create_app(config.SERVE_LIBRARY.get(), warm=True)
+    $NELS_SERVE_LIBRARY and the Host names in $NELS_ALLOWED_HOSTS, both set by `serve`)."""
+    return create_app(config.SERVE_LIBRARY.get(), warm=True, allowed_hosts=allowed_hosts())
 
 
 def default_workers() -> int:
@@ -23,20 +36,25 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def serve(library, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> int:
+def serve(library, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
+          hosts: str | None = None) -> int:
     """Serve the website and API over the library at `library` until interrupted; returns 0.
 
     The library is opened (and migrated) first, so a bad path fails here (LibraryError), before any
     server starts. workers : server processes (None: `default_workers()`); several share the library
-    (and its admin jobs) through the catalogue.
+    (and its admin jobs) through the catalogue. hosts : the Host names answered, comma-separated
+    (`--allowed-hosts`; None: `allowed_hosts(host)`).
     """
     import uvicorn
 
-    app = create_app(library, warm=True)
+    names = allowed_hosts(host, hosts)
+    app = create_app(library, warm=True, allowed_hosts=names)
     path = app.state.nels.lib.path
     workers = workers or default_workers()
     if host not in LOOPBACK and not config.admin_token():
         print("nels: note: serving beyond loopback; admin endpoints are disabled (no NELS_ADMIN_TOKEN)")
+    if host not in LOOPBACK and "*" not in names:
+        print(f"nels: note: answering only requests for {', '.join(names)} (add names with --allowed-hosts)")
     print(f"nels: serving {path} at http://{host}:{port}/ (API docs at /docs; {workers} worker"
           f"{'s' if workers > 1 else ''})", flush=True)
     if workers == 1:
@@ -44,6 +62,7 @@ def serve(library, host: str = "127.0.0.1", port: int = 8000, workers: int | Non
     else:
         app.state.nels.lib.close()
         os.environ[config.SERVE_LIBRARY.env] = str(path)
+        os.environ[config.ALLOWED_HOSTS.env] = ",".join(names)
         uvicorn.run("nels.web.server:app_from_env", factory=True, workers=workers, host=host, port=port,
                     log_level="warning", access_log=False)
     return 0

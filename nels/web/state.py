@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,29 @@ from nels.web.textbatch import TextBatcher
 
 log = logging.getLogger("nels.web")
 SEARCH_THREADS = config.SEARCH_THREADS
+MAX_ID = 2 ** 63 - 1  # SQLite's largest integer: a larger id is a 422, not an OverflowError
+
+
+class ClientRateLimit:
+    """A token bucket per client (address): `per_minute` on average, bursts of `burst`. At most `max_clients`
+    buckets are kept (the least recently seen are forgotten), so a flood of addresses cannot grow memory."""
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000):
+        self.rate, self.burst, self.max_clients = per_minute / 60.0, float(burst), max_clients
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """0.0 when `client` may go ahead (a token is spent), else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            tokens, last = self.buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            self.buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+            while len(self.buckets) > self.max_clients:
+                self.buckets.popitem(last=False)
+            return wait
 
 
 class LRU:
@@ -60,6 +84,7 @@ class AppState:
         self.inflight: dict = {}  # answer-cache key -> asyncio.Future: identical concurrent misses run once
         self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
         self.jobs = JobRunner(self.lib.path)
+        self.feedback_limit = ClientRateLimit(config.FEEDBACK_PER_MINUTE, config.FEEDBACK_BURST)
         self._token = admin_token
         self._text_ok: tuple | None = None  # (catalogue stamp, can this library answer text at all)
 

@@ -5,42 +5,31 @@ They need the token in $NELS_ADMIN_TOKEN (or the app's `admin_token`), sent as `
 """
 from __future__ import annotations
 
-import hmac
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from nels.web.auth import require_admin
 from nels.web.errors import ApiError
-from nels.web.state import AppState, app_state
-
-
-async def require_admin(request: Request) -> None:
-    """401 without a token, 403 with a wrong one or when admin is disabled."""
-    token = request.app.state.nels.admin_token
-    if not token:
-        raise ApiError(403, "admin is disabled on this server (start it with NELS_ADMIN_TOKEN set)")
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-admin-token", "")
-    if not given:
-        raise ApiError(401, "admin token required (Authorization: Bearer <token>)")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(403, "wrong admin token")
+from nels.web.state import MAX_ID, AppState, app_state
 
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 class CrawlRequest(BaseModel):
-    queries: list[str] = Field(..., min_length=1, max_length=50)
+    queries: list[Annotated[str, Field(max_length=500)]] = Field(..., min_length=1, max_length=50)
     per_query: int = Field(10, ge=1, le=100)
-    max_duration: float | None = Field(600.0, gt=0)
+    max_duration: float | None = Field(600.0, gt=0, le=86400, allow_inf_nan=False)
 
 
 class IngestRequest(BaseModel):
-    urls: list[str] = Field(..., min_length=1, max_length=500)
-    max_duration: float | None = Field(None, gt=0)
+    urls: list[Annotated[str, Field(max_length=4000)]] = Field(..., min_length=1, max_length=500)
+    max_duration: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
 
 
 def _job(st: AppState, job: dict) -> dict:
@@ -81,7 +70,7 @@ def admin_jobs(st: AppState = Depends(app_state)):
 
 
 @router.get("/api/admin/jobs/{job_id}", summary="One background job")
-def admin_job(job_id: int, st: AppState = Depends(app_state)):
+def admin_job(job_id: int = PathParam(..., ge=0, le=MAX_ID), st: AppState = Depends(app_state)):
     j = st.jobs.get(job_id)
     if j is None:
         raise ApiError(404, f"no job {job_id}")

@@ -3,30 +3,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mimetypes
 import os
 import threading
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
+from nels import config
+from nels.web.auth import is_admin, public_source
 from nels.web.errors import ApiError
-from nels.web.state import AppState, app_state
+from nels.web.state import MAX_ID, AppState, app_state
 
+# /media serves only these types (media, never a document a browser would run); any other file goes out as
+# application/octet-stream with Content-Disposition: attachment
 MEDIA_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".oga": "audio/ogg", ".m4a": "audio/mp4", ".aac": "audio/aac",
-               ".webm": "audio/webm", ".mp4": "video/mp4", ".mkv": "video/x-matroska"}
+               ".webm": "audio/webm", ".mka": "audio/x-matroska", ".aiff": "audio/aiff", ".aif": "audio/aiff",
+               ".mp4": "video/mp4", ".mkv": "video/x-matroska"}
+# a media answer is never a page: no script, no plug-in, no same-origin access even if a browser renders it
+MEDIA_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Content-Type-Options": "nosniff",
+                 "Cache-Control": "public, max-age=86400", "Accept-Ranges": "bytes"}
 
 router = APIRouter()
+ClipId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="a clip id")]
 
 
 class Feedback(BaseModel):
     query: str = Field(..., min_length=1, max_length=1000)
     mode: str | None = Field(None, max_length=32)
-    clip_id: int
-    segment_id: int | None = None
+    clip_id: int = Field(..., ge=0, le=MAX_ID)
+    segment_id: int | None = Field(None, ge=0, le=MAX_ID)
     relevant: bool
     label: str | None = Field(None, max_length=200)
 
@@ -63,7 +73,7 @@ def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
 
 
 @router.get("/api/clips/{clip_id}", tags=["clips"], summary="A clip, its segments and its timeline of sound events")
-def clip(clip_id: int, st: AppState = Depends(app_state)):
+def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state)):
     c = st.lib.clip(clip_id)
     if c is None:
         raise ApiError(404, f"no clip {clip_id}")
@@ -74,6 +84,8 @@ def clip(clip_id: int, st: AppState = Depends(app_state)):
             c["meta"] = json.loads(c["meta"])
         except ValueError:
             pass
+    if not is_admin(request):  # where a local file lives is the admin's business
+        c["source_uri"] = public_source(c.get("source_uri"))
     c["media_url"] = f"/media/{clip_id}"
     c["spectrogram_url"] = f"/api/spectrogram/{clip_id}.png"
     c["source"] = c.get("webpage_url") or c.get("source_uri")
@@ -82,34 +94,108 @@ def clip(clip_id: int, st: AppState = Depends(app_state)):
 
 
 @router.get("/media/{clip_id}", tags=["clips"], summary="The clip's audio (HTTP Range supported)")
-def media(clip_id: int, st: AppState = Depends(app_state)):
+def media(clip_id: ClipId, st: AppState = Depends(app_state)):
     path, _ = _media_file(st, clip_id)
-    mt = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=mt, headers={"Cache-Control": "public, max-age=86400",
-                                                      "Accept-Ranges": "bytes"})
+    mt = MEDIA_TYPES.get(path.suffix.lower())
+    headers = dict(MEDIA_HEADERS)
+    if mt is None:  # not a known media type (a library from before types were checked): a download, not a page
+        mt = "application/octet-stream"
+        headers["Content-Disposition"] = f'attachment; filename="clip-{clip_id}.bin"'
+    return FileResponse(path, media_type=mt, headers=headers)
 
 
 @router.get("/api/spectrogram/{clip_id}.png", tags=["clips"], summary="A spectrogram thumbnail (segment outlined)")
-def spectrogram(clip_id: int, start: float | None = Query(None, ge=0), end: float | None = Query(None, gt=0),
+def spectrogram(clip_id: ClipId,
+                start: float | None = Query(None, ge=0, allow_inf_nan=False, description="outline from (s)"),
+                end: float | None = Query(None, gt=0, allow_inf_nan=False, description="outline to (s)"),
                 st: AppState = Depends(app_state)):
-    from nels.web.images import spectrogram_png
+    from nels.web.images import outline_png, spectrogram_png
 
     path, row = _media_file(st, clip_id)
-    span = (round(start, 2), round(end, 2)) if start is not None and end is not None else None
-    key = hashlib.sha1(f"{path.name}|{span}".encode()).hexdigest()[:16]
-    cache = st.lib.path / "cache" / "spectrograms" / f"{clip_id}-{key}.png"
-    if not cache.exists():
-        png = spectrogram_png(path, row["duration"], *(span or (None, None)))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(png)
-        os.replace(tmp, cache)
-    return FileResponse(cache, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+    duration = float(row["duration"] or 0.0)
+    span = None
+    if start is not None and end is not None:
+        if start >= duration:
+            raise ApiError(422, f"start {start:g} s is past the end of clip {clip_id} ({duration:.2f} s)")
+        end = min(end, duration)  # clamped to the clip
+        if end <= start:
+            raise ApiError(422, f"end {end:g} s is not after start {start:g} s")
+        span = (round(start, 2), round(end, 2))
+    cache = SpectrogramCache(st.lib.path / "cache" / "spectrograms")
+    key = hashlib.sha1(path.name.encode()).hexdigest()[:16]
+    base = cache.get(f"{clip_id}-{key}.png") or cache.put(f"{clip_id}-{key}.png", spectrogram_png(path, duration))
+    if span is None:
+        return FileResponse(base, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+    # only a segment's own span (what the site asks for) is kept; any other span is drawn on the cached
+    # spectrogram for this answer alone: a stream of distinct spans costs an outline each, and no disk
+    aligned = any(abs(a - span[0]) < 0.01 and abs(b - span[1]) < 0.01 for a, b in st.lib.catalogue.segment_spans(clip_id))
+    name = f"{clip_id}-{key}-{int(span[0] * 100)}-{int(span[1] * 100)}.png"
+    if aligned and (hit := cache.get(name)):
+        return FileResponse(hit, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+    png = outline_png(base.read_bytes(), duration, *span)
+    if aligned:
+        cache.put(name, png)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+
+class SpectrogramCache:
+    """PNG files in one folder, at most SPECTROGRAM_CACHE_FILES of them and SPECTROGRAM_CACHE_BYTES in all; the
+    least recently used go first (a hit refreshes a file's time). Several server processes may share it."""
+
+    def __init__(self, folder: Path, max_files: int | None = None, max_bytes: int | None = None):
+        self.folder = folder
+        self.max_files = config.SPECTROGRAM_CACHE_FILES if max_files is None else max_files
+        self.max_bytes = config.SPECTROGRAM_CACHE_BYTES if max_bytes is None else max_bytes
+
+    def get(self, name: str) -> Path | None:
+        f = self.folder / name
+        try:
+            os.utime(f)
+        except OSError:
+            return None
+        return f
+
+    def put(self, name: str, data: bytes) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = self.folder / name
+        tmp = f.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, f)
+        self.evict(keep=f)
+        return f
+
+    def evict(self, keep: Path | None = None) -> None:
+        files = []
+        for e in os.scandir(self.folder):
+            if e.name.endswith(".png"):
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                files.append((st.st_mtime, st.st_size, e.path))
+        total = sum(size for _, size, _ in files)
+        files.sort()
+        n = len(files)
+        for _, size, p in files:
+            if n <= self.max_files and total <= self.max_bytes:
+                break
+            if keep is not None and p == str(keep):
+                continue
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+            n, total = n - 1, total - size
 
 
 # -- feedback & stats -------------------------------------------------------------------------------------
-@router.post("/api/feedback", tags=["feedback"], summary="Mark a result relevant or not (stored in the library)")
-def feedback(fb: Feedback, st: AppState = Depends(app_state)):
+@router.post("/api/feedback", tags=["feedback"], summary="Mark a result relevant or not (stored in the library)",
+             responses={429: {"description": "too many judgements from this client"}})
+def feedback(fb: Feedback, request: Request, st: AppState = Depends(app_state)):
+    wait = st.feedback_limit.take(request.client.host if request.client else "unknown")
+    if wait:
+        raise ApiError(429, f"too many judgements from this address: at most {config.FEEDBACK_PER_MINUTE} a minute"
+                            f" (try again in {wait:.0f} s)", headers={"Retry-After": str(max(1, round(wait)))})
     cat = st.lib.catalogue
     if not cat.clip_exists(fb.clip_id):
         raise ApiError(404, f"no clip {fb.clip_id}")
@@ -124,9 +210,13 @@ def feedback_list(query: str = Query(..., max_length=1000), st: AppState = Depen
     return {"query": query, "feedback": st.lib.catalogue.latest_feedback(" ".join(query.split()))}
 
 
-@router.get("/api/stats", tags=["library"], summary="Library statistics and available search modes")
-def stats(st: AppState = Depends(app_state)):
+@router.get("/api/stats", tags=["library"], summary="Library statistics and available search modes (the library's"
+            " folder and recent failures for the admin only)")
+def stats(request: Request, st: AppState = Depends(app_state)):
     s = st.lib.stats()
+    if not is_admin(request):  # local paths and admin-submitted URLs are the admin's business
+        s.pop("library", None)
+        s.pop("failures", None)
     s["modes"] = st.modes()
     s["admin_enabled"] = bool(st.admin_token)
     return s

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from nels import config
 from nels.errors import DecodeError
 from nels.web.errors import ApiError
+from nels.web.auth import public_source
 from nels.web.state import AppState, app_state
 
 MAX_QUERY_SECONDS = config.MAX_QUERY_AUDIO_SECONDS
@@ -34,14 +35,18 @@ def _json_bytes(obj) -> bytes:
 def _answer(res, query: str, k: int, page: int) -> dict:
     out = res.to_dict()
     out.update(query=query, k=k, page=page, has_more=len(res) >= k)
+    for r in out["results"]:  # answers are cached and shared: a local file shows its name, never its path
+        r["source"] = public_source(r.get("source"))
     return out
 
 
 @router.get("/api/search", summary="Search by text")
 async def search_text(q: str = Query(..., max_length=1000, description="what to look for, e.g. 'dog barking'"),
                       mode: Mode | None = None, k: int = Query(10, ge=1, le=200),
-                      page: int = Query(1, ge=1, le=1000), label: str | None = None, source: str | None = None,
-                      min_duration: float | None = None, max_duration: float | None = None,
+                      page: int = Query(1, ge=1, le=1000), label: str | None = Query(None, max_length=200),
+                      source: str | None = Query(None, max_length=1000),
+                      min_duration: float | None = Query(None, allow_inf_nan=False),
+                      max_duration: float | None = Query(None, allow_inf_nan=False),
                       st: AppState = Depends(app_state)):
     # Answers are cached, serialised, per library state: a popular query or paging back costs a dict
     # lookup on the event loop (no thread hop, no JSON encoding). A miss runs in the search pool, with
@@ -83,8 +88,9 @@ async def search_text(q: str = Query(..., max_length=1000, description="what to 
 async def search_audio(audio: UploadFile = File(..., description="an audio file (wav, flac, mp3, ogg, webm...)"),
                        q: str | None = Form(None, max_length=1000), mode: Mode | None = Form(None),
                        k: int = Form(10, ge=1, le=200), page: int = Form(1, ge=1, le=1000),
-                       start: float | None = Form(None, ge=0), end: float | None = Form(None, gt=0),
-                       label: str | None = Form(None), source: str | None = Form(None),
+                       start: float | None = Form(None, ge=0, le=MAX_QUERY_SECONDS, allow_inf_nan=False),
+                       end: float | None = Form(None, gt=0, le=MAX_QUERY_SECONDS, allow_inf_nan=False),
+                       label: str | None = Form(None, max_length=200), source: str | None = Form(None, max_length=1000),
                        st: AppState = Depends(app_state)):
     limit_bytes = st.max_upload_bytes
     data = await audio.read(limit_bytes + 1)

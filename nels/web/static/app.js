@@ -360,10 +360,10 @@ async function loadJobs() {
 
 async function loadAdmin() {
   try {
-    const s = await api("/api/stats");
+    const s = await api("/api/stats", { headers: adminHeaders() });  // the admin also sees the folder and failures
     const fmt = (o) => Object.entries(o || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "—";
     $("#stats").replaceChildren(...kv({
-      library: s.library, clips: s.clips, segments: s.segments, hours: s.hours,
+      library: s.library || "(admin only)", clips: s.clips, segments: s.segments, hours: s.hours,
       "vector spaces": Object.entries(s.spaces || {}).map(([k, v]) => `${k} (${v.vectors} vectors, ${v.model})`).join(", ") || "—",
       classifier: s.classifier || "none", "search modes": s.modes.available.join(", ") || "—",
       "crawl items": fmt(s.items), feedback: s.feedback, "admin enabled": s.admin_enabled ? "yes" : "no",
