@@ -38,8 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the test suite's server helpers and hostile inputs
 
-import numpy as np  # noqa: E402
-
 from bench_web import TEXT_QUERIES, multipart, percentile  # noqa: E402
 from devserver import Server, build_library, synth_sounds, wav_bytes  # noqa: E402
 from hostile import garbage_payloads  # noqa: E402

@@ -130,12 +130,20 @@ def test_cli_train_backbone(tmp_path, capsys):
     ds = make_dataset(tmp_path / "ds", per_class=4)
     out = tmp_path / "h"
     rc = main(["train", "--backbone", "yamnet", "--dataset", str(ds), "--format", "folders", "--out", str(out),
-               "--cache", str(tmp_path / "c"), "--hparams", json.dumps({**FAST, "members": 1}), "--json"])
+               "--cache", str(tmp_path / "c"), "--json",
+               "--hparams", json.dumps({**FAST, "members": 1, "input": "embedding+scores", "views": [[0.24, -6]]})])
     assert rc == 0
     s = json.loads(capsys.readouterr().out)
     assert s["model"] == str(out)
     meta = json.loads((out / "model.json").read_text())
     assert meta["training"]["command"].startswith("nels train --backbone yamnet --dataset")
+    # YAMNet's own 521 class scores (log-odds) beside its embedding; an extra view of each clip for training
+    assert meta["input"] == "embedding+scores" and meta["layers"][0] == [1024 + 521, 32]
+    assert meta["metrics"]["train_windows"] > 2 * meta["metrics"]["train_clips"]
+    from nels.encoders.base import create_encoder
+
+    enc = create_encoder(str(out))
+    assert enc.labels[int(enc.clip_probs(synth("tone", seconds=3.0, seed=7), SR).argmax())] == "tone"
     assert main(["train", "--backbone", "yamnet", "--dataset", str(ds), "--format", "folders", "--out", str(out),
                  "--hparams", '{"no_such": 1}']) == 2
 

@@ -332,3 +332,30 @@ def test_float_wavs_with_extreme_samples_are_refused_or_finite(values, seconds):
     idx = np.linspace(0, x.size - 1, len(values)).astype(int)
     x[idx] = np.asarray(values, np.float32)
     _check_pipeline(float_wav(x), ".wav")
+
+
+def test_the_catalogue_refuses_non_finite_numbers_and_keeps_no_orphan_media(tmp_path):
+    """The last line of defence: whatever an encoder produced, NaN never reaches the catalogue, and the media
+    file placed for the refused clip is removed (issue 17: an orphan media file was left)."""
+    from nels.errors import RejectedError
+    from nels.ingest.writer import write
+    from nels.ingest.mapper import Outcome
+    from nels.store.library import ClipRecord
+
+    lib = Library(tmp_path / "lib")
+    (iid,) = lib.catalogue.register_items([Item(str(tmp_path / "a.wav"), "file", title="a.wav")])
+    f = tmp_path / "a.wav"
+    f.write_bytes(pcm16_wav(noise(2.0, 600)))
+    vecs = np.ones((1, 8), np.float32)
+    probs = np.array([[np.nan, 0.5]], np.float32)
+    rec = ClipRecord("f" * 64, f, 2.0, {"source_uri": str(f)}, np.array([0.0]), np.array([2.0]),
+                     {"s": ("m", vecs)}, ("m", ["x", "y"], probs), media_ext=".wav")
+    with pytest.raises(RejectedError, match="non-finite"):
+        lib.store_clip(rec, iid)
+    assert not [p for p in (lib.path / "media").rglob("*") if p.is_file()]
+    assert lib.stats()["clips"] == 0
+    # through the writer, the item fails (with the reason) and the batch could go on
+    assert write(lib, Outcome(iid, str(f), "added", record=rec, content_hash="f" * 64), retries=3) == "failed"
+    (uri, error), = lib.catalogue.failed_items([iid])
+    assert "non-finite" in error and f.exists()  # the user's own file is never touched
+    lib.close()

@@ -120,6 +120,36 @@ def test_a_query_for_the_parent_ranks_the_childrens_segments(fixture_vocabulary,
     assert float(s2.max()) < 0.5
 
 
+def test_concepts_covering_the_same_labels_are_one_group(fixture_vocabulary, tmp_path):
+    labels = ["Bark", "Cat", "Car", "Hiss"]
+    space = ConceptSpace(labels, fixture_vocabulary, encoder=BagOfWords(), cache_dir=tmp_path)
+    groups = {tuple(g) for g in space.group_concepts}
+    assert ("Bark", "Dog") in groups and ("Car", "Vehicle") in groups  # Dog and Vehicle cover one label each
+    assert ("Animal", "Domestic animals, pets") in groups
+    assert space.members.shape == (len(space.groups), 4) and len({r.tobytes() for r in space.members}) == len(space.groups)
+    sims, matched = space.query(["vehicle"])
+    g = int(sims[0].argmax())
+    assert space.group_concepts[g] == ["Car", "Vehicle"] and matched[0][g] == "Vehicle"
+    rows, _ = linguistic.top_segments(linguistic.label_weights(sims[0]), np.eye(4, dtype=np.float32), 4,
+                                      members=space.members)
+    assert rows[0] == 2  # the car segment
+
+
+def test_prefer_specific_gives_a_broader_concept_no_weight_when_a_narrower_one_matches_as_well():
+    from nels.encoders.concepts import narrower_than, prefer_specific
+
+    # groups: 0 {breathing}, 1 {breathing, snoring} ("Breathing"), 2 {snoring}, 3 {dog, cat} ("Animal")
+    members = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
+    nar = narrower_than(members)
+    assert nar[0, 1] and nar[2, 1] and not nar[1, 0] and not nar[0, 3] and not nar[0, 0]
+    s = prefer_specific(np.array([1.0, 1.0, 0.2, 0.1], np.float32), nar)
+    assert s[1] == -np.inf and s[0] == 1.0 and s[2] == np.float32(0.2)
+    w = linguistic.label_weights(s)
+    assert w[1] == 0 and w[0] > 0.99
+    s = prefer_specific(np.array([[0.5, 0.9, 0.4, 0.1]], np.float32), nar)  # the broad word wins: kept
+    assert np.isfinite(s).all()
+
+
 def test_concept_scoring_matches_brute_force():
     rng = np.random.default_rng(0)
     probs = rng.random((3000, 12)).astype(np.float32) ** 3

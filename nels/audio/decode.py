@@ -70,20 +70,25 @@ def container_extension(src: str | os.PathLike) -> str:
     file is called, so that a WAV named x.html is stored, and served, as .wav. '.bin' when unknown."""
     container = _open(src)
     try:
-        name = (container.format.name or "").split(",")[0]
-        ext = CONTAINER_EXTENSIONS.get(name, ".bin")
-        if ext == ".mka" and all(s.codec_context.name in WEBM_CODECS for s in container.streams.audio):
-            ext = ".webm"
-        return ext
+        return _extension(container)
     finally:
         container.close()
+
+
+def _extension(container) -> str:
+    name = (container.format.name or "").split(",")[0]
+    ext = CONTAINER_EXTENSIONS.get(name, ".bin")
+    if ext == ".mka" and all(s.codec_context.name in WEBM_CODECS for s in container.streams.audio):
+        ext = ".webm"
+    return ext
 
 
 def _name(src) -> str:
     return os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<upload>"
 
 
-def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
+           info: dict | None = None) -> Iterator[np.ndarray]:
     """Yield the audio of `src` as float32 mono chunks at `sr` Hz.
 
     Parameters
@@ -94,6 +99,9 @@ def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) 
         Output sample rate; FFmpeg's resampler does the conversion.
     chunk_seconds : float
         Size of the yielded chunks (the last may be shorter). Memory stays O(chunk), not O(file).
+    info : dict, optional
+        Filled with "extension": the file extension of the container format FFmpeg detected (as
+        `container_extension` gives it), so that a caller learns it without opening the file twice.
 
     Raises
     ------
@@ -105,6 +113,8 @@ def stream(src: PathOrFile, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0) 
     container = _open(src)
     chunk = int(chunk_seconds * sr)
     try:
+        if info is not None:
+            info["extension"] = _extension(container)
         astream = container.streams.audio[0]
         astream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)

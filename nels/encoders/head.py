@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +41,20 @@ FORMAT = "nels-head"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.npz"
 POOLINGS = ("windows-mean-prob", "windows-mean-logit")
+INPUTS = ("embedding", "embedding+scores")  # what the head reads per window: the embedding, or it and the
+# backbone's own class scores as log-odds (YAMNet's 521 AudioSet scores: a prior learnt on 2M clips)
+
+
+def head_input(kind: str, emb: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+    """The head's per-window input of kind `kind` (one of INPUTS)."""
+    emb = np.asarray(emb, np.float32)
+    if kind == "embedding":
+        return emb
+    if scores is None:
+        raise ModelError("this head reads the backbone's class scores, and the backbone gives none")
+    s = np.asarray(scores, np.float32)
+    eps = np.float32(1 / 512)  # YAMNet's scores come in steps of 1/256
+    return np.concatenate([emb, np.log(s + eps) - np.log(1 - s + eps)], axis=1)
 
 
 def is_head_folder(path) -> bool:
@@ -161,7 +176,7 @@ def save_head(path, net: HeadNet, labels: list[str], backbone, pooling: str, nam
         "backbone": getattr(backbone, "spec", None) or backbone.space,
         "backbone_name": backbone.name,
         "backbone_sha256": getattr(backbone, "meta", {}).get("weights_sha256"),
-        "embedding_dim": int(net.in_dim),
+        "input_dim": int(net.in_dim),
         "labels": list(labels),
         "layers": [[int(w.shape[1]), int(w.shape[0])] for w, _ in net.members[0]],
         "members": len(net.members),
@@ -206,6 +221,7 @@ class HeadEncoder:
         self.sample_rate = backbone.sample_rate
         self.window, self.hop = backbone.window, backbone.hop
         self.fusion = fusion  # (CNN encoder, weight) or None
+        self.input = meta.get("input", "embedding")
 
     # -- the seam ------------------------------------------------------------------------------------------------
     def frontend(self):
@@ -225,8 +241,8 @@ class HeadEncoder:
         if not mine:
             return Encoded(np.zeros((0, self.dim), np.float32), np.zeros((0, len(self.labels)), np.float32),
                            list(self.labels), np.zeros((0, self.dim), np.float32))
-        rows, _, emb = self.backbone.window_outputs(mine)
-        lp = self.net.log_probs(emb)
+        rows, scores, emb = self.backbone.window_outputs(mine)
+        lp = self.net.log_probs(head_input(self.input, emb, scores))
         if self.fusion is not None:
             seg_lp = np.stack([np.log(np.maximum(pool(lp[r], self.pooling), 1e-30)) for r in rows])
             cnn_lp = np.log(np.maximum(self.fusion[0].encode_features(other).probs, 1e-30))
@@ -242,8 +258,8 @@ class HeadEncoder:
     # -- clip level ----------------------------------------------------------------------------------------------
     def clip_log_probs(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         """(w, C) head log-probabilities of every unique backbone window of the clip's segments."""
-        _, emb = clip_window_embeddings(self.backbone, waveform, sample_rate)
-        return self.net.log_probs(emb)
+        w = clip_windows(self.backbone, waveform, sample_rate)
+        return self.net.log_probs(head_input(self.input, w.emb, w.scores))
 
     def clip_probs(self, waveform: np.ndarray, sample_rate: int, pooling: str | None = None) -> np.ndarray:
         """(C,) class probabilities of a whole clip: its windows pooled the model's way (or `pooling`, one of
@@ -261,10 +277,20 @@ class HeadEncoder:
         return np.exp(fuse(np.log(np.maximum(p, 1e-30)), np.log(np.maximum(pc, 1e-30)), w))
 
 
-def clip_window_embeddings(backbone, waveform: np.ndarray, sample_rate: int, levels: bool = False):
-    """The unique backbone windows of a clip's segments (NELS's framing: `segment_array` with the backbone's
-    window and hop, digital silence skipped; a clip with no such segment is framed whole): (rows per segment,
-    (m, d) embeddings), and with `levels` the (m,) RMS level in dB of each window's audio."""
+@dataclass
+class ClipWindows:
+    """The unique backbone windows of a clip's segments: rows[i] = segment i's windows; emb (m, d); scores
+    (m, n_labels) or None; level (m,) RMS level of each window's audio in dB."""
+
+    rows: list
+    emb: np.ndarray
+    scores: np.ndarray | None
+    level: np.ndarray
+
+
+def clip_windows(backbone, waveform: np.ndarray, sample_rate: int) -> ClipWindows:
+    """The unique backbone windows of a clip's segments, framed as the library frames it (`segment_array` with
+    the backbone's window and hop, digital silence skipped; a clip with no such segment is framed whole)."""
     from nels.audio.segment import Segment, SegmentConfig, segment_array
 
     x = resample(np.asarray(waveform, np.float32).reshape(-1), sample_rate, backbone.sample_rate)
@@ -274,18 +300,16 @@ def clip_window_embeddings(backbone, waveform: np.ndarray, sample_rate: int, lev
     front = backbone.frontend()
     feats = [front(s.audio, int(round(s.start * backbone.sample_rate))) for s in segs]
     if feats:
-        rows, _, emb = backbone.window_outputs(feats)
+        rows, scores, emb = backbone.window_outputs(feats)
     else:
-        rows, emb = [], np.zeros((0, backbone.dim), np.float32)
-    if not levels:
-        return rows, emb
+        rows, scores, emb = [], None, np.zeros((0, backbone.dim), np.float32)
     lev = np.zeros(len(emb), np.float32)
     for f, s, r in zip(feats, segs, rows):  # rows[i][j] is the unique index of segment i's j-th window
         wins = getattr(f, "windows", None)
         for j, u in enumerate(r):
             a = wins[j] if wins is not None and len(wins) == len(r) else s.audio
             lev[u] = 10.0 * np.log10(float(np.mean(np.square(a, dtype=np.float64))) + 1e-10)
-    return rows, emb, lev
+    return ClipWindows(rows, emb, scores, lev)
 
 
 def load_head(path, backbone=None) -> HeadEncoder:
@@ -321,8 +345,13 @@ def load_head(path, backbone=None) -> HeadEncoder:
     if net.n_classes != len(labels):
         raise ModelError(f"{wf}: {net.n_classes} outputs for {len(labels)} labels")
     bb = backbone if backbone is not None else _backbone(spec, meta.get("backbone_sha256"), path)
-    if net.in_dim != bb.dim:
-        raise ModelError(f"{path}: the head reads {net.in_dim}-d embeddings, the backbone gives {bb.dim}")
+    kind = meta.get("input", "embedding")
+    if kind not in INPUTS:
+        raise ModelError(f"{mj}: input {kind!r} is not one of {INPUTS}")
+    probe = head_input(kind, np.zeros((1, bb.dim), np.float32),
+                       np.zeros((1, len(bb.labels or [])), np.float32) if kind != "embedding" else None)
+    if net.in_dim != probe.shape[1]:
+        raise ModelError(f"{path}: the head reads {net.in_dim} values per window, the backbone gives {probe.shape[1]}")
     fusion = None
     fz = meta.get("fusion")
     if fz:
@@ -334,7 +363,9 @@ def load_head(path, backbone=None) -> HeadEncoder:
         if cnn.sample_rate != bb.sample_rate:
             raise ModelError(f"{path}: the fused CNN reads {cnn.sample_rate} Hz, the backbone {bb.sample_rate} Hz")
         fusion = (cnn, float(fz["weight"]))
-    return HeadEncoder(net, labels, bb, pooling, meta.get("name", path.name), meta, path.resolve(), fusion)
+    enc = HeadEncoder(net, labels, bb, pooling, meta.get("name", path.name), meta, path.resolve(), fusion)
+    enc.input = kind
+    return enc
 
 
 def load_folder(arg: str | None) -> HeadEncoder:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nels.audio.decode import container_extension, probe_duration, stream
+from nels.audio.decode import probe_duration, stream
 from nels.audio.segment import SegmentConfig, segments
 from nels.encoders.base import Encoder, encode_segments_with, group_encoders
 from nels.errors import DecodeError, SourceError
@@ -42,14 +42,15 @@ class TooLong(Exception):
 
 
 def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConfig = SegmentConfig(),
-                max_duration: float | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
+                max_duration: float | None = None,
+                info: dict | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
     """Decode, segment and encode `path` with every encoder: each acoustic encoder reads the same segments
     (decoded once, at the first encoder's rate); derived ones (the joint space) map the acoustic encoder
     before them.
 
     Returns (duration, starts, ends, vectors {space: (model, (n, dim))}, probs: None, (model, labels,
     (n, C)) for one classifier, or a list of them for several). Raises DecodeError for unreadable audio,
-    TooLong when over `max_duration`.
+    TooLong when over `max_duration`. info : filled by decoding (see `nels.audio.decode.stream`).
     """
     groups = group_encoders(encoders)
     sr = groups[0][0].sample_rate
@@ -61,7 +62,7 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
 
     def counted():
         nonlocal total
-        for chunk in stream(path, sr=sr):
+        for chunk in stream(path, sr=sr, info=info):
             total += chunk.size
             if max_duration is not None and total > max_duration * sr:
                 raise TooLong(f"longer than the {max_duration:.0f} s limit")
@@ -140,8 +141,10 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
         if existing is not None:
             return Outcome(work.item_id, uri, "duplicate", clip_id=existing, content_hash=digest)
         try:
-            duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration)
-            media_ext = container_extension(fetched.path)  # by content: a WAV named x.html is stored as .wav
+            info: dict = {}
+            duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration,
+                                                                 info)
+            media_ext = info["extension"]  # by content, as decoding found it: a WAV named x.html is stored as .wav
         except TooLong as exc:
             return Outcome(work.item_id, uri, "skipped", error=str(exc))
         except DecodeError as exc:

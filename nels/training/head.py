@@ -4,7 +4,7 @@ A small classifier head (an MLP, `nels.encoders.head`) learns the dataset's clas
 window embeddings (YAMNet: 1024-d, one per 0.975 s window), the clip's label on every window of the clip.
 
 * **Windows, computed once.** Each clip is framed as the library frames it (2 s / 1 s segments, digital
-  silence skipped, the backbone's windows inside them: `nels.encoders.head.clip_window_embeddings`); the
+  silence skipped, the backbone's windows inside them: `nels.encoders.head.clip_windows`); the
   embeddings are cached per (dataset files, backbone weights, view) as an .npz under `$NELS_CACHE/backbone`.
   Extra *views* of each clip (hparam `views`: [offset seconds, gain dB] pairs) shift the window grid and the
   level before the backbone sees the audio; they add training windows only.
@@ -38,7 +38,7 @@ from nels import config
 from nels.errors import DatasetError, ModelError, NelsError
 
 HEAD_VERSION = "1"
-CACHE_VERSION = 1  # bump when the framing of the cached windows changes
+CACHE_VERSION = 2  # bump when the framing or the content of the cached windows changes
 
 
 def default_head_hparams() -> dict:
@@ -49,6 +49,7 @@ def default_head_hparams() -> dict:
         "batch_size": 256,
         "lr": 1e-3,
         "weight_decay": 1e-2,
+        "input": "embedding",  # or 'embedding+scores': with the backbone's own class scores (log-odds)
         "hidden": [1024],  # hidden layer sizes ([] = logistic regression on the embedding)
         "dropout": 0.5,
         "input_dropout": 0.2,
@@ -77,6 +78,7 @@ class Windows:
     owner: np.ndarray  # (m,) int
     level: np.ndarray  # (m,) float32
     skipped: list
+    scores: np.ndarray | None = None  # (m, n_labels) the backbone's class scores, where it has classes
 
     def of(self, clip: int) -> np.ndarray:
         return np.flatnonzero(self.owner == clip)
@@ -98,7 +100,7 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
     gain dB): the clip is cut at the offset and scaled before framing. Undecodable / wrong-length clips are
     skipped and reported (a class left without clips is a DatasetError)."""
     from nels.audio.decode import decode
-    from nels.encoders.head import clip_window_embeddings
+    from nels.encoders.head import clip_windows
 
     cache_dir = Path(cache_dir) if cache_dir else config.cache_dir() / "backbone"
     key = _cache_key(ds, backbone, view)
@@ -110,7 +112,7 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
                 meta = json.loads(str(z["meta"]))
                 items = [by_path[p] for p in meta["paths"]]
                 out = Windows(items, z["emb"].astype(np.float32), z["owner"].astype(int), z["level"].astype(np.float32),
-                              [tuple(s) for s in meta["skipped"]])
+                              [tuple(s) for s in meta["skipped"]], z["scores"] if "scores" in z.files else None)
             for p, why in out.skipped:
                 log(f"skipped {p}: {why}")
             out.skipped = list(ds.skipped) + out.skipped
@@ -118,7 +120,7 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
         except Exception as exc:  # noqa: BLE001 - a broken cache is recomputed, never trusted
             log(f"window cache {f} unreadable ({exc}); recomputing")
     offset, gain = float(view[0]), float(view[1])
-    items, embs, owners, levels, skipped = [], [], [], [], []
+    items, embs, owners, levels, scores, skipped = [], [], [], [], [], []
     sr = backbone.sample_rate
     it_iter = ds.items
     if progress:
@@ -146,10 +148,13 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
             x = x[int(round(offset * sr)):]
         if gain:
             x = np.clip(x * np.float32(10 ** (gain / 20)), -1.0, 1.0)
-        _, emb, lev = clip_window_embeddings(backbone, x, sr, levels=True)
+        cw = clip_windows(backbone, x, sr)
+        emb, lev = cw.emb, cw.level
         if not len(emb):
             skipped.append((str(it.path), "no window holds sound"))
             continue
+        if cw.scores is not None:
+            scores.append(np.asarray(cw.scores, np.float32))
         owners.append(np.full(len(emb), len(items)))
         items.append(it)
         embs.append(emb.astype(np.float32))
@@ -162,13 +167,15 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
     lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
     if lost:
         raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
-    out = Windows(items, np.concatenate(embs), np.concatenate(owners), np.concatenate(levels), skipped)
+    out = Windows(items, np.concatenate(embs), np.concatenate(owners), np.concatenate(levels), skipped,
+                  np.concatenate(scores) if len(scores) == len(embs) else None)
     log(f"{backbone.space} windows of {len(items)} clips (view offset {offset:g} s, gain {gain:+g} dB): "
         f"{len(out.emb)} windows in {time.time() - t0:.0f} s")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = f.with_name(f.name + ".tmp.npz")
-        np.savez(tmp, emb=out.emb.astype(np.float16), owner=out.owner.astype(np.int32), level=out.level,
+        extra = {} if out.scores is None else {"scores": out.scores}
+        np.savez(tmp, emb=out.emb, owner=out.owner.astype(np.int32), level=out.level, **extra,
                  meta=np.array(json.dumps({"paths": [str(i.path) for i in items], "skipped": skipped})))
         tmp.replace(f)
     except OSError as exc:
@@ -348,7 +355,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     docstring). Returns a summary (paths, metrics)."""
     import torch
 
-    from nels.encoders.head import POOLINGS, HeadNet, fuse, save_head
+    from nels.encoders.head import INPUTS, POOLINGS, HeadNet, fuse, head_input, save_head
     from nels.metrics import classification_metrics
     from nels.training import datasets as D
     from nels.training.train import Log, source_group, stratified_split
@@ -388,6 +395,10 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     W = window_embeddings(ds, bb, cache, (0.0, 0.0), log=log, progress=progress and not quiet)
     extra_views = [window_embeddings(ds, bb, cache, v, log=log, progress=progress and not quiet) for v in views]
     feat_seconds = time.time() - t_feat
+    if hp["input"] not in INPUTS:
+        raise DatasetError(f"input must be one of {list(INPUTS)}, not {hp['input']!r}")
+    for V in [W, *extra_views]:
+        V.x = head_input(hp["input"], V.emb, V.scores)  # what the head reads per window
     t0 = time.time()
     items = W.items
     labels_all = np.array([it.label for it in items])
@@ -413,7 +424,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
             peak = np.full(len(V.items), -np.inf)
             np.maximum.at(peak, V.owner, V.level)
             keep &= V.level >= peak[V.owner] - float(hp["min_level_db"])
-        xs.append(V.emb[keep])
+        xs.append(V.x[keep])
         ys.append(labels_all[clip[keep]])
         ws.append(clip[keep])
     X = np.concatenate(xs)
@@ -425,7 +436,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     std = np.maximum(X.std(axis=0), 1e-3).astype(np.float32)
     Xs = ((X - mean) / std).astype(np.float32)
     vmask = np.isin(W.owner, va)
-    val = (((W.emb[vmask] - mean) / std).astype(np.float32), W.owner[vmask], va, labels_all[va])
+    val = (((W.x[vmask] - mean) / std).astype(np.float32), W.owner[vmask], va, labels_all[va])
     log(f"{len(X)} training windows ({len(views)} extra view(s)), {int(vmask.sum())} validation windows; "
         f"hidden {hp['hidden']}, {hp['members']} member(s)")
     n_classes = len(ds.labels)
@@ -440,7 +451,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     net = HeadNet(members, mean, std)
     val_by_pool: dict = {}
     if len(va):
-        per = clip_log_probs(net, W.emb, W.owner, va)
+        per = clip_log_probs(net, W.x, W.owner, va)
         val_by_pool = {pl: round(float((pooled(per, pl).argmax(1) == labels_all[va]).mean()), 4) for pl in POOLINGS}
     pooling = hp["pooling"]
     if pooling == "validation":
@@ -457,7 +468,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
         cnn = _load_fusion_cnn(hp["fuse_cnn"], ds.labels, exclude_fold, seed, log)
         if not len(va):
             raise DatasetError("fuse_cnn: the fusion weight is chosen on validation clips, and this dataset has none")
-        head_val = pooled(clip_log_probs(net, W.emb, W.owner, va), pooling)
+        head_val = pooled(clip_log_probs(net, W.x, W.owner, va), pooling)
         cnn_val = _cnn_clip_probs(cnn, ds, [items[i] for i in va], cache, log)
         accs = {}
         for fw in hp["fuse_weights"]:
@@ -479,7 +490,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     train_seconds = time.time() - t0
     metrics["train_seconds"] = round(train_seconds, 1)
     if len(test):
-        per = clip_log_probs(net, W.emb, W.owner, test)
+        per = clip_log_probs(net, W.x, W.owner, test)
         by_pool = {}
         for pl in POOLINGS:
             p = pooled(per, pl)
@@ -498,7 +509,7 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     licence = ("CC BY-NC 3.0 (trained on ESC-50, K. J. Piczak): research and non-commercial use only"
                if esc else "trained on a user-supplied dataset: the head carries that dataset's licence terms")
     name = f"{out.name}-head-v{HEAD_VERSION}"
-    extra = {"backbone": backbone, "version": HEAD_VERSION,
+    extra = {"backbone": backbone, "version": HEAD_VERSION, "input": hp["input"],
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "training": {"command": cmd, "dataset": str(ds.root), "format": fmt, "exclude_fold": exclude_fold,
                           "seed": seed, "hparams": hp},
@@ -541,7 +552,7 @@ def write_head_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, po
         for k, v in metrics["test"].items():
             lines.append(f"| {k} | {v['accuracy']:.4f} | {v['mAP']:.4f} |")
     lines += ["", "## Model", "",
-              f"- layers: {bb.dim} -> " + " -> ".join(str(h) for h in hp["hidden"]) + f" -> {len(ds.labels)}"
+              f"- input per window: {hp['input']}; layers: " + " -> ".join(str(h) for h in hp["hidden"]) + f" -> {len(ds.labels)}"
               f" (ReLU), {hp['members']} member(s) averaged; numpy at inference",
               f"- hyper-parameters: {json.dumps(hp)}", "",
               "## Licence", "", f"- this head: {licence}",

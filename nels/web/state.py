@@ -85,6 +85,7 @@ class AppState:
         self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
         self.jobs = JobRunner(self.lib.path)
         self.feedback_limit = ClientRateLimit(config.FEEDBACK_PER_MINUTE, config.FEEDBACK_BURST)
+        self.stats_cache: tuple | None = None  # (catalogue stamp, time, Library.stats()) for /api/stats
         self._token = admin_token
         self._text_ok: tuple | None = None  # (catalogue stamp, can this library answer text at all)
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,7 @@ MEDIA_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Co
                  "Cache-Control": "public, max-age=86400", "Accept-Ranges": "bytes"}
 
 router = APIRouter()
+STATS_TTL = 5.0  # seconds an /api/stats answer is reused (it is also renewed by any commit to the library)
 ClipId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="a clip id")]
 
 
@@ -213,7 +215,13 @@ def feedback_list(query: str = Query(..., max_length=1000), st: AppState = Depen
 @router.get("/api/stats", tags=["library"], summary="Library statistics and available search modes (the library's"
             " folder and recent failures for the admin only)")
 def stats(request: Request, st: AppState = Depends(app_state)):
-    s = st.lib.stats()
+    # counting 100k segments costs about a second: computed once per catalogue state and STATS_TTL seconds,
+    # not once per (anonymous) request
+    stamp, now = st.lib.data_version(), time.monotonic()
+    cached = st.stats_cache
+    if cached is None or cached[0] != stamp or now - cached[1] > STATS_TTL:
+        cached = st.stats_cache = (stamp, now, st.lib.stats())
+    s = dict(cached[2])
     if not is_admin(request):  # local paths and admin-submitted URLs are the admin's business
         s.pop("library", None)
         s.pop("failures", None)
