@@ -108,7 +108,7 @@ def _retrieval_realworld(args) -> int:
     if _report(res, args, "retrieval-realworld.json"):
         return 0
     print(f"retrieval on {res['dataset']} ({res['clips']} clips, {res['segments']} segments, {res['esc50_clips']} clips"
-          f" of {res['esc50_classes']} ESC-50 classes), model {res['model']}; default modes: text"
+          f" of {res['esc50_classes']} ESC-50 classes), model {res['spec'] or res['model']}; default modes: text"
           f" {res['default_mode']['text']}, audio {res['default_mode']['audio']}")
     for name in ("text_esc50_names", "text_paraphrases", "text_other_labels", "audio"):
         for mode, r in res[name].items():

@@ -105,7 +105,8 @@ def evaluate_retrieval_realworld(dataset: str, model: str | None = None, workdir
     modes_text = modes_text or ((["linguistic"] if has_probs else []) + (["joint", "fused"] if has_joint else []))
     modes_audio = modes_audio or (["acoustic", "joint", "fused"] if has_joint else ["acoustic"])
     present = sorted(set(esc_truth.values()))
-    out = {"dataset": str(dataset), "format": "realworld", "model": lib.get_meta("model_name"), "clips": n,
+    out = {"dataset": str(dataset), "format": "realworld", "model": lib.get_meta("model_name"),
+           "spec": lib.get_meta("model"), "clips": n,
            "segments": lib.stats()["segments"], "skipped": [p for p, _ in ds.skipped],
            "esc50_clips": len(esc_truth), "esc50_classes": len(present),
            "default_mode": {"text": default_mode(lib, True, False, has_joint) if (has_probs or has_joint) else None,
