@@ -15,7 +15,7 @@ import pytest
 from conftest import SR, synth, write_wav
 
 CLASSES = ("clicks", "noise", "tone")
-FAST = {"epochs": 12, "patience": 12, "hidden": [32], "batch_size": 32, "members": 2}
+FAST = {"epochs": 12, "patience": 12, "hidden": [32], "batch_size": 32, "members": 2, "views": []}
 
 
 def needs_yamnet():
