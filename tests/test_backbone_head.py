@@ -180,3 +180,47 @@ def test_bad_input_gives_clear_errors(tmp_path, trained):
     (moved / "head.npz").write_bytes(b"not weights")
     with pytest.raises(ModelError, match="checksum"):
         create_encoder(str(moved))
+
+
+def test_late_fusion_with_a_cnn(trained, tmp_path):
+    """fuse_cnn: the weight is chosen on validation clips, the CNN is copied into the head folder and runs beside
+    the backbone on the same segments; a CNN trained with another seed (other validation clips) is refused."""
+    import torch
+
+    from nels.audio.features import FeatureConfig
+    from nels.encoders.base import create_encoder
+    from nels.encoders.cnn import build_model, save_model
+    from nels.errors import DatasetError
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.library import Library
+    from nels.training.head import train_head
+
+    ds, _, cache, _ = trained
+    torch.manual_seed(0)
+    cnn = tmp_path / "cnn"
+    save_model(cnn, build_model(3, FeatureConfig().n_mels).eval(), list(CLASSES), FeatureConfig(), {}, "toy-cnn",
+               {"training": {"exclude_fold": None, "seed": 0}, "pooling": "segments-mean-prob"})
+    out = tmp_path / "fused"
+    s = train_head(str(ds), "folders", None, str(out), "yamnet", seed=0, cache=str(cache), quiet=True, progress=False,
+                   hparams={**FAST, "members": 1, "fuse_cnn": str(cnn), "fuse_weights": [0.0, 0.3]})
+    assert set(s["metrics"]["fusion_validation_accuracy"]) == {"0.0", "0.3"}
+    out2 = tmp_path / "fused2"
+    train_head(str(ds), "folders", None, str(out2), "yamnet", seed=0, cache=str(cache), quiet=True, progress=False,
+               hparams={**FAST, "members": 1, "fuse_cnn": str(cnn), "fuse_weights": [0.3]})
+    meta = json.loads((out2 / "model.json").read_text())
+    assert meta["fusion"]["weight"] == 0.3 and (out2 / "cnn" / "model.json").is_file()
+    enc = create_encoder(str(out2))
+    assert enc.fusion is not None and enc.fusion[1] == 0.3
+    seg = enc.encode(synth("tone", seconds=4.0, seed=1), SR)
+    assert seg.probs.shape == (3, 3) and np.allclose(seg.probs.sum(1), 1, atol=1e-4)
+    p = enc.clip_probs(synth("tone", seconds=4.0, seed=1), SR)
+    assert p.shape == (3,) and abs(float(p.sum()) - 1) < 1e-4
+    d = tmp_path / "in"
+    write_wav(d / "a.wav", synth("noise", seconds=3.0, seed=2))
+    lib = Library(tmp_path / "lib")
+    rep = ingest(lib, [str(d)], model=str(out2), options=IngestOptions(progress=False))
+    assert len(rep.added) == 1 and not rep.failed
+    lib.close()
+    with pytest.raises(DatasetError, match="--seed"):
+        train_head(str(ds), "folders", None, str(tmp_path / "f3"), "yamnet", seed=1, cache=str(cache), quiet=True,
+                   progress=False, hparams={**FAST, "fuse_cnn": str(cnn)})
