@@ -605,3 +605,27 @@ class Catalogue:
                           + (" AND status = 'running'" if only_if_running else ""),
                           (status, time.time(), json.dumps(result) if result is not None else None, error, job_id))
 
+    # -- weakly covered text queries (the vocabulary grows from them) -----------------------------------
+    def log_weak_query(self, query: str, score: float, label: str | None, now: float | None = None) -> None:
+        """Count one asking of a text query whose best class match was weak (score: the coverage signal)."""
+        q = " ".join(query.split()).lower()
+        if not q:
+            return
+        t = time.time() if now is None else now
+        self._write("INSERT INTO query_log(query, count, best_score, best_label, first_at, last_at) "
+                    "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT(query) DO UPDATE SET count = count + 1, "
+                    "best_score = excluded.best_score, best_label = excluded.best_label, last_at = excluded.last_at",
+                    (q, float(score), label, t, t))
+
+    def weak_queries(self, status: str | None = "open", limit: int = 100) -> list[dict]:
+        """Logged weak queries, most asked first (status None: all)."""
+        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = self.conn.execute(f"SELECT query, count, best_score, best_label, first_at, last_at, status "
+                                 f"FROM query_log {where} ORDER BY count DESC, last_at DESC LIMIT ?",
+                                 (*args, int(limit))).fetchall()
+        return [dict(r) for r in rows]
+
+    def set_query_status(self, query: str, status: str) -> bool:
+        """Mark a logged query accepted or dismissed; False when it was never logged."""
+        q = " ".join(query.split()).lower()
+        return self._write("UPDATE query_log SET status = ? WHERE query = ?", (status, q)).rowcount > 0

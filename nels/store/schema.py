@@ -7,7 +7,7 @@ index file that lags behind is caught up (or rebuilt) on the next open.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each migration brings the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -104,6 +104,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE items ADD COLUMN claimed_by TEXT;
     ALTER TABLE items ADD COLUMN claimed_at REAL;
+    """,
+    # 5 -> 6: text queries the vocabulary covers weakly (candidates for new classes; issue 16's growing vocabulary)
+    """
+    CREATE TABLE query_log (
+        query TEXT PRIMARY KEY,          -- normalised: lower case, single spaces
+        count INTEGER NOT NULL DEFAULT 0,
+        best_score REAL,                 -- the coverage score of the last time it was asked
+        best_label TEXT,                 -- the closest class then
+        first_at REAL NOT NULL, last_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'open'   -- open | accepted | dismissed
+    );
+    CREATE INDEX query_log_status ON query_log(status, count);
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
