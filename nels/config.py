@@ -34,13 +34,14 @@ VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss", "the vector store of new li
 RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process) or pool (a process per core)")
 SERVE_LIBRARY = Setting("NELS_SERVE_LIBRARY", "", "set by `nels serve --workers N` for its worker processes")
 CHROMIUM = Setting("NELS_CHROMIUM", "/usr/bin/chromium", "the browser of the browser tests and bench/screenshot.py")
+MODEL = Setting("NELS_MODEL", "", "the encoders of a new library when `--model` is not given; unset: default+yamnet where the YAMNet weights are installed, else the ESC-50 CNN alone")
 MODELS = Setting("NELS_MODELS", "", "where `nels models fetch\\|add` install pretrained weights; unset: `$NELS_CACHE/models`")
 ALLOWED_HOSTS = Setting("NELS_ALLOWED_HOSTS", "",
                         "Host names the website answers to, comma-separated (`nels serve --allowed-hosts`; `*`: any);"
                         " unset: loopback names and the address served on")
 
 SETTINGS: tuple[Setting, ...] = (LIBRARY, CACHE, ADMIN_TOKEN, MAX_UPLOAD_MB, BF16, YTDLP_SEARCH, ESC50, VECTOR_STORE,
-                                 RUNNER, SERVE_LIBRARY, CHROMIUM, MODELS, ALLOWED_HOSTS)
+                                 RUNNER, SERVE_LIBRARY, CHROMIUM, MODEL, MODELS, ALLOWED_HOSTS)
 
 # -- audio ---------------------------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Hz: what decoding produces unless an encoder asks for another rate

@@ -11,6 +11,7 @@ one, follows it.
 """
 from __future__ import annotations
 
+from nels import config
 from nels.encoders.base import Encoder, create_encoder
 from nels.encoders.joint import joint_encoder_for
 from nels.errors import ModelMismatchError
@@ -65,12 +66,38 @@ def primaries(encoders) -> list[Encoder]:
     return [e for e in encoders if not hasattr(e, "encode_from")]
 
 
-def library_encoders(lib, model: str | None) -> list[Encoder]:
+NO_BACKBONE_NOTE = ("the YAMNet backbone is not installed, so this library uses the ESC-50 CNN alone (50 classes);"
+                    " 'nels models fetch yamnet' (or 'nels models add yamnet FILE') adds YAMNet's 521 AudioSet classes"
+                    " to new libraries")
+
+
+def default_spec() -> tuple[str, str | None]:
+    """(spec, note) for a new library indexed without `--model`: $NELS_MODEL when set; else the best measured
+    configuration, the own CNN + YAMNet fused ("default+yamnet", bench/RESULTS.md "Pretrained backbones"),
+    where the YAMNet weights are installed (or a development machine's shared copy is found); else the CNN
+    alone, with a note that says so and how to get the backbone."""
+    chosen = config.MODEL.get()
+    if chosen:
+        return chosen, None
+    from nels.encoders.installed import find
+
+    if find("yamnet") is not None:
+        return "default+yamnet", None
+    return "default", NO_BACKBONE_NOTE
+
+
+def library_encoders(lib, model: str | None, note=None) -> list[Encoder]:
     """The encoders a library ingests with (see `encoders_for`): fixed at the first ingest; another spec
-    needs `nels reindex`."""
+    needs `nels reindex`. A new library without `model` gets `default_spec()` (its note, if any, goes to
+    `note(str)`); an existing one keeps what it was indexed with."""
     current = lib.get_meta("model")
     if model is None:
-        model = current or "default"
+        if current is None and lib.newest_ids()["segments"] == 0:
+            model, why = default_spec()
+            if why and note is not None:
+                note(why)
+        else:
+            model = current or "default"
     encoders = encoders_for(model)
     enc = encoders[0]
     if current is None or lib.newest_ids()["segments"] == 0:

@@ -93,7 +93,8 @@ def _bar(total: int, enabled: bool, desc: str):
 def run(lib: Library, sources: Sequence[Source], model: str | None, options: IngestOptions,
         runner: Runner | None = None) -> IngestReport:
     """Discover every source's items, then process the due ones with `runner` and write them here."""
-    library_encoders(lib, model)  # checks (or fixes, on a new library) the model the library uses
+    # checks (or fixes, on a new library) the model the library uses
+    library_encoders(lib, model, note=lambda m: print(f"note: {m}", file=sys.stderr) if options.progress else None)
     spec = lib.get_meta("model") or "default"
     runner = runner or make_runner()
     report = IngestReport()
