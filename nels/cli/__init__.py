@@ -17,6 +17,21 @@ def _default_library() -> str:
     return config.library_path()
 
 
+def _runner_arguments(s) -> None:
+    """--runner and its options (ingest, crawl, reindex)."""
+    s.add_argument("--runner", default=None, choices=["local", "pool", "ray"],
+                   help="where items are processed: local (this process), pool (a process per core) or ray (a Ray"
+                        " cluster, `pip install nels[scale]`); default $NELS_RUNNER or local")
+    s.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="pool runner: worker processes (default: one per core); ray runner: actors (default: the"
+                        " cluster's CPUs / --ray-cpus-per-worker)")
+    s.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="ray runner: the cluster (auto: the one `ray start --head` runs here); default $RAY_ADDRESS,"
+                        " else a Ray instance started for this command")
+    s.add_argument("--ray-cpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="ray runner: CPUs each actor reserves (and its torch threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nels", description="NELS, a Never-Ending Learner of Sounds.")
     p.add_argument("--library", default=None, metavar="DIR",
@@ -31,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=float, default=None, metavar="SEC", help="skip items longer than this")
     s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
     s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
-    s.add_argument("--runner", default=None, choices=["local", "pool"],
-                   help="where items are processed: local (this process) or pool (a process per core); default $NELS_RUNNER or local")
-    s.add_argument("--processes", type=int, default=None, metavar="N", help="pool runner: worker processes (default: one per core)")
+    _runner_arguments(s)
     s.add_argument("--retries", type=int, default=3, help="attempts per failing item across runs")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.ingest:cli_ingest")
@@ -45,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=float, default=600.0, metavar="SEC")
     s.add_argument("--max-items", type=int, default=None)
     s.add_argument("--rate-limit", type=float, default=0.5, metavar="PER_SEC")
-    s.add_argument("--runner", default=None, choices=["local", "pool"],
-                   help="where items are processed: local (this process) or pool (a process per core); default $NELS_RUNNER or local")
-    s.add_argument("--processes", type=int, default=None, metavar="N", help="pool runner: worker processes (default: one per core)")
+    _runner_arguments(s)
     s.add_argument("--retries", type=int, default=3)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.ingest:cli_crawl")
@@ -85,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("reindex", help="re-encode every clip with another model (e.g. a newer CNN)")
     s.add_argument("--model", default=None)
+    _runner_arguments(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.library:cli_reindex")
 
@@ -194,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = ms.add_parser("list", help="models NELS knows: installed or not, size, classes, licence")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func="nels.cli.models:cli_list")
+
+    from nels.cli.vocabulary import add_vocabulary_parser
+
+    add_vocabulary_parser(sub)
     return p
 
 

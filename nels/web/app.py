@@ -1,7 +1,7 @@
 """The NELS website: a JSON API (OpenAPI docs at /docs) and the static search site.
 
 `create_app` assembles the app over one library: its state (`nels.web.state.AppState`), the routes by
-concern (`nels.web.routes`: search, clips, admin, site), JSON errors (`nels.web.errors`) and the ASGI
+concern (`nels.web.routes`: search, vocabulary, clips, admin, site), JSON errors (`nels.web.errors`) and the ASGI
 middleware (`nels.web.middleware`). Every search goes through `Library.search` (one code path with the
 CLI). Admin endpoints need the token in $NELS_ADMIN_TOKEN (header `Authorization: Bearer <token>` or
 `X-Admin-Token`); without that variable, admin is disabled (403). Running it: `nels.web.server.serve`.
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from nels import config
 from nels.web.errors import install_error_handlers
 from nels.web.middleware import AllowedHosts, BodyLimit, SecurityHeaders
-from nels.web.routes import admin, clips, search, site
+from nels.web.routes import admin, clips, search, site, vocabulary
 from nels.web.state import AppState
 
 MAX_UPLOAD_BYTES = config.max_upload_bytes()
@@ -51,7 +51,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
                   description="Never-Ending Learner of Sounds: search a sound collection by text and by sound.")
     app.state.nels = st
     install_error_handlers(app)
-    for routes in (search, clips, admin, site):
+    for routes in (search, vocabulary, clips, admin, site):
         app.include_router(routes.router)
     site.mount_static(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 256 * 1024)  # room for the multipart envelope

@@ -1,4 +1,4 @@
-"""The static site: one page (/, /clip/{id}, /admin) and its assets under /static."""
+"""The static site: one page (/, /clip/{id}, /admin, /vocabulary) and its assets under /static."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +32,11 @@ def clip_page(clip_id: int):
 
 @router.get("/admin")
 def admin_page():
+    return _page()
+
+
+@router.get("/vocabulary")
+def vocabulary_page():
     return _page()
 
 

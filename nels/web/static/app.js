@@ -422,13 +422,14 @@ function initAdmin() {
 function route() {
   const path = location.pathname;
   const m = path.match(/^\/clip\/(\d+)\/?$/);
-  const view = m ? "clip" : path.startsWith("/admin") ? "admin" : "search";
+  const view = m ? "clip" : path.startsWith("/admin") ? "admin" : path.startsWith("/vocabulary") ? "vocabulary" : "search";
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `${view}-view`;
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (a.dataset.nav === view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   if (view === "clip") initClip(m[1]);
   else if (view === "admin") initAdmin();
+  else if (view === "vocabulary") initVocabulary();  // vocabulary.js
   else initSearch();
 }
 
