@@ -31,7 +31,9 @@ YTDLP_SEARCH = Setting("NELS_YTDLP_SEARCH", "",
                        "a URL template with {query} and {n} that replaces YouTube search (e.g. a local site)")
 ESC50 = Setting("NELS_ESC50", "", "where ESC-50 is, for `nels demo` (else ./shared, ../shared, the cache)")
 VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss", "the vector store of new libraries (`nels.store.vectors`)")
-RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process) or pool (a process per core)")
+CATALOGUE = Setting("NELS_CATALOGUE", "", "the catalogue when `--catalogue` is not given: a `postgresql://` URL (shared by"
+                    " several machines) or a SQLite file; unset: the one the library recorded, else `<library>/nels.db`")
+RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process), pool (a process per core) or ray (a Ray cluster)")
 SERVE_LIBRARY = Setting("NELS_SERVE_LIBRARY", "", "set by `nels serve --workers N` for its worker processes")
 CHROMIUM = Setting("NELS_CHROMIUM", "/usr/bin/chromium", "the browser of the browser tests and bench/screenshot.py")
 MODEL = Setting("NELS_MODEL", "", "the encoders of a new library when `--model` is not given; unset: default+yamnet where the YAMNet weights are installed, else the ESC-50 CNN alone")
@@ -41,6 +43,7 @@ ALLOWED_HOSTS = Setting("NELS_ALLOWED_HOSTS", "",
                         " unset: loopback names and the address served on")
 
 SETTINGS: tuple[Setting, ...] = (LIBRARY, CACHE, ADMIN_TOKEN, MAX_UPLOAD_MB, BF16, YTDLP_SEARCH, ESC50, VECTOR_STORE,
+                                 CATALOGUE,
                                  RUNNER, SERVE_LIBRARY, CHROMIUM, MODEL, MODELS, ALLOWED_HOSTS)
 
 # -- audio ---------------------------------------------------------------------------------------------
@@ -62,6 +65,13 @@ ENCODE_BATCH = 64  # segments per encoder call
 HNSW_THRESHOLD = 50_000  # FAISS: exact search below this many vectors, HNSW above
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
+# the lance store (nels/store/lance.py): exact below the library's HNSW_THRESHOLD, an ANN index above it
+LANCE_INDEX = "IVF_HNSW_SQ"  # or "IVF_PQ" (bench/bench_vectors.py compares them with FAISS HNSW)
+LANCE_NPROBES = 20  # IVF partitions searched per query
+LANCE_REFINE = 10  # re-rank refine x k candidates on the exact vectors (scores exact; PQ recall)
+LANCE_UNINDEXED_FRACTION = 0.1  # appended rows beyond this fraction of the indexed ones are merged into the index
+LANCE_RETRAIN_GROWTH = 4.0  # the index is retrained when the table has grown this many times since its training
+LANCE_KEEP_VERSIONS_MINUTES = 10  # `flush` keeps table versions this recent (readers in other processes)
 
 # -- search -----------------------------------------------------------------------------------------------
 MAX_QUERY_CHARS = 1000
@@ -83,6 +93,7 @@ FEEDBACK_BURST = 20  # ...with bursts of this many (feedback becomes training la
 SPECTROGRAM_CACHE_FILES = 2000  # spectrogram PNGs kept on disk per library (least recently used go first)...
 SPECTROGRAM_CACHE_BYTES = 64 * 1024 ** 2  # ...and at most this many bytes of them
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the Host names `nels serve` answers to by default
+SERVER_FILE = "server.json"  # in the library folder while `nels serve` runs (URL, pid): `nels search` uses it
 
 
 def cache_dir() -> Path:

@@ -23,6 +23,10 @@ M = 800  # the others
 CONFIGS = [
     pytest.param(("faiss", {"hnsw_threshold": 10 ** 9}, 1.0, "exact"), id="faiss-exact"),
     pytest.param(("faiss", {"hnsw_threshold": 0}, 0.95, "hnsw"), id="faiss-hnsw"),
+    pytest.param(("lance", {"hnsw_threshold": 10 ** 9}, 1.0, "exact"), id="lance-exact"),
+    # an index from the first 256 vectors on (both kinds), rows appended after it searched beside it
+    pytest.param(("lance", {"hnsw_threshold": 0, "lance_index": "IVF_HNSW_SQ"}, 0.95, None), id="lance-hnsw-sq"),
+    pytest.param(("lance", {"hnsw_threshold": 0, "lance_index": "IVF_PQ"}, 0.95, None), id="lance-pq"),
 ]
 BUILTIN_STORES = dict(STORES)
 

@@ -5,7 +5,8 @@ store is a cache of the catalogue's `vectors` table (`nels.store.catalogue`, the
 adds what the table has and the store lacks, and rebuilds when they disagree in any other way (after a
 crash, removals the store did not see, a new model). Backends are registered by name in `STORES`, and
 `open_store(config.VECTOR_STORE.get(), path, dim, **options)` opens one: a new backend is one module with
-a class that has the `VectorStore` methods plus one `register_store(name, cls)` line.
+a class that has the `VectorStore` methods plus one `register_store(name, cls)` line. `LanceStore` ("lance",
+`nels/store/lance.py`) keeps each space in a LanceDB table, on a local disk or on object storage.
 
 `FaissStore` ("faiss", the default) is exact (inner product over every vector) below `hnsw_threshold`
 (50k) vectors and HNSW above it: exact search costs ~15 ms per query at 100k and ~110 ms at 1M on one
@@ -378,3 +379,12 @@ def open_store(name: str, path: str | os.PathLike | None, dim: int, **options) -
     if cls is None:
         raise LibraryError(f"unknown vector store '{name}' (NELS_VECTOR_STORE); known: {', '.join(sorted(STORES))}")
     return cls.open(path, dim, **options)
+
+
+def _register_builtin() -> None:
+    from nels.store.lance import LanceStore  # imports lancedb only when a lance store is opened
+
+    register_store("lance", LanceStore)
+
+
+_register_builtin()
