@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nels.cli.vocabulary import add_vocabulary_parser
 
     add_vocabulary_parser(sub)
+
+    from nels.cli.run import add_run_parsers
+
+    add_run_parsers(sub)
     return p
 
 

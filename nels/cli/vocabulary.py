@@ -29,6 +29,9 @@ def add_vocabulary_parser(sub) -> None:
     v.add_argument("--limit", type=int, default=50, metavar="N", help="at most N queries (default 50)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func="nels.cli.vocabulary:cli_candidates")
+    from nels.cli.run import add_accept_parser
+
+    add_accept_parser(vs)  # `nels vocabulary accept QUERY` (nels.learn.run.accept_class)
 
 
 def _library(args):

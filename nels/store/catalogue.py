@@ -629,3 +629,171 @@ class Catalogue:
         """Mark a logged query accepted or dismissed; False when it was never logged."""
         q = " ".join(query.split()).lower()
         return self._write("UPDATE query_log SET status = ? WHERE query = ?", (status, q)).rowcount > 0
+
+    # == `nels run` (the unattended loop, nels/learn/run.py): steps, model versions, crawl queries, staged ======
+    # == re-index. Everything the loop knows lives in these rows (and meta 'run.*'), so kill -9 loses nothing. ==
+    def step_start(self, cycle: int, step: str) -> None:
+        """Mark a step of a cycle running (again, after a crash: its detail so far is kept)."""
+        self._write("INSERT INTO run_steps(cycle, step, status, started_at) VALUES (?, ?, 'running', ?) ON CONFLICT"
+                    "(cycle, step) DO UPDATE SET status='running', finished_at=NULL", (cycle, step, time.time()))
+
+    def step_finish(self, cycle: int, step: str, status: str, detail: dict | None = None) -> None:
+        self._write("UPDATE run_steps SET status=?, detail=?, finished_at=? WHERE cycle=? AND step=?",
+                    (status, json.dumps(detail, default=str) if detail is not None else None, time.time(), cycle, step))
+
+    def step_detail(self, cycle: int, step: str) -> dict | None:
+        """A step's row (status, detail decoded), or None when it never started."""
+        r = self.conn.execute("SELECT * FROM run_steps WHERE cycle=? AND step=?", (cycle, step)).fetchone()
+        return self._step(r) if r is not None else None
+
+    @staticmethod
+    def _step(r) -> dict:
+        d = dict(r)
+        d["detail"] = json.loads(d["detail"]) if d.get("detail") else None
+        return d
+
+    def run_steps(self, limit: int = 200) -> list[dict]:
+        """The latest steps, newest first."""
+        return [self._step(r) for r in self.conn.execute("SELECT * FROM run_steps ORDER BY id DESC LIMIT ?",
+                                                         (int(limit),))]
+
+    def add_model_version(self, name: str, path: str, parent: str | None, cycle: int | None, status: str,
+                          map_: float | None, per_class: dict | None, detail: dict | None = None,
+                          reason: str | None = None) -> None:
+        """Record a model version (a re-made candidate of the same name replaces the old row)."""
+        self._write("INSERT OR REPLACE INTO model_versions(name, path, parent, cycle, status, map, per_class, reason,"
+                    " detail, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (name, path, parent, cycle, status, map_, json.dumps(per_class) if per_class is not None else None,
+                     reason, json.dumps(detail, default=str) if detail is not None else None, time.time()))
+
+    def set_version_status(self, name: str, status: str, reason: str | None = None) -> None:
+        self._write("UPDATE model_versions SET status=?, reason=COALESCE(?, reason), decided_at=? WHERE name=?",
+                    (status, reason, time.time(), name))
+
+    @staticmethod
+    def _version(r) -> dict:
+        d = dict(r)
+        for k in ("per_class", "detail"):
+            d[k] = json.loads(d[k]) if d.get(k) else None
+        return d
+
+    def set_version_scores(self, name: str, map_: float | None, per_class: dict | None) -> None:
+        """The held-out scores of a version (the seed version is measured at the first learning step)."""
+        self._write("UPDATE model_versions SET map=?, per_class=? WHERE name=?",
+                    (map_, json.dumps(per_class) if per_class is not None else None, name))
+
+    def stage_current(self, target: str, clip_id: int) -> None:
+        """Stage a clip's served encodings as they are (a clip the new model could not re-encode keeps its old
+        ones rather than blocking the swap)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO staged_vectors(target, space, segment_id, model, vec) SELECT ?, v.space,"
+                      " v.segment_id, v.model, v.vec FROM vectors v JOIN segments s ON s.id=v.segment_id"
+                      " WHERE s.clip_id=?", (target, clip_id))
+            c.execute("INSERT OR REPLACE INTO staged_probs(target, segment_id, model, probs) SELECT ?, p.segment_id,"
+                      " p.model, p.probs FROM probs p JOIN segments s ON s.id=p.segment_id WHERE s.clip_id=?",
+                      (target, clip_id))
+            c.execute("INSERT OR REPLACE INTO staged_labels(target, segment_id, label, prob) SELECT ?, l.segment_id,"
+                      " l.label, l.prob FROM labels l JOIN segments s ON s.id=l.segment_id WHERE s.clip_id=?",
+                      (target, clip_id))
+            c.execute("INSERT OR IGNORE INTO staged_clips(target, clip_id) VALUES (?, ?)", (target, clip_id))
+
+    def model_versions(self, status: str | None = None) -> list[dict]:
+        """Model versions, oldest first (status: only those)."""
+        where, args = ("WHERE status=?", (status,)) if status else ("", ())
+        return [self._version(r) for r in self.conn.execute(
+            f"SELECT * FROM model_versions {where} ORDER BY created_at, rowid", args)]
+
+    def model_version(self, name: str) -> dict | None:
+        r = self.conn.execute("SELECT * FROM model_versions WHERE name=?", (name,)).fetchone()
+        return self._version(r) if r is not None else None
+
+    def add_crawl_query(self, query: str, label: str, origin: str) -> None:
+        """A query the planner crawls for `label` (origin: name | synonym | description | vocabulary | user)."""
+        self._write("INSERT OR IGNORE INTO crawl_queries(query, label, origin) VALUES (?,?,?)", (query, label, origin))
+
+    def crawl_queries(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM crawl_queries ORDER BY label, query")]
+
+    def note_crawl(self, query: str, found: int) -> None:
+        """One more run of `query`, which listed `found` results (the most it ever listed is kept)."""
+        self._write("UPDATE crawl_queries SET runs=runs+1, found=MAX(found, ?), last_at=? WHERE query=?",
+                    (int(found), time.time(), query))
+
+    def clips_by_query(self) -> dict[str, list[int]]:
+        """query -> ids of the clips it found (the crawl pool of each planned query)."""
+        out: dict[str, list[int]] = {}
+        for q, cid in self.conn.execute("SELECT c.query, c.id FROM clips c JOIN crawl_queries q ON q.query=c.query"
+                                        " ORDER BY c.id"):
+            out.setdefault(q, []).append(cid)
+        return out
+
+    def audio_seconds(self) -> float:
+        """Seconds of audio in the library."""
+        return float(self._one("SELECT COALESCE(SUM(duration), 0) FROM clips") or 0.0)
+
+    def pending_crawl_items(self, retries: int, now: float | None = None) -> list[sqlite3.Row]:
+        """Crawled (yt-dlp) items still to fetch: pending, or failed with attempts left and backoff over."""
+        now = time.time() if now is None else now
+        return self.conn.execute("SELECT * FROM items WHERE kind='ytdlp' AND (status='pending' OR (status='failed'"
+                                 " AND attempts < ? AND next_attempt_at <= ?)) ORDER BY id", (retries, now)).fetchall()
+
+    def generation(self) -> int:
+        """Bumped by every swap of staged encodings: a process that cached models or matrices re-reads them."""
+        return int(self.get_meta("generation", 0) or 0)
+
+    def staged_clip_ids(self, target: str) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT clip_id FROM staged_clips WHERE target=?", (target,))}
+
+    def stage_encodings(self, target: str, clip_id: int, vectors: dict, probs) -> None:
+        """Keep a clip's encodings by the model `target` aside (served ones untouched) until `swap_staged`."""
+        seg_ids = self.segment_ids(clip_id)
+        with self.transaction() as c:
+            for space, (model, vecs) in vectors.items():
+                vecs = _finite(np.asarray(vecs, dtype=np.float32), f"{space} vectors")
+                c.executemany("INSERT OR REPLACE INTO staged_vectors(target, space, segment_id, model, vec)"
+                              " VALUES (?,?,?,?,?)", [(target, space, sid, model, vecs[i].tobytes())
+                                                      for i, sid in enumerate(seg_ids)])
+            for model, labels, p in ([] if probs is None else [probs] if isinstance(probs, tuple) else probs):
+                p = _finite(np.asarray(p, dtype=np.float32), f"{model} class probabilities")
+                self.register_model(model, "classifier", None, labels)
+                c.executemany("INSERT OR REPLACE INTO staged_probs(target, segment_id, model, probs) VALUES (?,?,?,?)",
+                              [(target, sid, model, p[i].tobytes()) for i, sid in enumerate(seg_ids)])
+                c.executemany("INSERT INTO staged_labels(target, segment_id, label, prob) VALUES (?,?,?,?) ON CONFLICT"
+                              "(target, segment_id, label) DO UPDATE SET prob=MAX(prob, excluded.prob)",
+                              [(target, sid, labels[j], float(p[i, j])) for i, sid in enumerate(seg_ids)
+                               for j in np.argsort(-p[i])[:TOP_LABELS]])
+            c.execute("INSERT OR IGNORE INTO staged_clips(target, clip_id) VALUES (?, ?)", (target, clip_id))
+
+    def swap_staged(self, target: str, meta: dict, promote: str | None = None) -> bool:
+        """In one transaction: the staged encodings of `target` replace every served vector, probability and
+        label, `meta` is set, the generation bumped, version `promote` becomes the serving one (the serving one
+        retired). False (nothing changed) when some clip has no staged encodings yet (added meanwhile)."""
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM clips WHERE id NOT IN (SELECT clip_id FROM staged_clips WHERE target=?)"
+                         " LIMIT 1", (target,)).fetchone():
+                return False
+            c.execute("DELETE FROM vectors")
+            c.execute("INSERT INTO vectors(space, segment_id, model, vec) SELECT space, segment_id, model, vec"
+                      " FROM staged_vectors WHERE target=?", (target,))
+            c.execute("DELETE FROM probs")
+            c.execute("INSERT INTO probs(segment_id, model, probs) SELECT segment_id, model, probs FROM staged_probs"
+                      " WHERE target=?", (target,))
+            c.execute("DELETE FROM labels")
+            c.execute("INSERT INTO labels(segment_id, label, prob) SELECT segment_id, label, prob FROM staged_labels"
+                      " WHERE target=?", (target,))
+            for key, value in {**meta, "generation": self.generation() + 1}.items():
+                self.set_meta(key, value)
+            if promote is not None:
+                now = time.time()
+                c.execute("UPDATE model_versions SET status='retired', decided_at=? WHERE status='serving'", (now,))
+                c.execute("UPDATE model_versions SET status='serving', decided_at=? WHERE name=?", (now, promote))
+            self.drop_staged(target)
+        return True
+
+    def drop_staged(self, target: str | None = None) -> None:
+        """Forget staged encodings (of `target`; None: of every target)."""
+        for table in ("staged_vectors", "staged_probs", "staged_labels", "staged_clips"):
+            if target is None:
+                self._write(f"DELETE FROM {table}")
+            else:
+                self._write(f"DELETE FROM {table} WHERE target=?", (target,))

@@ -73,6 +73,7 @@ class Library:
         self._lock = threading.RLock()
         self._stores: dict[str, VectorStore] = {}
         self._memo: dict[str, Any] = {}
+        self._generation = self.catalogue.generation()
 
     @property
     def conn(self):
@@ -99,11 +100,22 @@ class Library:
     def memo(self, key: str, make: Callable[[], Any]) -> Any:
         """The value remembered under `key`, made by `make()` the first time (the library's encoder, its
         joint model, derived matrices). `forget()` drops them all (after a re-index or a removal)."""
+        self._follow_swaps()
         try:
             return self._memo[key]
         except KeyError:
             v = self._memo[key] = make()
             return v
+
+    def _follow_swaps(self) -> None:
+        """After another process swapped in a re-index (`nels run`: Catalogue.swap_staged bumps the generation),
+        forget the models, matrices and indexes loaded before it: the next search reads the new ones."""
+        gen = self.catalogue.generation()
+        if gen != self._generation:
+            with self._lock:
+                self._memo.clear()
+                self._stores.clear()
+                self._generation = gen
 
     def remembered(self, key: str, default=None):
         return self._memo.get(key, default)
@@ -192,6 +204,7 @@ class Library:
 
     def store(self, space: str) -> VectorStore:
         """The synced vector index of `space` (loaded from disk, caught up with the catalogue)."""
+        self._follow_swaps()
         with self._lock:
             st = self._stores.get(space)
             if st is None:
@@ -243,6 +256,7 @@ class Library:
         """`prob_matrix` of every classifier the library holds, cached until the catalogue gains segments."""
         # the newest id is O(log n) (COUNT(*) scanned 100k rows: 12 ms per search); rows of segments
         # removed since are harmless: results are looked up in the catalogue and dropped
+        self._follow_swaps()
         stamp = self.catalogue.newest_prob_id()
         cached = self._memo.get("probs")
         if cached and cached[0] == stamp:

@@ -7,7 +7,7 @@ index file that lags behind is caught up (or rebuilt) on the next open.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each migration brings the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -116,6 +116,34 @@ MIGRATIONS: list[str] = [
         status TEXT NOT NULL DEFAULT 'open'   -- open | accepted | dismissed
     );
     CREATE INDEX query_log_status ON query_log(status, count);
+    """,
+    # 6 -> 7: `nels run`, the unattended loop: its steps, model versions (promoted/rejected), crawl queries, and
+    # encodings staged by a re-index until they replace the served ones in one transaction
+    """
+    CREATE TABLE run_steps (             -- one row per (cycle, step): what the loop did or is doing now
+        id INTEGER PRIMARY KEY, cycle INTEGER NOT NULL, step TEXT NOT NULL,
+        status TEXT NOT NULL,            -- running | done | skipped | failed
+        detail TEXT, started_at REAL NOT NULL, finished_at REAL,
+        UNIQUE (cycle, step)
+    );
+    CREATE TABLE model_versions (
+        name TEXT PRIMARY KEY, path TEXT NOT NULL, parent TEXT, cycle INTEGER,
+        status TEXT NOT NULL,            -- candidate | promoting | serving | retired | rejected
+        map REAL, per_class TEXT, reason TEXT, detail TEXT, created_at REAL NOT NULL, decided_at REAL
+    );
+    CREATE TABLE crawl_queries (         -- what the planner searches for, per class
+        query TEXT PRIMARY KEY, label TEXT NOT NULL, origin TEXT NOT NULL,
+        runs INTEGER NOT NULL DEFAULT 0, found INTEGER NOT NULL DEFAULT 0, last_at REAL
+    );
+    CREATE TABLE staged_clips (target TEXT NOT NULL, clip_id INTEGER NOT NULL REFERENCES clips(id) ON DELETE CASCADE,
+        PRIMARY KEY (target, clip_id)) WITHOUT ROWID;
+    CREATE TABLE staged_vectors (target TEXT NOT NULL, space TEXT NOT NULL,
+        segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE, model TEXT NOT NULL, vec BLOB NOT NULL,
+        PRIMARY KEY (target, space, segment_id)) WITHOUT ROWID;
+    CREATE TABLE staged_probs (target TEXT NOT NULL, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        model TEXT NOT NULL, probs BLOB NOT NULL, PRIMARY KEY (target, segment_id, model)) WITHOUT ROWID;
+    CREATE TABLE staged_labels (target TEXT NOT NULL, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
+        label TEXT NOT NULL, prob REAL NOT NULL, PRIMARY KEY (target, segment_id, label)) WITHOUT ROWID;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
