@@ -29,7 +29,10 @@ def _options(args) -> IngestOptions:
 
 
 def _runner(args):
-    return make_runner(getattr(args, "runner", None), processes=getattr(args, "processes", None))
+    """The runner the command line asks for (`--runner` and its options, see `nels.cli._runner_arguments`)."""
+    return make_runner(getattr(args, "runner", None), processes=getattr(args, "processes", None),
+                       address=getattr(args, "ray_address", None),
+                       cpus_per_worker=getattr(args, "ray_cpus_per_worker", 1.0))
 
 
 def cli_ingest(args) -> int:

@@ -40,10 +40,11 @@ def cli_remove(args) -> int:
 
 
 def cli_reindex(args) -> int:
+    from nels.cli.ingest import _runner
     from nels.ingest.reindex import reindex
 
     with Library(args.library, create=False) as lib:
-        out = reindex(lib, args.model, progress=not args.json and sys.stderr.isatty())
+        out = reindex(lib, args.model, progress=not args.json and sys.stderr.isatty(), runner=_runner(args))
     if args.json:
         print_json(out)
     else:

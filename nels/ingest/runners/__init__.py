@@ -5,6 +5,7 @@ runner is chosen:
 
     local   one process (the default)                          nels/ingest/runners/sequential.py
     pool    a process per core on this machine                 nels/ingest/runners/pool.py
+    ray     Ray actors on a Ray cluster (optional: ray[data])  nels/ingest/runners/ray.py
 
 A new runner (Ray, say) is one new file plus one `register_runner` line; it must pass
 tests/test_runners.py (same input -> identical library).
@@ -39,7 +40,7 @@ def runner_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from nels.ingest.runners import pool, sequential  # noqa: F401 - each registers itself on import
+    from nels.ingest.runners import pool, ray, sequential  # noqa: F401 - each registers itself on import
 
 
 def make_runner(name: str | None = None, **options) -> Runner:
