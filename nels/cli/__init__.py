@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--model", default=None)
     s.add_argument("--threshold", type=float, default=0.3)
+    s.add_argument("--max-gap", type=float, default=1.0, metavar="SEC",
+                   help="an event bridges a dropout of at most this long (default 1 s)")
+    s.add_argument("--min-duration", type=float, default=0.0, metavar="SEC",
+                   help="drop events shorter than this (default 0: keep every event)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.search:cli_tag")
 
@@ -95,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func="nels.cli.library:cli_remove")
 
     s = sub.add_parser("reindex", help="re-encode every clip with another model (e.g. a newer CNN)")
-    s.add_argument("--model", default=None)
+    s.add_argument("--model", default=None, metavar="SPEC",
+                   help="the model to re-encode with; without it, the library's own model re-encodes only the clips"
+                        " made by another model or other weights (and says so)")
+    s.add_argument("--yes", action="store_true",
+                   help="go ahead without asking when the re-index drops classes or a vector space (the joint space)")
     _runner_arguments(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.library:cli_reindex")

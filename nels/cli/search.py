@@ -37,10 +37,24 @@ def cli_search(args) -> int:
 
 
 def cli_tag(args) -> int:
+    from nels.audio.decode import probe_duration
     from nels.encoders.base import load_encoder
+    from nels.errors import DecodeError
+    from nels.ingest.progress import AudioBar
     from nels.search.tag import tag_file
 
-    events = tag_file(args.file, load_encoder(args.model), args.threshold)
+    try:
+        total = probe_duration(args.file)
+    except DecodeError:
+        total = None  # tag_file reports the error
+    encoder = load_encoder(args.model)
+    # progress in seconds of audio, with the rate and an ETA (a 30-minute file takes a minute or more)
+    bar = AudioBar("tag", total=total, enabled=not args.json and sys.stderr.isatty())
+    try:
+        events = tag_file(args.file, encoder, args.threshold, max_gap=getattr(args, "max_gap", 1.0),
+                          min_duration=getattr(args, "min_duration", 0.0), on_audio=lambda s: bar.partial("file", s))
+    finally:
+        bar.close()
     if args.json:
         print_json(events)
         return 0

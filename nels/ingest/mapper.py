@@ -42,8 +42,8 @@ class TooLong(Exception):
 
 
 def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConfig = SegmentConfig(),
-                max_duration: float | None = None,
-                info: dict | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
+                max_duration: float | None = None, info: dict | None = None,
+                on_audio: Callable[[float], None] | None = None) -> tuple[float, np.ndarray, np.ndarray, dict, tuple | None]:
     """Decode, segment and encode `path` with every encoder: each acoustic encoder reads the same segments
     (decoded once, at the first encoder's rate); derived ones (the joint space) map the acoustic encoder
     before them.
@@ -51,6 +51,7 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
     Returns (duration, starts, ends, vectors {space: (model, (n, dim))}, probs: None, (model, labels,
     (n, C)) for one classifier, or a list of them for several). Raises DecodeError for unreadable audio,
     TooLong when over `max_duration`. info : filled by decoding (see `nels.audio.decode.stream`).
+    on_audio : called after each batch of segments with the seconds of audio encoded so far (progress).
     """
     groups = group_encoders(encoders)
     sr = groups[0][0].sample_rate
@@ -81,6 +82,8 @@ def encode_file(path: Path, encoders: Sequence[Encoder], seg_config: SegmentConf
         for g, (out, _) in enumerate(batch):
             if out.probs is not None:
                 probs_out[g].append(out.probs)
+        if on_audio is not None:
+            on_audio(float(batch[0][0].ends[-1]))
     duration = total / sr
     if not starts:
         raise DecodeError(f"{path.name}: no sound (digital silence, or shorter than {seg_config.min_seconds} s)")
@@ -122,10 +125,12 @@ PERMANENT_HTTP = (400, 401, 403, 404, 410)
 
 
 def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdir: Path,
-                 max_duration: float | None = None, known: Callable[[str], int | None] | None = None) -> Outcome:
+                 max_duration: float | None = None, known: Callable[[str], int | None] | None = None,
+                 on_audio: Callable[[float], None] | None = None) -> Outcome:
     """Fetch, hash, decode, segment and encode one item. Writes nothing to the library.
 
     known : content hash -> the id of a clip that already has it (skips encoding a duplicate), or None.
+    on_audio : progress, seconds of the item's audio encoded so far (see `encode_file`).
     A fetched temporary file is deleted unless it is handed on in the record (`move_media`).
     """
     uri = work.item.uri
@@ -143,7 +148,7 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
         try:
             info: dict = {}
             duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration,
-                                                                 info)
+                                                                 info, on_audio)
             media_ext = info["extension"]  # by content, as decoding found it: a WAV named x.html is stored as .wav
         except TooLong as exc:
             return Outcome(work.item_id, uri, "skipped", error=str(exc))

@@ -20,8 +20,10 @@ from typing import Sequence
 
 from nels.config import CLAIM_STALE_SECONDS, STALE_TEMP_SECONDS
 from nels.encoders.selection import encoders_for, library_encoders
+from nels.audio.decode import probe_duration
 from nels.ingest import reader, writer
 from nels.ingest.mapper import Work, process_item
+from nels.ingest.progress import AudioBar, AudioReporter, ReportWatcher, forget_report
 from nels.ingest.runners import Runner, make_runner
 from nels.sources.route import expand_inputs
 from nels.sources.source import Source
@@ -70,6 +72,7 @@ class IngestBuilder:
     library: str
     workdir: str
     max_duration: float | None = None
+    progress_dir: str | None = None  # where workers report how far into an item they are (seconds of audio)
 
     def __call__(self):
         encoders = build_encoders(self.model)
@@ -78,16 +81,15 @@ class IngestBuilder:
 
         def fn(task):
             work, source = task
-            return process_item(work, source, encoders, workdir, self.max_duration, known=catalogue.clip_by_hash)
+            return process_item(work, source, encoders, workdir, self.max_duration, known=catalogue.clip_by_hash,
+                                on_audio=AudioReporter(self.progress_dir, work.item_id) if self.progress_dir else None)
 
         return fn
 
 
-def _bar(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="item", desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
+def _local_duration(work: Work) -> float | None:
+    """The declared duration of a local file item (about 1 ms: the container's header), else None."""
+    return probe_duration(work.item.uri) if work.item.kind == "file" else work.item.duration
 
 
 def run(lib: Library, sources: Sequence[Source], model: str | None, options: IngestOptions,
@@ -107,12 +109,20 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
     token = run_token()
     workdir = Path(tempfile.mkdtemp(prefix=f"ingest-{os.getpid()}-", dir=lib.path))
     limiter = reader.RateLimiter(options.rate_limit)
-    build = IngestBuilder(spec, str(lib.path), str(workdir), options.max_duration)
+    progress_dir = workdir / "progress" if options.progress else None
+    if progress_dir is not None:
+        progress_dir.mkdir()
+    build = IngestBuilder(spec, str(lib.path), str(workdir), options.max_duration,
+                          str(progress_dir) if progress_dir else None)
     full = lambda: options.max_items is not None and len(report.added) >= options.max_items  # noqa: E731
     failure: BaseException | None = None
+    watcher = None
     try:
         pending = reader.due_work(cat, ids, options.retries)
-        bar = _bar(len(pending), options.progress, "ingest")
+        # progress in seconds of audio, not items: an hour-long file moves the bar while it is encoded
+        bar = AudioBar("ingest", enabled=options.progress)
+        watcher = ReportWatcher(bar, progress_dir, pending=[(w.item_id, w) for w in pending], probe=_local_duration)
+        watcher.__enter__()
         while pending:
             retry = []
 
@@ -123,7 +133,7 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
                     # claimed before it is fetched: another run over the same inputs leaves it to this one
                     if not cat.claim_item(w.item_id, token, options.retries):
                         report.elsewhere += int(cat.item_claimed_elsewhere(w.item_id, token))
-                        bar.update(1)
+                        bar.finish(w.item_id, 0.0)
                         continue
                     if w.item.kind != "file":
                         limiter.wait()
@@ -145,19 +155,24 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
                 if got == "failed" and not out.permanent and _attempts(pending, out.item_id) + 1 < options.retries:
                     retry.append(out.item_id)
                 else:
-                    bar.update(1)
-                bar.set_postfix(added=len(report.added), failed=len(report.failed),
-                                xrt=f"{report.seconds_of_audio / max(time.time() - t0, 1e-9):.0f}")
+                    if progress_dir is not None:
+                        forget_report(progress_dir, out.item_id)
+                    bar.finish(out.item_id, out.record.duration if got == "added" and out.record else 0.0)
+                bar.note(added=len(report.added), failed=len(report.failed))
             if not retry or full():
                 break
             time.sleep(max(0.0, min(cat.next_attempt_at(retry) - time.time(), 30.0)))
             pending = reader.due_work(cat, retry, options.retries)
         report.failed.extend(cat.failed_items(ids))  # items still failed after their last attempt
+        watcher.__exit__(None, None, None)
         bar.close()
+        watcher = None
     except BaseException as exc:
         failure = exc
         raise
     finally:
+        if watcher is not None:
+            watcher.__exit__(None, None, None)
         shutil.rmtree(workdir, ignore_errors=True)
         for step in (lambda: cat.release_claims(token), lib.save_indexes):
             try:
