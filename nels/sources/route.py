@@ -9,6 +9,25 @@ from nels.sources.source import (AUDIO_EXTENSIONS, LocalSource, Source, is_url, 
 from nels.sources.ytdlp import YtDlpSource
 
 
+def is_url_list(p: Path, max_lines: int = 200) -> bool:
+    """Whether a text file is a list of inputs: every line (blank lines and # comments aside; the first
+    `max_lines` looked at) is a URL, a yt-dlp target or an existing path, and there is at least one. Any
+    other file (notes, a transcript, an audio file with an odd name) is handed to the decoder, which says
+    whether it is audio."""
+    if not looks_like_url_list(p):
+        return False
+    try:
+        with p.open("rb") as f:
+            head = f.read(64 * 1024)
+        text = head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = [ln.strip() for ln in text.splitlines()[:max_lines]]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    return bool(lines) and all(is_url(ln) or ln.startswith(("ytsearch", "ytdl:")) or Path(ln).expanduser().exists()
+                               for ln in lines)
+
+
 def expand_inputs(inputs: list[str], allow_private: bool = True, query: str | None = None) -> list["Source"]:
     """Route command-line inputs to sources: folders/files, URL-list files, URLs, yt-dlp targets."""
     local, urls, ytdl = [], [], []
@@ -17,7 +36,7 @@ def expand_inputs(inputs: list[str], allow_private: bool = True, query: str | No
             (ytdl if is_ytdlp_target(s) else urls).append(s)
             continue
         p = Path(s).expanduser()
-        if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS and looks_like_url_list(p):
+        if p.is_file() and p.suffix.lower() not in AUDIO_EXTENSIONS and is_url_list(p):
             for u in read_url_list(p):
                 if is_url(u) or u.startswith("ytsearch"):
                     (ytdl if is_ytdlp_target(u) else urls).append(u)

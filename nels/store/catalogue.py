@@ -27,6 +27,7 @@ from nels.store.schema import MIGRATIONS, SCHEMA_VERSION
 PROVENANCE_KEYS = ("source_uri", "source_kind", "title", "uploader", "licence", "query", "webpage_url", "fetched_at")
 TOP_LABELS = 5  # labels kept per segment for display and filtering
 MAX_KEPT_JOBS = 100
+NEVER = 253402300799.0  # next_attempt_at of an item that failed for good (9999-12-31)
 
 
 # -- connections and migrations ----------------------------------------------------------------------------
@@ -459,11 +460,12 @@ class Catalogue:
 
     def mark_failed(self, item_id: int, error: str, permanent: bool, retries: int) -> None:
         """A failed attempt: retried later with exponential backoff, or never (permanent, or out of tries)."""
-        attempts = retries if permanent else (self._one("SELECT attempts FROM items WHERE id=?", item_id) or 0) + 1
+        attempts = (self._one("SELECT attempts FROM items WHERE id=?", item_id) or 0) + 1  # tries made, as shown
         now = time.time()
+        # a permanent error is never due again (its attempts stay true: `stats` shows 1 for a file tried once)
+        due = NEVER if permanent else now + RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1)
         self._write("UPDATE items SET status='failed', error=?, attempts=?, next_attempt_at=?, updated_at=?,"
-                    " claimed_by=NULL WHERE id=?",
-                    (error, attempts, now + RETRY_BACKOFF_SECONDS * 2 ** max(0, attempts - 1), now, item_id))
+                    " claimed_by=NULL WHERE id=?", (error, attempts, due, now, item_id))
 
     # an item being processed is claimed by its ingest run (claimed_by = "host:pid:nonce"), so that two runs
     # over the same inputs never fetch and encode one item twice; mark_* release the claim
