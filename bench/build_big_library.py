@@ -42,10 +42,10 @@ def main():
             rows = [lib.conn.execute("SELECT vec FROM vectors WHERE space=? AND segment_id=?", (space, s[0])).fetchone()
                     for s in segs]
             vec[space] = (model, np.stack([np.frombuffer(r[0], np.float32) for r in rows]))
-        pr = [lib.conn.execute("SELECT model, probs FROM probs WHERE segment_id=?", (s[0],)).fetchone() for s in segs]
+        pr = [lib.conn.execute("SELECT model, probs FROM probs WHERE segment_id=?", (s[0],)).fetchall() for s in segs]
         base[cid] = (media, title, dur, [s[1] for s in segs], [s[2] for s in segs], vec, pr)
-    model = lib.conn.execute("SELECT model FROM probs LIMIT 1").fetchone()
-    labels = json.loads(lib.conn.execute("SELECT labels FROM models WHERE name=?", (model[0],)).fetchone()[0]) if model else None
+    labels = {m: json.loads(lib.conn.execute("SELECT labels FROM models WHERE name=?", (m,)).fetchone()[0])
+              for (m,) in lib.conn.execute("SELECT DISTINCT model FROM probs").fetchall()}  # every classifier
     n = lib.stats()["segments"]
     t = time.time()
     copy = 0
@@ -65,14 +65,15 @@ def main():
             j /= np.linalg.norm(j, axis=1, keepdims=True)
             c.executemany("INSERT INTO vectors(space, segment_id, model, vec) VALUES(?,?,?,?)",
                           [(space, sid, m, j[i].tobytes()) for i, sid in enumerate(seg_ids)])
-        if labels:
-            for sid, (m, blob) in zip(seg_ids, pr):
-                p = np.frombuffer(blob, np.float32) * rng.uniform(0.8, 1.2, len(labels)).astype(np.float32)
+        for sid, rows in zip(seg_ids, pr):
+            tops = {}
+            for m, blob in rows:
+                p = np.frombuffer(blob, np.float32) * rng.uniform(0.8, 1.2, len(labels[m])).astype(np.float32)
                 p /= p.sum()
                 c.execute("INSERT INTO probs(segment_id, model, probs) VALUES(?,?,?)", (sid, m, p.tobytes()))
-                top = np.argsort(-p)[:5]
-                c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)",
-                              [(sid, labels[j], float(p[j])) for j in top])
+                for j in np.argsort(-p)[:5]:
+                    tops[labels[m][j]] = max(tops.get(labels[m][j], 0.0), float(p[j]))
+            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)", list(tops.items()))
         n += len(seg_ids)
         if copy % 2000 == 0:
             c.execute("COMMIT")

@@ -94,9 +94,9 @@ def cli_evaluate_retrieval(args) -> int:
     if _report(res, args, f"retrieval-fold{args.fold}.json"):
         return 0
     print(f"retrieval on fold {res['fold']} ({res['clips']} clips, {res['segments']} segments), model {res['model']}")
-    for name in ("text_class_names", "text_paraphrases", "audio"):
-        for mode, r in res[name].items():
-            print(f"  {name:<17} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
+    for name in ("text_class_names", "text_paraphrases", "text_paraphrases_independent", "audio"):
+        for mode, r in res.get(name, {}).items():
+            print(f"  {name:<28} {mode:<10} mAP {r['mAP']:.3f}  MAP@3 {r['MAP@3']:.3f}  P@10 {r['P@10']:.3f}"
                   f"  ({r['queries']} queries, p95 {r['latency_ms_p95']:.0f} ms)")
     return 0
 

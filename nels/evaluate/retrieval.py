@@ -95,8 +95,14 @@ def class_queries(labels) -> list[tuple[str, str]]:
     return [(voc.name(l), l) for l in labels]
 
 
-def paraphrase_queries(labels) -> list[tuple[str, str]]:
-    data = json.loads((DATA / "eval" / "paraphrases.json").read_text())
+def paraphrase_queries(labels, file: str = "paraphrases.json") -> list[tuple[str, str]]:
+    """(text, class) of a paraphrase file in nels/data/eval/ for the given classes; [] when the file is absent.
+    paraphrases.json: the repo's own (151, written 2026-11-25); paraphrases_independent.json: 200 written apart
+    from the joint space's training phrasings (2026-12-02), to check that its gain holds for other wordings."""
+    f = DATA / "eval" / file
+    if not f.exists():
+        return []
+    data = json.loads(f.read_text())
     return [(q["text"], q["class"]) for q in data["queries"] if q["class"] in set(labels)]
 
 
@@ -112,10 +118,14 @@ def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: s
     modes_text = modes_text or (["linguistic", "joint", "fused"] if has_joint else ["linguistic"])
     modes_audio = modes_audio or (["acoustic", "joint", "fused"] if has_joint else ["acoustic"])
     out = {"dataset": str(dataset), "fold": fold, "model": lib.get_meta("model_name"), "clips": n,
-           "segments": lib.stats()["segments"], "text_class_names": {}, "text_paraphrases": {}, "audio": {}}
+           "segments": lib.stats()["segments"], "text_class_names": {}, "text_paraphrases": {},
+           "text_paraphrases_independent": {}, "audio": {}}
+    independent = paraphrase_queries(labels, "paraphrases_independent.json")
     for m in modes_text:
         out["text_class_names"][m] = rank_text(lib, class_queries(labels), truth, m, n)
         out["text_paraphrases"][m] = rank_text(lib, paraphrase_queries(labels), truth, m, n)
+        if independent:
+            out["text_paraphrases_independent"][m] = rank_text(lib, independent, truth, m, n)
     for m in modes_audio:
         out["audio"][m] = rank_audio(lib, truth, m, n)
     return out

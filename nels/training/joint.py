@@ -82,25 +82,33 @@ def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], n
     return phrases, np.asarray(owner)
 
 
-DEFAULT_TRAINING_PHRASES = Path(__file__).resolve().parent.parent / "data" / "joint_phrases.json"
+# the shipped phrasings: search queries, descriptions, titles (joint_phrases.json) and, since 2026-12-02, four more
+# styles (setting, source, short, long: joint_phrases_styles.json)
+DEFAULT_TRAINING_PHRASES = tuple(Path(__file__).resolve().parent.parent / "data" / f
+                                 for f in ("joint_phrases.json", "joint_phrases_styles.json"))
 TRAINING_PHRASES_COPY = "training_phrases.json"  # inside the joint model folder
 
 
 def training_phrases(labels: list[str], path=None) -> tuple[list[str], np.ndarray]:
     """Extra training phrasings per class ({"classes": {label: [phrase, ...]}}); classes the file lacks
-    simply get none. path None: the shipped file; "" or "none": no extra phrasings."""
+    simply get none. path None: the shipped files (`DEFAULT_TRAINING_PHRASES`); "" or "none": no extra
+    phrasings; several files joined by "," are read in turn."""
     if path in ("", "none"):
         return [], np.zeros(0, int)
-    p = Path(path) if path else DEFAULT_TRAINING_PHRASES
-    if not p.exists():
-        if path:
-            raise DatasetError(f"{p}: training phrases file not found")
-        return [], np.zeros(0, int)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))["classes"]
-        assert isinstance(raw, dict) and all(isinstance(v, list) for v in raw.values())
-    except (ValueError, KeyError, AssertionError, TypeError):
-        raise DatasetError(f'{p}: expected {{"classes": {{label: [phrase, ...]}}}}') from None
+    files = [Path(f) for f in str(path).split(",") if f] if path else list(DEFAULT_TRAINING_PHRASES)
+    raw: dict[str, list] = {}
+    for p in files:
+        if not p.exists():
+            if path:
+                raise DatasetError(f"{p}: training phrases file not found")
+            continue
+        try:
+            got = json.loads(p.read_text(encoding="utf-8"))["classes"]
+            assert isinstance(got, dict) and all(isinstance(v, list) for v in got.values())
+        except (ValueError, KeyError, AssertionError, TypeError):
+            raise DatasetError(f'{p}: expected {{"classes": {{label: [phrase, ...]}}}}') from None
+        for label, qs in got.items():
+            raw.setdefault(label, []).extend(qs)
     phrases, owner = [], []
     for i, l in enumerate(labels):
         for q in raw.get(l, []):
@@ -343,7 +351,10 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
 
     save_joint(out_dir, towers, meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
     if phrases not in ("", "none"):  # the model folder keeps the text it was trained on
-        src = Path(phrases) if phrases else DEFAULT_TRAINING_PHRASES
-        if src.exists():
-            (out_dir / TRAINING_PHRASES_COPY).write_bytes(src.read_bytes())
+        texts, owners = training_phrases(labels, phrases)  # the union of every file read, per class
+        merged: dict[str, list[str]] = {}
+        for t, o in zip(texts, owners):
+            merged.setdefault(labels[o], []).append(t)
+        (out_dir / TRAINING_PHRASES_COPY).write_text(json.dumps({"version": 1, "classes": merged}, indent=1,
+                                                                ensure_ascii=False), encoding="utf-8")
     return {k: v for k, v in meta.items() if k != "labels"} | {"out": str(out_dir)}
