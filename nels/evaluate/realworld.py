@@ -47,7 +47,8 @@ def build_library(dataset: str, model: str | None, where: Path):
 
     ds = load_dataset(dataset, "realworld")
     lib = Library(where)
-    ingest(lib, [str(it.path) for it in ds.items], model=model, options=IngestOptions(progress=sys.stderr.isatty()))
+    ingest(lib, [str(it.path) for it in ds.items], model=model or "default",
+           options=IngestOptions(progress=sys.stderr.isatty()))
     by_path = {str(Path(it.path).resolve()): it for it in ds.items}
     labels, esc = {}, {}
     for cid, uri in lib.catalogue.clips(("id", "source_uri")):
