@@ -497,9 +497,10 @@ def step_reindex(ctx: Context, cycle: int) -> tuple[str, dict]:
     return "done", {"version": v["name"], **detail}
 
 
-def swap_in(lib, model_path: str, version: str | None = None, runner: str | None = None) -> dict:
+def swap_in(lib, model_path: str, version: str | None = None, runner: str | None = None, on_staged=None) -> dict:
     """Re-index the library with `model_path` without downtime: every clip is encoded into staging tables
-    (resumable: clips staged before a crash are not redone), then one transaction swaps them in."""
+    (resumable: clips staged before a crash are not redone), then one transaction swaps them in.
+    `on_staged()`: called when every clip is staged, just before the swap (tests and bench measure around it)."""
     from nels.encoders.base import create_encoder
     from nels.encoders.selection import split_spec, weights_of
     from nels.ingest.reindex import ReindexBuilder
@@ -524,6 +525,8 @@ def swap_in(lib, model_path: str, version: str | None = None, runner: str | None
                 cat.stage_current(target, cid)
                 kept += 1
         meta = {"model": spec, "model_name": enc.name, "model_sha256": weights_of(enc)}
+        if on_staged is not None:
+            on_staged()
         if cat.swap_staged(target, meta, promote=version):
             break
     lib.forget()

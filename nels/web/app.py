@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from nels import config
 from nels.web.errors import install_error_handlers
 from nels.web.middleware import AllowedHosts, BodyLimit, SecurityHeaders
-from nels.web.routes import admin, clips, search, site, vocabulary
+from nels.web.routes import admin, clips, run, search, site, vocabulary
 from nels.web.state import AppState
 
 MAX_UPLOAD_BYTES = config.max_upload_bytes()
@@ -51,7 +51,7 @@ def create_app(library_path, admin_token: str | None = None, max_upload_bytes: i
                   description="Never-Ending Learner of Sounds: search a sound collection by text and by sound.")
     app.state.nels = st
     install_error_handlers(app)
-    for routes in (search, vocabulary, clips, admin, site):
+    for routes in (search, vocabulary, clips, admin, run, site):
         app.include_router(routes.router)
     site.mount_static(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + 256 * 1024)  # room for the multipart envelope
