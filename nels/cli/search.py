@@ -69,7 +69,12 @@ def _check_arguments(args) -> str | None:
         raise QueryError("acoustic mode needs an audio query (--audio FILE)")
     if args.mode == "linguistic" and text is None:
         raise QueryError("linguistic mode needs a text query")
-    if not (Path(args.library).expanduser() / "nels.db").exists():
+    if (Path(args.library).expanduser() / "nels.db").exists():
+        return text  # the common case, without importing the store (numpy) for a server search
+    from nels.store.library import catalogue_location
+
+    location = catalogue_location(args.library)  # a file, or a PostgreSQL URL (checked when the library opens)
+    if isinstance(location, Path) and not location.exists():
         from nels.errors import LibraryError
 
         raise LibraryError(f"no library at {Path(args.library).expanduser().resolve()} (create one with"

@@ -73,10 +73,11 @@ class IngestBuilder:
     workdir: str
     max_duration: float | None = None
     progress_dir: str | None = None  # where workers report how far into an item they are (seconds of audio)
+    catalogue: str | None = None  # the library's catalogue (a PostgreSQL URL or a file); None: <library>/nels.db
 
     def __call__(self):
         encoders = build_encoders(self.model)
-        catalogue = Catalogue(Path(self.library) / "nels.db")  # dedupe before encoding
+        catalogue = Catalogue(self.catalogue or Path(self.library) / "nels.db")  # dedupe before encoding
         workdir = Path(self.workdir)
 
         def fn(task):
@@ -113,7 +114,7 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
     if progress_dir is not None:
         progress_dir.mkdir()
     build = IngestBuilder(spec, str(lib.path), str(workdir), options.max_duration,
-                          str(progress_dir) if progress_dir else None)
+                          str(progress_dir) if progress_dir else None, catalogue=str(lib.catalogue.location))
     full = lambda: options.max_items is not None and len(report.added) >= options.max_items  # noqa: E731
     failure: BaseException | None = None
     watcher = None

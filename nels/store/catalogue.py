@@ -1,12 +1,15 @@
 """The catalogue: the one module that speaks SQL. Clips, segments, vectors, probabilities, labels, models,
 crawl items, jobs, feedback and learning iterations are read and written through `Catalogue`'s methods.
 
-SQLite in WAL mode is the single source of truth (vectors included, as float32 blobs): the vector indexes
+The catalogue is the single source of truth (vectors included, as float32 blobs): the vector indexes
 are derived caches re-synced from it (`nels.store.vectors`). Every method that writes several rows does it
 in one transaction, so a `kill -9` leaves the catalogue as it was before or after, never between.
 
-`Catalogue` is the seam for a server database: another implementation (PostgreSQL, say) provides the same
-methods. Connections are per thread (WAL lets readers in many threads run beside one writer).
+One class, two databases: a SQLite file in WAL mode (the library's `nels.db`, the default) or PostgreSQL
+(`postgresql://...`, which several machines write at once). The queries are written once, in SQLite's SQL;
+`nels.store.dialect` opens the connections, begins transactions, keeps the schema version and translates
+for PostgreSQL (placeholders, `INSERT OR REPLACE|IGNORE`, the scalar MAX/MIN, `end`, `rowid`, DDL types).
+Write `RETURNING id`, not `lastrowid`. Connections are per thread.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from nels.config import RETRY_BACKOFF_SECONDS
-from nels.errors import DiskFullError, LibraryError, RejectedError
+from nels.errors import LibraryError, RejectedError
+from nels.store.dialect import dialect_for, dialect_of, is_postgres, without_password
 from nels.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 PROVENANCE_KEYS = ("source_uri", "source_kind", "title", "uploader", "licence", "query", "webpage_url", "fetched_at")
@@ -31,38 +35,35 @@ NEVER = 253402300799.0  # next_attempt_at of an item that failed for good (9999-
 
 
 # -- connections and migrations ----------------------------------------------------------------------------
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open the catalogue file in WAL mode with foreign keys on, migrated to SCHEMA_VERSION."""
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
+def connect(location: str | Path, readonly: bool = False):
+    """Open the catalogue (a SQLite file, or a PostgreSQL URL) migrated to SCHEMA_VERSION (unless readonly)."""
+    conn = dialect_for(location).connect(location, readonly)
     if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
         migrate(conn)
     return conn
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+def schema_version(conn) -> int:
+    return dialect_of(conn).schema_version(conn)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply pending migrations, each in its own transaction (a crash leaves a valid older version)."""
-    version = schema_version(conn)
+def migrate(conn) -> None:
+    """Apply pending migrations, each in its own transaction (a crash leaves a valid older version); several
+    processes opening one catalogue at once: one migrates, the others find it done."""
+    dialect = dialect_of(conn)
+    version = dialect.schema_version(conn)
     if version > SCHEMA_VERSION:
         raise LibraryError(f"library schema v{version} is newer than this nels (v{SCHEMA_VERSION}); upgrade nels")
     for i in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
+        dialect.begin_migration(conn)
         try:
-            if schema_version(conn) != i:  # another process migrated meanwhile
+            if dialect.schema_version(conn) != i:  # another process migrated meanwhile
                 conn.execute("ROLLBACK")
                 continue
             for stmt in MIGRATIONS[i].split(";"):
                 if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {i + 1}")
+                    conn.execute(dialect.ddl(stmt))
+            dialect.set_schema_version(conn, i + 1)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -73,16 +74,6 @@ def _in(ids: Sequence) -> str:
     return ",".join("?" * len(ids))
 
 
-def _storage_error(exc: sqlite3.OperationalError) -> Exception:
-    """DiskFullError for a full disk (SQLITE_FULL) or a write the OS refused (a file size limit, an I/O
-    error); other operational errors (a lock held too long) stay what they are."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") or "disk is full" in str(exc):
-        return DiskFullError(f"disk full: the catalogue could not be written ({exc}); the transaction was rolled"
-                             f" back, free some space and re-run")
-    return exc
-
-
 def _finite(a: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise RejectedError(f"non-finite {what}: refused (the audio or the model is broken)")
@@ -90,21 +81,38 @@ def _finite(a: np.ndarray, what: str) -> np.ndarray:
 
 
 class Catalogue:
-    """The SQLite catalogue of one library (`<library>/nels.db`)."""
+    """The catalogue of one library: `location` is a SQLite file (`<library>/nels.db`) or a PostgreSQL URL.
+    `create=False` refuses a PostgreSQL database that holds no library yet (LibraryError)."""
 
-    def __init__(self, dbfile: Path):
-        self.dbfile = Path(dbfile)
+    def __init__(self, location: str | Path, create: bool = True):
+        self.location = str(location) if is_postgres(location) else Path(location)
+        self.dialect = dialect_for(location)
         self._lock = threading.RLock()  # one writer transaction at a time from this object's threads
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list = []
+        if not create and is_postgres(location):
+            conn = self.dialect.connect(location)
+            try:
+                empty = self.dialect.schema_version(conn) == 0
+            finally:
+                conn.close()
+            if empty:
+                raise LibraryError(f"no library in the catalogue {without_password(location)} (create one with"
+                                   f" 'nels ingest')")
         self.conn  # noqa: B018 - open (and migrate) now, so a bad library fails here
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection. For tests and one-off scripts; NELS's own code calls the methods."""
+    def dbfile(self) -> Path | str:
+        """The catalogue's location (the name of SQLite days)."""
+        return self.location
+
+    @property
+    def conn(self):
+        """This thread's connection (sqlite3, or `dialect.PgConnection`: both take the same SQL with `?`).
+        For tests and one-off scripts; NELS's own code calls the methods."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = connect(self.dbfile)
+            c = connect(self.location)
             self._local.conn = c
             with self._lock:
                 self._conns.append(c)
@@ -118,32 +126,37 @@ class Catalogue:
         self._local = threading.local()
 
     @contextmanager
-    def transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    def transaction(self, serial: bool = False):
+        """BEGIN ... COMMIT, rolled back on any exception. SQLite: BEGIN IMMEDIATE (one writer at a time).
+        PostgreSQL: writers run side by side (unique keys and conditional updates keep them apart); `serial`
+        also makes them wait for each other (a check-then-write such as taking the next job)."""
         c = self.conn
         with self._lock:
             try:
-                c.execute("BEGIN IMMEDIATE")
+                self.dialect.begin(c, serial)
                 yield c
                 c.execute("COMMIT")
             except BaseException as exc:
                 # SQLite has already rolled back after some errors (a full disk): ROLLBACK would then fail with
                 # "no transaction is active" and hide the real error
-                if c.in_transaction:
+                if self.dialect.in_transaction(c):
                     try:
                         c.execute("ROLLBACK")
-                    except sqlite3.Error:
+                    except self.dialect.Error:
                         pass
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise _storage_error(exc) from exc
+                if isinstance(exc, self.dialect.Error) and self.dialect.storage_error(exc) is not exc:
+                    raise self.dialect.storage_error(exc) from exc
                 raise
 
-    def _write(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, args: Sequence = ()):
         """One write statement outside `transaction` (a full disk becomes DiskFullError)."""
         try:
             return self.conn.execute(sql, args)
-        except sqlite3.OperationalError as exc:
-            raise _storage_error(exc) from exc
+        except self.dialect.Error as exc:
+            err = self.dialect.storage_error(exc)
+            if err is exc:
+                raise
+            raise err from exc
 
     def _one(self, sql: str, *args):
         row = self.conn.execute(sql, args).fetchone()
@@ -156,7 +169,7 @@ class Catalogue:
     def data_version(self) -> int:
         """Changes whenever another connection (thread, process or command) commits: a cheap "has anything
         changed since?" for caches of search answers."""
-        return int(self._one("PRAGMA data_version"))
+        return self.dialect.data_version(self.conn)
 
     def newest_ids(self) -> dict:
         """The newest clip and segment ids (0 when empty): O(log n), where COUNT(*) would scan."""
@@ -183,19 +196,23 @@ class Catalogue:
         prov = {k: provenance.get(k) for k in PROVENANCE_KEYS}
         extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
         with self.transaction() as c:
-            existing = self.clip_by_hash(content_hash)
-            if existing is not None:
+            # the UNIQUE hash decides: a concurrent writer of the same content waits here for the other's
+            # commit, then stores nothing
+            row = c.execute(
+                "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
+                " webpage_url, fetched_at, duration, added_at, meta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(content_hash) DO NOTHING RETURNING id",
+                (content_hash, media_path, prov["source_uri"], prov["source_kind"], prov["title"], prov["uploader"],
+                 prov["licence"], prov["query"], prov["webpage_url"], prov["fetched_at"], float(duration),
+                 time.time(), json.dumps(extra, default=str) if extra else None)).fetchone()
+            if row is None:
+                existing = self.clip_by_hash(content_hash)
                 if item_id is not None:
                     self.mark_done(item_id, existing, content_hash)
                 return existing, False
-            clip_id = c.execute(
-                "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
-                " webpage_url, fetched_at, duration, added_at, meta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (content_hash, media_path, prov["source_uri"], prov["source_kind"], prov["title"], prov["uploader"],
-                 prov["licence"], prov["query"], prov["webpage_url"], prov["fetched_at"], float(duration),
-                 time.time(), json.dumps(extra, default=str) if extra else None)).lastrowid
-            seg_ids = [c.execute("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?)",
-                                 (clip_id, float(s), float(e))).lastrowid for s, e in zip(starts, ends)]
+            clip_id = row[0]
+            seg_ids = [c.execute("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?) RETURNING id",
+                                 (clip_id, float(s), float(e))).fetchone()[0] for s, e in zip(starts, ends)]
             self._insert_encodings(seg_ids, vectors, probs)
             if item_id is not None:
                 self.mark_done(item_id, clip_id, content_hash)
@@ -334,10 +351,11 @@ class Catalogue:
 
     def iter_vectors(self, space: str, after_id: int = -1, dim: int | None = None,
                      batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(segment ids, vectors) of `space` with id > after_id, in id order, in blocks of `batch`."""
-        cur = self.conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? AND segment_id>? ORDER BY segment_id",
-                                (space, after_id))
-        while rows := cur.fetchmany(batch):
+        """(segment ids, vectors) of `space` with id > after_id, in id order, in blocks of `batch` (one query
+        per block, resuming after the last id: memory stays flat whatever the database)."""
+        while rows := self.conn.execute("SELECT segment_id, vec FROM vectors WHERE space=? AND segment_id>?"
+                                        " ORDER BY segment_id LIMIT ?", (space, after_id, batch)).fetchall():
+            after_id = rows[-1][0]
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
             yield ids, vecs
@@ -515,8 +533,8 @@ class Catalogue:
     def add_feedback(self, query: str, mode: str | None, clip_id: int, segment_id: int | None, relevant: bool,
                      label: str | None) -> int:
         return self.conn.execute(
-            "INSERT INTO feedback(query, mode, clip_id, segment_id, relevant, label, created_at) VALUES(?,?,?,?,?,?,?)",
-            (query, mode, clip_id, segment_id, int(relevant), label, time.time())).lastrowid
+            "INSERT INTO feedback(query, mode, clip_id, segment_id, relevant, label, created_at) VALUES(?,?,?,?,?,?,?)"
+            " RETURNING id", (query, mode, clip_id, segment_id, int(relevant), label, time.time())).fetchone()[0]
 
     def latest_feedback(self, query: str) -> list[dict]:
         """The latest judgement per clip for `query`."""
@@ -567,8 +585,8 @@ class Catalogue:
 
     def submit_job(self, kind: str, params: dict) -> int:
         with self.transaction() as c:
-            job_id = c.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES(?, ?, 'queued', ?)",
-                               (kind, json.dumps(params), time.time())).lastrowid
+            job_id = c.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES(?, ?, 'queued', ?)"
+                               " RETURNING id", (kind, json.dumps(params), time.time())).fetchone()[0]
             c.execute("DELETE FROM jobs WHERE status IN ('done', 'failed') AND id NOT IN "
                       "(SELECT id FROM jobs ORDER BY id DESC LIMIT ?)", (MAX_KEPT_JOBS,))
         return job_id
@@ -589,7 +607,7 @@ class Catalogue:
 
     def claim_job(self, pid: int) -> dict | None:
         """The oldest queued job, marked running by process `pid`; None when one is already running."""
-        with self.transaction() as c:
+        with self.transaction(serial=True) as c:
             if c.execute("SELECT 1 FROM jobs WHERE status = 'running' LIMIT 1").fetchone():
                 return None
             r = c.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()

@@ -4,11 +4,15 @@
       nels.db          SQLite (WAL): items (crawl state), clips, segments, vectors, labels, models...
       media/           the audio files, named by content hash
       indexes/         <space>.faiss + <space>.json, derived from nels.db and re-synced on open
+      catalogue.json   instead of nels.db: where the library's PostgreSQL catalogue is (its URL, no password)
+
+A library may live on object storage (`Library("s3://bucket/prefix")`, `nels/store/objectstore.py`): its media
+and lance vector tables there, its catalogue and caches in a local folder keyed by the URI (`self.path`).
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +20,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nels.config import HNSW_THRESHOLD, VECTOR_STORE
+from nels.config import CATALOGUE, HNSW_THRESHOLD, VECTOR_STORE
 from nels.errors import LibraryError, disk_error
 from nels.store.catalogue import Catalogue
-from nels.store.vectors import VectorStore, open_store
+from nels.store.dialect import is_postgres, without_password
+from nels.store.objectstore import MediaFiles, remember, resolve
+from nels.store.vectors import STORES, VectorStore, open_store
 
 
 @dataclass
@@ -55,20 +61,59 @@ def media_extension(rec: ClipRecord) -> str:
     return ".bin"
 
 
+CATALOGUE_POINTER = "catalogue.json"  # in a library folder whose catalogue is on a PostgreSQL server
+
+
+def catalogue_location(folder: str | os.PathLike, given: str | None = None) -> str | Path:
+    """Where the catalogue of the library in `folder` is: `given` (`--catalogue`), else $NELS_CATALOGUE, else
+    the PostgreSQL URL the folder recorded when it was made (catalogue.json; the password comes from
+    $PGPASSWORD or ~/.pgpass), else `folder/nels.db`. A URL is returned as it is, a file as a resolved Path."""
+    folder = Path(folder).expanduser().resolve()
+    loc = given or CATALOGUE.get()
+    pointer = folder / CATALOGUE_POINTER
+    if not loc and pointer.exists():
+        try:
+            loc = json.loads(pointer.read_text())["uri"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LibraryError(f"{pointer} is damaged ({exc}): it should say {{\"uri\": \"postgresql://...\"}}") from exc
+    if not loc:
+        return folder / "nels.db"
+    return loc if is_postgres(loc) else Path(loc).expanduser().resolve()
+
+
 class Library:
     """A library folder: the catalogue (`nels.store.catalogue`), the vector indexes and the media files.
+    `catalogue`: a `postgresql://` URL or a SQLite file (see `catalogue_location`; default `path/nels.db`).
     `create=False` refuses a folder that holds no library (LibraryError)."""
 
-    def __init__(self, path: str | os.PathLike, create: bool = True, hnsw_threshold: int = HNSW_THRESHOLD):
-        self.path = Path(path).expanduser().resolve()
-        dbfile = self.path / "nels.db"
-        if not dbfile.exists():
-            if not create:
-                raise LibraryError(f"no library at {self.path} (create one with 'nels ingest' or pass --library DIR)")
+    def __init__(self, path: str | os.PathLike, create: bool = True, hnsw_threshold: int = HNSW_THRESHOLD,
+                 catalogue: str | None = None):
+        # a folder, or an object-storage URI (self.uri) whose catalogue and caches live in a local folder
+        self.path, self.uri = resolve(path)
+        self.location = self.uri or str(self.path)  # what opens this library again
+        self.media = MediaFiles(self.path, self.uri)
+        location = catalogue_location(self.path, catalogue)
+        if isinstance(location, Path):
+            if not location.exists() and not create:
+                raise LibraryError(f"no library at {self.location} (create one with 'nels ingest' or pass --library DIR)"
+                                   + (f"; its catalogue would be {location}" if self.uri else ""))
             self.path.mkdir(parents=True, exist_ok=True)
+            self.catalogue = Catalogue(location)
+        else:
+            if (self.path / "nels.db").exists():
+                raise LibraryError(f"the library at {self.path} has its own catalogue (nels.db), not"
+                                   f" {without_password(location)}: unset NELS_CATALOGUE or drop --catalogue")
+            self.catalogue = Catalogue(location, create=create)  # refuses an empty database when create=False
+            self.path.mkdir(parents=True, exist_ok=True)  # media and index caches of this machine
+            pointer = self.path / CATALOGUE_POINTER
+            if not pointer.exists():  # later commands in this folder find the catalogue without --catalogue
+                tmp = pointer.with_suffix(f".{os.getpid()}.part")
+                tmp.write_text(json.dumps({"uri": without_password(location)}) + "\n")
+                os.replace(tmp, pointer)
+        if self.uri:
+            remember(self.path, self.uri)  # opening the local folder (serve's workers, admin jobs) opens the URI
         (self.path / "media").mkdir(exist_ok=True)
         (self.path / "indexes").mkdir(exist_ok=True)
-        self.catalogue = Catalogue(dbfile)
         self.hnsw_threshold = hnsw_threshold
         self._lock = threading.RLock()
         self._stores: dict[str, VectorStore] = {}
@@ -77,8 +122,8 @@ class Library:
 
     @property
     def conn(self):
-        """The raw SQLite connection of this thread, for tests and one-off scripts (NELS's own code goes
-        through `self.catalogue`)."""
+        """The catalogue's connection of this thread (SQLite, or PostgreSQL through the same `?` SQL), for tests
+        and one-off scripts (NELS's own code goes through `self.catalogue`)."""
         return self.catalogue.conn
 
     def close(self) -> None:
@@ -153,20 +198,12 @@ class Library:
         placed = None
         if existing is None:
             rel = f"media/{rec.content_hash[:2]}/{rec.content_hash}{media_extension(rec)}"
-            dest = self.path / rel
-            if not dest.exists():
-                tmp = dest.with_suffix(dest.suffix + f".{os.getpid()}.part")
+            if not self.media.exists(rel):
                 try:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    if rec.move_media:
-                        shutil.move(str(rec.media_file), tmp)
-                    else:
-                        shutil.copyfile(rec.media_file, tmp)
-                    os.replace(tmp, dest)
+                    self.media.put(rec.media_file, rel, move=rec.move_media)  # a temp file + rename, or one PUT
                 except OSError as exc:
-                    tmp.unlink(missing_ok=True)
                     raise disk_error(exc, f"cannot store the media of {rec.provenance.get('source_uri')}") from exc
-                placed = dest
+                placed = rel
         else:
             rel = ""
         try:
@@ -174,7 +211,7 @@ class Library:
                                            rec.vectors, rec.probs, item_id)
         except BaseException:
             if placed is not None and not self.catalogue.media_in_use(rel):  # not committed: no orphan file
-                placed.unlink(missing_ok=True)
+                self.media.delete(rel)
             raise
 
     def replace_encodings(self, clip_id: int, vectors, probs, drop_spaces: Sequence[str] = ()) -> None:
@@ -192,9 +229,8 @@ class Library:
             removed.append(int(cid))
             for store in self._stores.values():
                 store.remove(np.asarray(seg_ids, dtype=np.int64))
-            media = self.path / media_path
-            if media.exists() and not self.catalogue.media_in_use(media_path):
-                media.unlink()
+            if media_path and not self.catalogue.media_in_use(media_path):
+                self.media.delete(media_path)
         self.forget()
         return len(removed)
 
@@ -213,10 +249,13 @@ class Library:
                     raise LibraryError(f"the library has no '{space}' vectors")
                 # the store a library was made with stays its store ($NELS_VECTOR_STORE chooses for new ones)
                 kind = self.catalogue.get_meta("vector_store")
-                if kind is None:
-                    kind = VECTOR_STORE.get()
+                if kind is None:  # on object storage the vectors go beside the media unless said otherwise
+                    kind = "lance" if self.uri and not os.environ.get(VECTOR_STORE.env) else VECTOR_STORE.get()
                     self.catalogue.set_meta("vector_store", kind)
-                st = open_store(kind, self.path / "indexes" / space, dim, hnsw_threshold=self.hnsw_threshold)
+                # a store that can live on object storage does so with the media; others stay local caches
+                remote = self.uri and getattr(STORES.get(kind), "object_storage", False)
+                where = f"{self.uri}/indexes/{space}" if remote else self.path / "indexes" / space
+                st = open_store(kind, where, dim, hnsw_threshold=self.hnsw_threshold)
                 self._stores[space] = st
                 full = True  # first use: catch anything (removals, a crash) since the file was written
             else:
@@ -267,8 +306,13 @@ class Library:
         self._memo["probs"] = (stamp, val)
         return val
 
+    def media_file(self, media_path: str) -> Path:
+        """A local file with a clip's media (`media_path` as the catalogue has it): in the library folder, or
+        this machine's cached copy of the one on object storage (fetched when missing)."""
+        return self.media.local(media_path)
+
     def stats(self) -> dict:
-        return {"library": str(self.path), **self.catalogue.stats()}
+        return {"library": self.location, **self.catalogue.stats()}
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to the catalogue (see Catalogue.data_version)."""

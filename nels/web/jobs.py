@@ -18,6 +18,7 @@ import traceback
 from typing import Any, Callable
 
 from nels.store.catalogue import MAX_KEPT_JOBS, Catalogue
+from nels.store.library import catalogue_location
 
 log = logging.getLogger("nels.web")
 MAX_KEPT = MAX_KEPT_JOBS  # finished jobs kept (older ones are forgotten)
@@ -70,7 +71,7 @@ class JobRunner:
 
         self.path = Path(library_path)
         self.handlers = handlers or HANDLERS
-        self.catalogue = Catalogue(self.path / "nels.db")  # one connection per thread
+        self.catalogue = Catalogue(catalogue_location(self.path))  # one connection per thread
         self._lock = threading.Lock()  # guards the runner thread's start
         self._wake = threading.Event()
         self._stop = False
