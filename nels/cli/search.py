@@ -69,16 +69,18 @@ def _check_arguments(args) -> str | None:
         raise QueryError("acoustic mode needs an audio query (--audio FILE)")
     if args.mode == "linguistic" and text is None:
         raise QueryError("linguistic mode needs a text query")
-    if (Path(args.library).expanduser() / "nels.db").exists():
+    from nels.store.objectstore import resolve
+
+    folder = resolve(args.library)[0]  # the folder, or the local folder of an s3://... library
+    if (folder / "nels.db").exists():
         return text  # the common case, without importing the store (numpy) for a server search
     from nels.store.library import catalogue_location
 
-    location = catalogue_location(args.library)  # a file, or a PostgreSQL URL (checked when the library opens)
+    location = catalogue_location(folder)  # a file, or a PostgreSQL URL (checked when the library opens)
     if isinstance(location, Path) and not location.exists():
         from nels.errors import LibraryError
 
-        raise LibraryError(f"no library at {Path(args.library).expanduser().resolve()} (create one with"
-                           " 'nels ingest' or pass --library DIR)")
+        raise LibraryError(f"no library at {args.library} (create one with 'nels ingest' or pass --library DIR)")
     return text
 
 
@@ -105,13 +107,16 @@ def find_server(library: str) -> str | None:
     """The URL of a `nels serve` running on this library, from `<library>/server.json` (which the server
     writes once it listens and removes when it stops), if its process is alive and the file names this
     library; else None."""
-    f = Path(library).expanduser() / config.SERVER_FILE
+    from nels.store.objectstore import resolve
+
+    folder = resolve(library)[0]  # the folder, or the local folder of an s3://... library
+    f = folder / config.SERVER_FILE
     try:
         info = json.loads(f.read_text())
         pid, url, lib = int(info["pid"]), str(info["url"]), info.get("library")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if lib is not None and Path(lib) != Path(library).expanduser().resolve():
+    if lib is not None and Path(lib) != folder:
         return None  # a copied library folder: its server serves the original
     try:
         os.kill(pid, 0)

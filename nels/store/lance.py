@@ -23,7 +23,6 @@ newest version.
 """
 from __future__ import annotations
 
-import math
 import os
 import posixpath
 import threading
@@ -38,6 +37,7 @@ from nels.errors import LibraryError, disk_error
 
 MODEL_KEY = b"nels.model"
 MIN_INDEX_ROWS = 256  # an IVF/PQ index trains on at least this many vectors (its k-means needs them)
+PARTITION_ROWS = 4096  # IVF partitions of ~4k vectors: LANCE_NPROBES of them read ~80k vectors per query
 DELETE_CHUNK = 5000  # ids per DELETE predicate
 SMALL_FRAGMENTS = 16  # `flush` compacts when the table has more small fragments than this
 
@@ -83,6 +83,7 @@ class LanceStore:
     """A LanceDB table of one space's vectors keyed by segment id (see the module docstring)."""
 
     suffix = ".lance"
+    object_storage = True  # a library on object storage keeps these tables there (nels.store.library)
 
     def __init__(self, dim: int, path: str | os.PathLike | None = None, hnsw_threshold: int = HNSW_THRESHOLD,
                  index_type: str = LANCE_INDEX, nprobes: int = LANCE_NPROBES, refine_factor: int = LANCE_REFINE,
@@ -264,13 +265,14 @@ class LanceStore:
             self._seen_version = self.table.version
 
     def build_index(self) -> None:
-        """(Re)train the ANN index over every row: IVF with ~sqrt(n) partitions, then PQ (dim/4 sub-vectors,
-        re-ranked exactly by `refine_factor`) or HNSW over scalar-quantised vectors inside each partition."""
+        """(Re)train the ANN index over every row: IVF with a partition per PARTITION_ROWS rows, then PQ
+        (dim/4 sub-vectors) or HNSW over scalar-quantised vectors inside each partition; searches re-rank
+        `refine_factor` x k candidates on the exact vectors."""
         from lancedb.index import HnswSq, IvfPq
 
         with self._lock:
             n = self.table.count_rows()
-            parts = max(1, min(int(math.sqrt(n)), n // MIN_INDEX_ROWS, 4096))
+            parts = max(1, min(n // PARTITION_ROWS, 4096))
             if self.index_type == "IVF_PQ":
                 sub = next(s for s in (self.dim // 4, self.dim // 8, self.dim // 2, 1) if s and self.dim % s == 0)
                 config = IvfPq(distance_type="dot", num_partitions=parts, num_sub_vectors=sub)

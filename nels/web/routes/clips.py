@@ -44,21 +44,21 @@ class Feedback(BaseModel):
 
 
 def events(segments: list[dict]) -> list[dict]:
-    """A timeline: consecutive segments whose top label agrees merge into one event."""
-    out: list[dict] = []
-    for s in segments:
-        if not s["labels"]:
-            continue
-        top = s["labels"][0]
-        last = out[-1] if out else None
-        if last and last["label"] == top["label"] and s["start"] <= last["end"] + 1e-6:
-            last["end"] = max(last["end"], s["end"])
-            last["prob"] = max(last["prob"], top["prob"])
-            last["segments"].append(s["segment_id"])
-        else:
-            out.append({"label": top["label"], "start": s["start"], "end": s["end"], "prob": top["prob"],
-                        "segments": [s["segment_id"]]})
-    return out
+    """A timeline: runs of consecutive segments with the same top label, a run shorter than RUN_MIN_SECONDS
+    absorbed by its neighbour (nels.search.tag.label_runs): tens of events for an hour, not thousands."""
+    from nels.search.tag import label_runs
+
+    return label_runs(segments)
+
+
+def attribution(c: dict) -> str:
+    """'"Title" by Uploader (URL), licence: CC BY 4.0' from what the library knows of a clip's source."""
+    title = c.get("title") or f"clip {c.get('id')}"
+    out = f'"{title}"' + (f" by {c['uploader']}" if c.get("uploader") else "")
+    src = c.get("webpage_url") or c.get("source")
+    if src and "://" in str(src):
+        out += f" ({src})"
+    return out + (f", licence: {c['licence']}" if c.get("licence") else ", licence: not recorded (ask the source)")
 
 
 def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
@@ -68,14 +68,18 @@ def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
     if row is None:
         raise ApiError(404, f"no clip {clip_id}")
     root = (lib.path / "media").resolve()
-    path = (lib.path / row["media_path"]).resolve()
+    path = lib.media_file(row["media_path"]).resolve()  # a cached copy when the media is on object storage
     if not path.is_relative_to(root) or not path.is_file():
         raise ApiError(404, f"the media of clip {clip_id} is missing")
     return path, row
 
 
 @router.get("/api/clips/{clip_id}", tags=["clips"], summary="A clip, its segments and its timeline of sound events")
-def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state)):
+def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state),
+         segments: bool = Query(True, description="include every segment (an hour-long clip has 3600); the events,"
+                                                  " grouped by label, are always there")):
+    from nels.search.tag import group_by_label
+
     c = st.lib.clip(clip_id)
     if c is None:
         raise ApiError(404, f"no clip {clip_id}")
@@ -92,7 +96,111 @@ def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state)):
     c["spectrogram_url"] = f"/api/spectrogram/{clip_id}.png"
     c["source"] = c.get("webpage_url") or c.get("source_uri")
     c["events"] = events(c["segments"])
+    c["event_groups"] = [{k: g[k] for k in ("label", "count", "seconds")} for g in group_by_label(c["events"])]
+    c["n_segments"] = len(c["segments"])
+    c["view_url"] = f"/api/clips/{clip_id}/view.png"
+    c["download_url"] = f"/api/clips/{clip_id}/download"
+    c["similar_url"] = f"/api/clips/{clip_id}/similar"
+    c["attribution"] = attribution(c)
+    if not segments:
+        c.pop("segments")
     return c
+
+
+def _span(start: float | None, end: float | None, duration: float, clip_id: int) -> tuple[float, float]:
+    """[start, end] of a clip checked (422 past its end) and clamped to it; None: the whole clip."""
+    start = 0.0 if start is None else start
+    end = duration if end is None else min(end, duration)
+    if start >= duration:
+        raise ApiError(422, f"start {start:g} s is past the end of clip {clip_id} ({duration:.2f} s)")
+    if end <= start:
+        raise ApiError(422, f"end {end:g} s is not after start {start:g} s")
+    return start, end
+
+
+_RENDERS = threading.BoundedSemaphore(2)  # views drawn at once per server process (each decodes its range)
+
+
+@router.get("/api/clips/{clip_id}/view.png", tags=["clips"],
+            summary="Waveform over spectrogram of any range of a clip (the clip page's overview and zoomed view)")
+def view(clip_id: ClipId,
+         start: float | None = Query(None, ge=0, allow_inf_nan=False, description="from (s); default 0"),
+         end: float | None = Query(None, gt=0, allow_inf_nan=False, description="to (s); default: the clip's end"),
+         width: int = Query(1200, ge=100, le=2400, description="pixels (rounded up to a multiple of 100)"),
+         height: int = Query(160, ge=40, le=480, description="pixels (rounded up to a multiple of 40)"),
+         st: AppState = Depends(app_state)):
+    from nels.web.images import view_png
+
+    path, row = _media_file(st, clip_id)
+    start, end = _span(start, end, float(row["duration"] or 0.0), clip_id)
+    # one picture per (10 ms-rounded range, size class): what a page asks for again is a file read, and the
+    # folder is the bounded spectrogram cache (least recently used go first)
+    s_ms, e_ms = int(start * 100), int(-(-end * 100 // 1))
+    width, height = -(-width // 100) * 100, -(-height // 40) * 40
+    key = hashlib.sha1(path.name.encode()).hexdigest()[:16]
+    name = f"{clip_id}-{key}-view-{s_ms}-{e_ms}-{width}x{height}.png"
+    cache = SpectrogramCache(st.lib.path / "cache" / "spectrograms")
+    hit = cache.get(name)
+    if hit is None:
+        with _RENDERS:
+            hit = cache.get(name) or cache.put(name, view_png(path, s_ms / 100, e_ms / 100, width, height))
+    return FileResponse(hit, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+
+def _download_name(c: dict, clip_id: int, suffix: str) -> str:
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "", str(c.get("title") or ""))[:80].strip(" .") or f"clip-{clip_id}"
+    if stem.lower().endswith(suffix):
+        stem = stem[:-len(suffix)] or f"clip-{clip_id}"
+    return f"{stem}{suffix}"
+
+
+@router.get("/api/clips/{clip_id}/download", tags=["clips"],
+            summary="The clip's audio as a file to save (its licence and attribution are in the clip's JSON)")
+def download(clip_id: ClipId, st: AppState = Depends(app_state)):
+    path, _ = _media_file(st, clip_id)
+    c = st.lib.clip(clip_id) or {}
+    headers = dict(MEDIA_HEADERS)
+    headers["Content-Disposition"] = f'attachment; filename="{_download_name(c, clip_id, path.suffix.lower())}"'
+    if c.get("licence"):
+        headers["X-Licence"] = "".join(ch for ch in str(c["licence"]) if 32 <= ord(ch) < 127)[:200]
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+                        headers=headers)
+
+
+@router.get("/api/clips/{clip_id}/similar", tags=["clips"],
+            summary="Similar sounds: an audio search with a range of this clip as the query (other clips only)")
+def similar(clip_id: ClipId,
+            start: float | None = Query(None, ge=0, allow_inf_nan=False, description="query from (s); default 0"),
+            end: float | None = Query(None, gt=0, allow_inf_nan=False,
+                                      description="query to (s); default: 10 s after start (at most 600 s)"),
+            k: int = Query(10, ge=1, le=100), page: int = Query(1, ge=1, le=20),
+            st: AppState = Depends(app_state)):
+    import numpy as np
+
+    from nels.web.auth import public_source
+    from nels.web.images import read_range
+
+    path, row = _media_file(st, clip_id)
+    duration = float(row["duration"] or 0.0)
+    start = start or 0.0
+    start, end = _span(start, min(end if end is not None else start + 10.0, start + config.MAX_QUERY_AUDIO_SECONDS),
+                       duration, clip_id)
+    x = np.concatenate(list(read_range(path, start, end)) or [np.zeros(0, np.float32)])
+    if x.size == 0:
+        raise ApiError(422, f"clip {clip_id} has no audio between {start:g} and {end:g} s")
+    # the clip itself is left out (its own neighbouring segments would fill the page): ask for more, keep others
+    want = k * page
+    res = st.lib.search(audio=x, k=min(200, 3 * want + 10), page=1)
+    out = res.to_dict()
+    others = [r for r in out["results"] if r.get("clip_id") != clip_id]
+    out["results"] = others[want - k:want]
+    for r in out["results"]:
+        r["source"] = public_source(r.get("source"))
+    out.update(query=f"similar to clip {clip_id} {start:.1f}-{end:.1f} s", clip_id=clip_id, start=start, end=end,
+               k=k, page=page, has_more=len(others) > want)
+    return out
 
 
 @router.get("/media/{clip_id}", tags=["clips"], summary="The clip's audio (HTTP Range supported)")
