@@ -145,6 +145,29 @@ def test_ray_runner_gives_the_reference_library(tmp_path, cluster):
     lib.close()
 
 
+def test_tasks_are_pulled_only_as_results_are_taken(cluster):
+    """Backpressure: the runner reads the (lazy) tasks no further ahead of the results taken than its bound,
+    so a crawl of any length holds a bounded number of items; results come in task order."""
+    from nels.ingest.runners import make_runner
+
+    runner = make_runner("ray", workers=2, per_worker=2, max_in_flight=5)
+    pulled = 0
+
+    def tasks():
+        nonlocal pulled
+        for i in range(60):
+            pulled += 1
+            yield i
+
+    build = lambda: (lambda t: t * t)  # noqa: E731 - a lambda: Ray's cloudpickle ships it by value
+    got, ahead = [], []
+    for r in runner.run(tasks(), build):
+        got.append(r)
+        ahead.append(pulled - len(got))
+    assert got == [i * i for i in range(60)]
+    assert max(ahead) <= 5  # pulled ahead of what was taken: never more than max_in_flight
+
+
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, cluster):
     from nels.ingest.runner import IngestOptions, ingest
     from nels.ingest.runners import make_runner

@@ -2,9 +2,10 @@
 driver (this process) reads the items, claims each one just before handing it out, and writes every
 result itself, so the catalogue keeps a single writer.
 
-    nels ingest DIR --runner ray                      a Ray instance started here (or $RAY_ADDRESS)
-    nels ingest DIR --runner ray --ray-address auto   the cluster `ray start --head` started on this machine
+    nels ingest DIR --runner ray                      $RAY_ADDRESS, else the cluster `ray start` runs on
+                                                      this machine, else a Ray instance started for the command
     nels ingest DIR --runner ray --ray-address HOST:6379
+    nels ingest DIR --runner ray --ray-address local  always a Ray instance of its own
 
 Each actor builds its function (its encoders) once from the picklable builder, with `cpus_per_worker`
 Ray CPUs and as many torch threads. Tasks go to the actor with the fewest unfinished ones (at most
@@ -67,8 +68,9 @@ class _Worker:
 
 class RayRunner:
     """Parameters:
-    address : the Ray cluster ("auto", "HOST:PORT", "ray://HOST:10001"); None: $RAY_ADDRESS, else a Ray
-        instance started for this process. Ignored when Ray is already initialised in this process.
+    address : the Ray cluster ("HOST:PORT", "auto", "local", "ray://HOST:10001"); None: $RAY_ADDRESS, else
+        the cluster `ray start` runs on this machine, else a Ray instance started for this process ("local":
+        always that). Ignored when Ray is already initialised in this process.
     workers : actors (None: the cluster's CPUs / cpus_per_worker, at least 1).
     cpus_per_worker : Ray CPUs each actor reserves (and its torch threads).
     per_worker : tasks queued on one actor at a time.
