@@ -89,6 +89,160 @@ def outline_png(base_png: bytes, duration: float, start: float, end: float) -> b
     return out.getvalue()
 
 
+# -- the clip page's views: any range of a clip, waveform over spectrogram -------------------------------------
+VIEW_MAX_WIDTH, VIEW_MAX_HEIGHT = 2400, 480
+VIEW_FRAMES_PER_COLUMN = 4
+_PCM_SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "s32": 1 / 2 ** 31, "s32p": 1 / 2 ** 31, "flt": 1.0, "fltp": 1.0}  # FFT frames averaged per pixel column (a 1-hour overview is not a "barcode")
+
+
+def read_range(media: Path, start: float, end: float | None, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0):
+    """Mono float32 chunks of `media` from `start` to `end` seconds (None: the end of the file), at `sr` Hz.
+
+    Seeks to `start` (decoding only the range: a minute of an hour-long file costs a minute's decode), then trims
+    to the exact sample. Raises nels.errors.DecodeError for a file that cannot be read."""
+    import av
+
+    from nels.errors import DecodeError
+
+    try:
+        container = av.open(str(media))
+    except Exception as exc:  # noqa: BLE001 - av raises many classes
+        raise DecodeError(f"{Path(media).name}: not a readable audio file ({exc.__class__.__name__})") from None
+    try:
+        st = container.streams.audio[0]
+        st.thread_type = "AUTO"
+        if start > 0 and st.time_base:
+            try:
+                container.seek(int(start / st.time_base), stream=st, backward=True)
+            except av.FFmpegError:  # not seekable: decode from the beginning
+                container.seek(0)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        ctx = st.codec_context
+        # already mono PCM at `sr` (FLAC/WAV media of 16 kHz sources): converted in numpy, several times cheaper
+        direct = ctx is not None and ctx.sample_rate == sr and ctx.channels == 1
+        first = int(round(start * sr))
+        last = None if end is None else int(round(end * sr))
+        pos = None  # absolute sample index of the next output sample
+        buf, held, chunk = [], 0, int(chunk_seconds * sr)
+
+        def frames():
+            for frame in container.decode(st):
+                yield frame
+            yield None  # flush the resampler
+
+        for frame in frames():
+            if frame is not None and pos is None:
+                pos = int(round(float(frame.pts * frame.time_base) * sr)) if frame.pts is not None else 0
+            if frame is not None and direct and frame.sample_rate == sr and frame.format.name in _PCM_SCALE:
+                outs = [frame.to_ndarray().reshape(-1).astype(np.float32) * _PCM_SCALE[frame.format.name]]
+            else:
+                outs = [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)]
+            for x in outs:
+                x = x.astype(np.float32, copy=False)
+                lo = max(0, first - pos)
+                hi = x.size if last is None else min(x.size, last - pos)
+                if hi > lo:
+                    buf.append(x[lo:hi])
+                    held += hi - lo
+                pos += x.size
+                if held >= chunk:
+                    yield np.concatenate(buf)
+                    buf, held = [], 0
+            if last is not None and pos is not None and pos >= last:
+                break
+        if held:
+            yield np.concatenate(buf)
+    except av.FFmpegError as exc:
+        raise DecodeError(f"{Path(media).name}: corrupt audio ({exc.__class__.__name__})") from None
+    finally:
+        container.close()
+
+
+def view_png(media: Path, start: float, end: float, width: int = 1200, height: int = 160) -> bytes:
+    """A `width` x `height` picture of `media` between `start` and `end` seconds: the waveform envelope (min/max
+    per pixel column) in the top quarter, a log-frequency spectrogram below (each column the mean power of
+    VIEW_FRAMES_PER_COLUMN frames spread over its time span). Streams the range: memory is O(width), not O(audio).
+    """
+    from PIL import Image
+
+    width = int(min(max(width, 16), VIEW_MAX_WIDTH))
+    height = int(min(max(height, 32), VIEW_MAX_HEIGHT))
+    span = max(int(round((end - start) * SAMPLE_RATE)), 1)
+    edges = np.linspace(0, span, width + 1)  # column c covers samples [edges[c], edges[c+1]) of the range
+    k = VIEW_FRAMES_PER_COLUMN
+    # frame starts: k per column, spread over the column (frames overlap their neighbours in short ranges)
+    offs = (np.arange(k) + 0.5) / k
+    centres = (edges[:-1, None] + offs[None, :] * np.diff(edges)[:, None]).reshape(-1)
+    fstarts = np.clip(np.round(centres - N_FFT / 2).astype(np.int64), 0, max(span - N_FFT, 0))
+    fcol = np.repeat(np.arange(width), k)
+    power = np.zeros((width, N_FFT // 2 + 1), np.float64)
+    counts = np.zeros(width, np.int64)
+    lo = np.full(width, np.inf, np.float32)
+    hi = np.full(width, -np.inf, np.float32)
+    win = np.hanning(N_FFT).astype(np.float32)
+    carry = np.zeros(0, np.float32)
+    offset = 0  # range sample index of carry[0]
+    nxt = 0  # next frame (index into fstarts) to compute
+    bounds = np.round(edges).astype(np.int64)
+    for chunk in read_range(media, start, end):
+        # waveform: min/max of the chunk's samples per column
+        c0, n = offset + carry.size, chunk.size
+        cols = np.searchsorted(bounds, [c0, c0 + n], side="right") - 1
+        a, b = max(int(cols[0]), 0), min(int(cols[1]), width - 1)
+        if n and a <= b:
+            idx = np.clip(bounds[a:b + 1] - c0, 0, n)
+            idx[0] = 0
+            keep = idx < n
+            idx, cs = idx[keep], np.arange(a, b + 1)[keep]
+            if idx.size:
+                np.minimum.at(lo, cs, np.minimum.reduceat(chunk, idx))
+                np.maximum.at(hi, cs, np.maximum.reduceat(chunk, idx))
+        buf = np.concatenate([carry, chunk])
+        j = nxt
+        while j < fstarts.size and fstarts[j] - offset + N_FFT <= buf.size:
+            j += 1
+        if j > nxt:
+            frames = np.stack([buf[s - offset:s - offset + N_FFT] for s in fstarts[nxt:j]]) * win
+            p = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+            np.add.at(power, fcol[nxt:j], p)
+            np.add.at(counts, fcol[nxt:j], 1)
+            nxt = j
+        keep_from = int(fstarts[nxt]) - offset if nxt < fstarts.size else buf.size
+        keep_from = min(max(keep_from, 0), buf.size)
+        carry, offset = buf[keep_from:], offset + keep_from
+    if nxt < fstarts.size and carry.size:  # frames running past the end: zero-padded
+        for s in fstarts[nxt:]:
+            fr = np.zeros(N_FFT, np.float32)
+            seg = carry[max(0, s - offset):max(0, s - offset) + N_FFT]
+            fr[:seg.size] = seg
+            power[fcol[nxt]] += np.abs(np.fft.rfft(fr * win)) ** 2
+            counts[fcol[nxt]] += 1
+            nxt += 1
+    spec = (power / np.maximum(counts, 1)[:, None]).T  # (freq, time)
+    wave_h = max(height // 4, 8)
+    spec_h = height - wave_h
+    rows = np.geomspace(1, spec.shape[0] - 1, spec_h).astype(int)
+    db = 10 * np.log10(spec[rows][::-1] + 1e-12)
+    top = db.max() if np.isfinite(db).any() else 0.0
+    img = np.clip((db - (top - 80.0)) / 80.0, 0, 1)
+    img[:, counts == 0] = 0.0
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[wave_h:] = _colormap()[(img * 255).astype(np.uint8)]
+    # waveform: a light envelope on the dark strip, scaled to the range's loudest sample
+    rgb[:wave_h] = (24, 24, 32)
+    have = np.isfinite(lo) & np.isfinite(hi)
+    peak = float(max(np.abs(lo[have]).max(initial=0), np.abs(hi[have]).max(initial=0))) or 1.0
+    mid = (wave_h - 1) / 2
+    y0 = np.where(have, np.round(mid - hi / peak * mid), mid).astype(int).clip(0, wave_h - 1)
+    y1 = np.where(have, np.round(mid - lo / peak * mid), mid).astype(int).clip(0, wave_h - 1)
+    yy = np.arange(wave_h)[:, None]
+    mask = (yy >= y0[None, :]) & (yy <= y1[None, :]) & have[None, :]
+    rgb[:wave_h][mask] = (140, 200, 255)
+    out = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
+
 def _per_class(raw) -> dict[str, float]:
     """{class: AP} from the stored JSON: a dict, a list of {label|class, ap} rows, or a plain list."""
     try:

@@ -200,6 +200,8 @@ function resultItem(r, data, i) {
     h("div", { class: "meta" },
       h("span", {}, `${fmtTime(r.start)}–${fmtTime(r.end)} of ${fmtTime(dur)} · `,
         isHttp(r.source) ? h("a", { href: r.source, target: "_blank", rel: "noopener noreferrer" }, "source") : h("span", { title: r.source || "" }, "local file")),
+      h("a", { class: "similar-link", href: `/clip/${r.clip_id}?t=${r.start}&similar=${r.start}-${r.end}`,
+               title: "Sounds like this segment, from other clips" }, "≈ Similar sounds"),
       h("span", { class: "fb", role: "group", "aria-label": "Was this relevant?" }, fb(true), fb(false))));
 }
 
@@ -287,42 +289,7 @@ function initSearch() {
 }
 
 /* ------------------------------------------------------------------------------------------------ clip */
-async function initClip(id) {
-  const root = $("#clip");
-  if (document.referrer && new URL(document.referrer).origin === location.origin) {
-    $("#back").addEventListener("click", (e) => { e.preventDefault(); history.back(); });
-  }
-  root.replaceChildren(h("p", { class: "status" }, "Loading…"));
-  let c;
-  try { c = await api(`/api/clips/${id}`); } catch (e) {
-    root.replaceChildren(h("p", { class: "status error", role: "alert" }, e.message)); return;
-  }
-  const dur = c.duration || 1;
-  const t = Number(new URLSearchParams(location.search).get("t")) || 0;
-  const title = c.title || `Clip ${c.id}`;
-  document.title = `${title} · NELS`;
-  const audio = h("audio", { controls: true, preload: "metadata", src: `${c.media_url}${t ? `#t=${t}` : ""}`, "aria-label": title, id: "clip-audio" });
-  const playAt = (s) => { audio.currentTime = s; audio.play().catch(() => {}); };
-  const marks = c.events.map((ev) => h("div", { class: "ev", style: { left: `${100 * ev.start / dur}%` } }));
-  root.replaceChildren(
-    h("h1", {}, title),
-    h("p", { class: "muted" }, `${fmtTime(dur)} · `, isHttp(c.source) ? h("a", { href: c.source, target: "_blank", rel: "noopener noreferrer" }, c.source) : (c.source || ""),
-      c.uploader ? ` · by ${c.uploader}` : "", c.licence ? ` · licence: ${c.licence}` : ""),
-    h("div", { class: "spec" }, h("img", { src: c.spectrogram_url, alt: `Spectrogram of ${title}`, width: 480, height: 96 }), marks),
-    h("div", { class: "player" }, audio),
-    h("h2", {}, "Sound events"),
-    c.events.length ? h("div", { class: "timeline", role: "group", "aria-label": "Timeline of sound events" },
-      c.events.map((ev) => h("button", { type: "button", title: `${ev.label} ${fmtTime(ev.start)}–${fmtTime(ev.end)} (${pct(ev.prob)})`,
-        style: { left: `${100 * ev.start / dur}%`, width: `${Math.max(1, 100 * (ev.end - ev.start) / dur)}%`, background: colorFor(ev.label) },
-        onclick: () => playAt(ev.start) }, ev.label))) : h("p", { class: "muted" }, "No labelled events (this library has no classifier)."),
-    h("ol", { class: "events" }, (c.events.length ? c.events : c.segments.map((s) => ({ label: "segment", start: s.start, end: s.end, prob: null })))
-      .map((ev) => h("li", {},
-        h("button", { type: "button", onclick: () => playAt(ev.start), "aria-label": `Play ${ev.label} at ${fmtTime(ev.start)}` }, `▶ ${fmtTime(ev.start)}–${fmtTime(ev.end)}`),
-        h("span", { class: "swatch", style: { background: colorFor(ev.label) }, "aria-hidden": "true" }),
-        h("span", {}, ev.label, ev.prob !== null ? ` (${pct(ev.prob)})` : "")))),
-  );
-  if (t) audio.addEventListener("loadedmetadata", () => { if (audio.currentTime < t) audio.currentTime = t; }, { once: true });
-}
+// the clip page (overview + zoomable detail, events by label, similar sounds, download): clip.js
 
 /* ------------------------------------------------------------------------------------------------ admin */
 const A = { poll: null };
@@ -427,7 +394,7 @@ function route() {
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (a.dataset.nav === view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
-  if (view === "clip") initClip(m[1]);
+  if (view === "clip") initClipPage(m[1]);  // clip.js
   else if (view === "admin") initAdmin();
   else if (view === "vocabulary") initVocabulary();  // vocabulary.js
   else initSearch();
