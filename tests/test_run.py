@@ -192,7 +192,8 @@ def test_run_crawls_learns_promotes_survives_kill_and_sigterm(tmp_path, site):
 def test_serve_keeps_answering_through_the_swap(tmp_path, sounds):
     from nels.ingest.runner import ingest
     from nels.learn.heads import save_with_head
-    from nels.learn.run import ensure_seed_version, load_head, swap_in
+    from nels.errors import NelsError
+    from nels.learn.run import ensure_seed_version, load_head, rollback, swap_in
 
     lib = Library(tmp_path / "lib")
     ingest(lib, [str(sounds)], model="default")
@@ -204,7 +205,8 @@ def test_serve_keeps_answering_through_the_swap(tmp_path, sounds):
     results: list[tuple[int, bool]] = []  # (HTTP status, a result's top label is the new class)
     stop = threading.Event()
 
-    with Server(lib.path) as srv:
+    srv = Server(lib.path).start(timeout=600)  # a loaded machine starts a server slowly: readiness, not a clock
+    with srv:
         def hammer():
             i = 0
             while not stop.is_set():
@@ -227,7 +229,8 @@ def test_serve_keeps_answering_through_the_swap(tmp_path, sounds):
             _wait_for(lambda: len(results) >= marks["staged"] + 3, what="searches while staged")
 
         marks["start"] = len(results)
-        swap_in(lib, str(new_path), None, on_staged=staged)
+        lib.catalogue.add_model_version("cnn-v2-test", str(new_path), seed["name"], 1, "promoting", None, None)
+        swap_in(lib, str(new_path), "cnn-v2-test", on_staged=staged)
         marks["swapped"] = len(results)
         _wait_for(lambda: any(r[1] for r in results[marks["swapped"]:]), what="the new model answering")
         stop.set()
@@ -236,6 +239,14 @@ def test_serve_keeps_answering_through_the_swap(tmp_path, sounds):
     assert marks["swapped"] >= marks["staged"] + 3  # searches ran while the new encodings were staged...
     assert not any(r[1] for r in results[:marks["staged"] + 3])  # ...answered by the old model alone
     assert lib.get_meta("model_name") == "cnn-v2-test" and lib.catalogue.generation() == 1
+    assert [v["name"] for v in lib.catalogue.model_versions("serving")] == ["cnn-v2-test"]
+    rollback(lib, seed["name"])  # the seed CNN serves again, swapped in the same way
+    assert lib.get_meta("model_name") == seed["name"] and lib.catalogue.generation() == 2
+    assert lib.catalogue.prob_models() == [seed["name"]]
+    assert {v["name"]: v["status"] for v in lib.catalogue.model_versions()} == {seed["name"]: "serving",
+                                                                                  "cnn-v2-test": "retired"}
+    with pytest.raises(NelsError):
+        rollback(lib, "no-such-version")
     lib.close()
 
 

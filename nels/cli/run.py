@@ -37,6 +37,8 @@ def add_run_parsers(sub) -> None:
     s.add_argument("--once", action="store_true", help="one cycle, then exit (for cron)")
     s.add_argument("--cycles", type=int, default=None, metavar="N", help="stop after N cycles")
     s.add_argument("--quiet", action="store_true", help="log to <library>/run.log only, not stdout")
+    s.add_argument("--rollback", default=None, metavar="VERSION",
+                   help="serve this model version again (see 'nels status'), re-indexing without downtime, and exit")
     s.set_defaults(func="nels.cli.run:cli_run")
 
     s = sub.add_parser("status", help="what `nels run` is doing: its step, cycles, model versions, candidates")
@@ -76,6 +78,11 @@ def cli_run(args) -> int:
     if args.quiet_hours:
         planner.parse_quiet_hours(args.quiet_hours)  # a bad value fails now, not at the first crawl
     lib = Library(args.library, create=False)
+    if args.rollback:
+        from nels.learn.run import rollback
+
+        print_json(rollback(lib, args.rollback, args.runner))
+        return 0
     res = run(lib, _options(args), once=args.once, cycles=args.cycles, echo=not args.quiet)
     return 0 if res["stopped_by"] in ("done", "signal") else 1
 

@@ -264,6 +264,31 @@ def labelled_splits(ctx: Context, enc, labels: list[str]):
     return seed, held, ds.labels
 
 
+def library_pool(ctx: Context, enc) -> tuple[loop.Split, list[int], list[str]]:
+    """(Split of every library clip, clip ids, crawl texts), each clip embedded once per process (the pool grows
+    by a few clips a cycle; re-embedding all of them every cycle cost most of a learning step)."""
+    from nels.audio.decode import decode
+    from nels.learn.embed import embed_audio
+
+    memo = ctx.cache.setdefault(("pool", enc.name), {})
+    rows = ctx.lib.catalogue.clips(("id", "media_path", "query", "title"))
+    X, clip, ids, texts = [], [], [], []
+    for r in rows:
+        if r[0] not in memo:
+            try:
+                memo[r[0]] = embed_audio(enc, decode(str(ctx.lib.path / r[1]), max_seconds=600))
+            except Exception as exc:  # noqa: BLE001 - a damaged media file: left out of the pool, said so
+                print(f"pool: clip {r[0]} skipped: {exc}", file=sys.stderr)
+                memo[r[0]] = np.zeros((0, enc.dim), np.float32)
+        e = memo[r[0]]
+        X.append(e)
+        clip += [len(ids)] * len(e)
+        ids.append(r[0])
+        texts.append(((r[2] or "") + " | " + (r[3] or "")).strip(" |"))
+    Xa = np.concatenate(X) if X else np.zeros((0, enc.dim), np.float32)
+    return loop.Split(Xa, np.asarray(clip, np.int64), np.full(len(ids), -1)), ids, texts
+
+
 def _with_extra(seed: loop.Split, pool: loop.Split, idx: list[int], y: list[int]) -> loop.Split:
     """The seed plus pool clips `idx` labelled `y` (feedback, bootstrapped new classes)."""
     if not idx:
@@ -400,7 +425,7 @@ def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
     enc = create_encoder(lib.get_meta("run.base_model") or cur["path"])  # every version shares its backbone
     labels = run_labels(lib, o, lib.get_meta("run.dataset_labels") or [])
     seed, held, _ = labelled_splits(ctx, enc, labels)
-    pool, clip_ids, texts = lib_learn._library_pool(lib, enc, False)
+    pool, clip_ids, texts = library_pool(ctx, enc)
     space = label_space(labels)
     sims = space.query(texts)[0] if texts else np.zeros((0, len(labels)))
     pos, neg = lib_learn._feedback_labels(lib, labels, space)
@@ -612,6 +637,21 @@ def run(lib, opts: RunOptions | None = None, once: bool = False, cycles: int | N
                                  "since": time.time(), "pid": None, "reason": reason})
         log_line(ctx, event="stop", reason=reason, cycles=ran)
         return {"cycles": ran, "stopped_by": reason, "next_cycle": int(lib.get_meta("run.cycle") or 1)}
+
+
+def rollback(lib, name: str, runner: str | None = None) -> dict:
+    """Serve model version `name` again (an older promoted one, or the seed CNN): the same staged re-index and
+    atomic swap as a promotion. Refused while `nels run` holds the library (stop it first)."""
+    v = lib.catalogue.model_version(name)
+    if v is None:
+        known = ", ".join(x["name"] for x in lib.catalogue.model_versions()) or "none"
+        raise NelsError(f"no model version {name!r} (versions: {known})")
+    if not (Path(v["path"]) / "model.json").exists():
+        raise NelsError(f"the files of {name} are gone ({v['path']})")
+    with RunLock(lib.path):
+        detail = swap_in(lib, v["path"], name, runner)
+        lib.catalogue.set_version_status(name, "serving", f"rolled back to at {time.strftime('%Y-%m-%d %H:%M')}")
+    return {"serving": name, **detail}
 
 
 # -- what `nels status` and the admin page show -------------------------------------------------------------------
