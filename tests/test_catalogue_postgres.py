@@ -266,6 +266,39 @@ def test_schema_is_current_and_a_newer_one_is_refused(backend):
     cat.close()
 
 
+def test_unattended_loop_rows(backend):
+    """`nels run`'s rows (steps, model versions, crawl queries, staged re-index) through SQL that PostgreSQL only
+    reads through the dialect's translation (INSERT OR REPLACE/IGNORE, the scalar MAX, rowid)."""
+    cat = Catalogue(backend)
+    clip_id, _ = cat.add_clip("h", "m", 2.0, {"query": "dog barking"}, [0.0, 1.0], [2.0, 3.0],
+                              {"s": ("m1", np.eye(2, 4, dtype=np.float32))},
+                              ("m1", ["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]])))
+    cat.step_start(1, "crawl")
+    cat.step_start(1, "crawl")  # again after a crash: one row
+    cat.step_finish(1, "crawl", "done", {"n": 2})
+    assert cat.step_detail(1, "crawl")["detail"] == {"n": 2} and len(cat.run_steps()) == 1
+    cat.add_model_version("v1", "/p", None, 1, "candidate", 0.5, {"a": 1})
+    cat.set_version_status("v1", "rejected", "worse")
+    cat.add_model_version("v1", "/p2", None, 1, "candidate", 0.6, None)  # re-made: replaces the row
+    cat.add_model_version("v2", "/q", "v1", 2, "serving", 0.7, None)
+    assert [(v["name"], v["path"], v["status"], v["reason"]) for v in cat.model_versions()] == [
+        ("v1", "/p2", "candidate", None), ("v2", "/q", "serving", None)]
+    cat.add_crawl_query("dog barking", "dog", "name")
+    cat.add_crawl_query("dog barking", "cat", "user")  # already planned: ignored
+    cat.note_crawl("dog barking", 3)
+    assert [(q["label"], q["runs"], q["found"]) for q in cat.crawl_queries()] == [("dog", 1, 3)]
+    assert cat.clips_by_query() == {"dog barking": [clip_id]}
+    cat.stage_encodings("v3", clip_id, {"s": ("m3", np.ones((2, 4), np.float32))},
+                        [("m3", ["x", "y"], np.array([[0.3, 0.7], [0.6, 0.4]])), ("m4", ["x"], np.ones((2, 1)) / 2)])
+    assert cat.staged_clip_ids("v3") == {clip_id}
+    assert cat.swap_staged("v3", {"model": "v3"}, promote="v1")
+    seg = cat.segment_ids(clip_id)[0]
+    assert cat.prob_models() == ["m3", "m4"] and cat.get_meta("model") == "v3" and cat.generation() == 1
+    assert {r["label"]: r["prob"] for r in cat.segment_rows([seg])[seg]["labels"]} == {"x": 0.5, "y": 0.7}
+    assert [(v["name"], v["status"]) for v in cat.model_versions()] == [("v1", "serving"), ("v2", "retired")]
+    cat.close()
+
+
 # -- PostgreSQL only ----------------------------------------------------------------------------------------------
 def _parallel(n: int, fn):
     """fn(i) in n threads started together (each with its own connection): their results."""

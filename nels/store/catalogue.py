@@ -211,8 +211,10 @@ class Catalogue:
                     self.mark_done(item_id, existing, content_hash)
                 return existing, False
             clip_id = row[0]
-            seg_ids = [c.execute("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?) RETURNING id",
-                                 (clip_id, float(s), float(e))).fetchone()[0] for s, e in zip(starts, ends)]
+            # one batch (a round trip to a server, not one per segment); ids ascend in insertion order
+            c.executemany("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?)",
+                          [(clip_id, float(s), float(e)) for s, e in zip(starts, ends)])
+            seg_ids = self.segment_ids(clip_id)
             self._insert_encodings(seg_ids, vectors, probs)
             if item_id is not None:
                 self.mark_done(item_id, clip_id, content_hash)
@@ -220,10 +222,12 @@ class Catalogue:
 
     def _insert_encodings(self, seg_ids: Sequence[int], vectors: dict, probs) -> None:
         c = self.conn
+        rows = []  # every space in one batch (one round trip to a server)
         for space, (model, vecs) in vectors.items():
             vecs = _finite(np.asarray(vecs, dtype=np.float32), f"{space} vectors")
-            c.executemany("INSERT OR REPLACE INTO vectors(space, segment_id, model, vec) VALUES(?,?,?,?)",
-                          [(space, sid, model, vecs[i].tobytes()) for i, sid in enumerate(seg_ids)])
+            rows += [(space, sid, model, vecs[i].tobytes()) for i, sid in enumerate(seg_ids)]
+        if rows:
+            c.executemany("INSERT OR REPLACE INTO vectors(space, segment_id, model, vec) VALUES(?,?,?,?)", rows)
         if probs is None:
             return
         # one classifier (model, labels, (n, C)) or several: each keeps its own probability rows; the top
