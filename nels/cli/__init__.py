@@ -128,9 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, metavar="DIR", help="the labelled dataset (see --format)")
     s.add_argument("--backbone", default=None, metavar="SPEC",
                    help="train a classifier head on this backbone's window embeddings instead of the CNN"
-                        " (e.g. yamnet; minutes on a CPU); --hparams then sets the head's hyper-parameters")
-    s.add_argument("--format", default="esc50", choices=["esc50", "folders"],
-                   help="esc50: the ESC-50 layout (meta/esc50.csv + audio/); folders: one folder of audio per class")
+                        " (e.g. yamnet; minutes on a CPU); --hparams then sets the head's hyper-parameters;"
+                        " with --add: which of the library's models the classes go beside")
+    s.add_argument("--add", action="store_true",
+                   help="add the dataset's classes (DIR/<class>/*.wav, one class is enough) beside the library's model:"
+                        " every old class and the joint space keep working; prints the 'nels reindex' that applies it")
+    s.add_argument("--apply", action="store_true", help="with --add: re-index the library with the added classes now")
+    s.add_argument("--format", default=None, choices=["esc50", "folders"],
+                   help="esc50: the ESC-50 layout (meta/esc50.csv + audio/); folders: one folder of audio per class"
+                        " (default: esc50; folders with --add)")
     s.add_argument("--exclude-fold", type=int, default=None, metavar="K",
                    help="hold this fold out (esc50): it is never seen in training")
     s.add_argument("--out", default=None, metavar="PATH", help="model folder to write")

@@ -53,10 +53,49 @@ def cli_train_head(args, cmd: str | None) -> int:
     return 0
 
 
+def cli_train_add(args, cmd: str | None) -> int:
+    """`nels train --add`: the dataset's classes beside the library's model (nels.training.addon); with --apply,
+    the library is re-indexed with it at once (nothing is dropped, so nothing is asked)."""
+    from nels.training.addon import train_addon
+
+    summary = train_addon(args.library, args.dataset, args.format, args.out, getattr(args, "backbone", None),
+                          args.seed, command=cmd)
+    if not args.json:
+        v = summary["metrics"].get("validation") or summary["metrics"]["training"]
+        which = "validation" if "validation" in summary["metrics"] else "training (too few files to hold some out)"
+        print(f"added {', '.join(summary['labels'])} beside the {summary['base_classes']} classes of {summary['base']}:"
+              f" wrote {summary['model']}")
+        print(f"  {which}: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    if getattr(args, "apply", False):
+        from nels.ingest.reindex import plan_reindex, reindex
+        from nels.library import Library
+
+        with Library(args.library, create=False) as lib:
+            plan = plan_reindex(lib, summary["spec"])
+            if plan.drops:  # cannot happen for an add-on; refuse rather than drop anything silently
+                raise DatasetError(f"re-indexing with the added classes would {plan.describe()}; not applied")
+            summary["reindex"] = reindex(lib, summary["spec"], progress=not args.json and sys.stderr.isatty(),
+                                         plan=plan)
+        if not args.json:
+            r = summary["reindex"]
+            print(f"re-indexed {r['clips']} clips ({r['failed']} failed): search knows "
+                  f"{summary['base_classes'] + len(summary['labels'])} classes")
+    elif not args.json:
+        print(f"to use them: nels --library {shlex.quote(str(args.library))} reindex --model"
+              f" {shlex.quote(summary['spec'])}")
+    if args.json:
+        print_json(summary)
+    return 0
+
+
 def cli_train(args) -> int:
     from nels.training.train import default_hparams, train
 
     argv = getattr(args, "argv", None) or []
+    if getattr(args, "format", None) is None:
+        args.format = "folders" if getattr(args, "add", False) else "esc50"
+    if getattr(args, "add", False):
+        return cli_train_add(args, "nels " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["train"] else None)
     if getattr(args, "backbone", None):
         return cli_train_head(args, "nels " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["train"] else None)
 

@@ -368,11 +368,121 @@ def load_head(path, backbone=None) -> HeadEncoder:
     return enc
 
 
-def load_folder(arg: str | None) -> HeadEncoder:
-    """The registry's factory: `create_encoder("head:PATH")`."""
+def load_folder(arg: str | None):
+    """The registry's factory: `create_encoder("head:PATH")` (a head on a backbone, or classes added to a model by
+    `nels train --add`, by model.json's format)."""
     if not arg:
         raise ModelError("'head' needs a folder: head:PATH (made by 'nels train --backbone yamnet')")
     p = Path(arg).expanduser()
     if not (p / "model.json").is_file():
         raise ModelError(f"{p}: not a head folder (no model.json); make one with 'nels train --backbone yamnet'")
-    return load_head(p)
+    try:
+        fmt = json.loads((p / "model.json").read_text(encoding="utf-8")).get("format")
+    except (ValueError, OSError, AttributeError):
+        fmt = None
+    return load_addon(p) if fmt == ADDON_FORMAT else load_head(p)
+
+
+# -- new classes beside a model's own (`nels train --add`) ---------------------------------------------------------
+ADDON_FORMAT = "nels-addon"
+ADDON_WEIGHTS = "addon.npz"
+
+
+class AddOnEncoder:
+    """A model with classes added beside its own: the base encoder unchanged (its vectors, its classes, its joint
+    space) plus a small classifier on the base's segment vectors for the new classes.
+
+    The added classifier is a softmax over the new classes and "none of them" (trained on the library's own
+    segments as the "none" examples, `nels.training.addon`); a segment's probabilities are the base's, followed by
+    the added ones (the new classes' softmax probabilities, "none" left out). So a text search for an old class
+    reads the same probabilities as before, and a new class cannot take every segment."""
+
+    def __init__(self, base, labels: list[str], w: np.ndarray, b: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                 meta: dict, path: Path | None = None):
+        self.base = base
+        # the joint space trained on the base's vectors reads ours unchanged (classes added twice: the first base)
+        self.joint_base = getattr(base, "joint_base", base)
+        self.new_labels = list(labels)
+        self.w, self.b = np.asarray(w, np.float32), np.asarray(b, np.float32)
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.meta, self.path = meta, path
+        self.name = meta["name"]
+        self.space, self.dim = base.space, base.dim
+        self.sample_rate, self.window, self.hop = base.sample_rate, base.window, base.hop
+        self.labels = list(base.labels or []) + self.new_labels
+
+    def added_probs(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, dim) base vectors -> (n, new classes) probabilities."""
+        x = (np.asarray(embeddings, np.float32) - self.mean) / self.std
+        return np.exp(log_softmax(x @ self.w.T + self.b))[:, :len(self.new_labels)].astype(np.float32)
+
+    def frontend(self):
+        return self.base.frontend()
+
+    def encode_features(self, features: Sequence[Any]) -> Encoded:
+        out = self.base.encode_features(features)
+        added = self.added_probs(out.embeddings)
+        probs = added if out.probs is None else np.concatenate([np.asarray(out.probs, np.float32), added], axis=1)
+        return Encoded(out.embeddings, probs, list(self.labels), out.raw)
+
+    def encode(self, waveform: np.ndarray, sample_rate: int) -> Encoded:
+        return encode_waveform(self, waveform, sample_rate)
+
+
+def save_addon(path, base_spec: str, base, labels: list[str], w, b, mean, std, name: str,
+               extra: dict | None = None) -> Path:
+    """Write `path`/model.json (format "nels-addon": the base's spec, name and weights SHA-256, the new labels) and
+    addon.npz."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (ADDON_WEIGHTS + ".tmp.npz")
+    np.savez(tmp, w=np.asarray(w, np.float32), b=np.asarray(b, np.float32), mean=np.asarray(mean, np.float32),
+             std=np.asarray(std, np.float32))
+    os.replace(tmp, path / ADDON_WEIGHTS)
+    sha = _sha256(path / ADDON_WEIGHTS)
+    base_sha = getattr(base, "meta", {}).get("weights_sha256") or ""
+    meta = {"format": ADDON_FORMAT, "format_version": 1, "name": name, "base": str(base_spec),
+            "base_name": base.name, "base_sha256": base_sha or None, "labels": list(labels),
+            "base_labels": list(base.labels or []), "input_dim": int(np.asarray(w).shape[1]),
+            "weights": ADDON_WEIGHTS, "addon_sha256": sha,
+            # what the library records and checks: these exact base weights with these added ones
+            "weights_sha256": hashlib.sha256(f"{base_sha}:{sha}".encode()).hexdigest(), **(extra or {})}
+    (path / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_addon(path) -> AddOnEncoder:
+    """An add-on folder -> AddOnEncoder; refused (ModelError) when it is broken or its base is not the model it
+    was trained on."""
+    from nels.encoders.registry import create_encoder
+
+    path = Path(path)
+    mj = path / "model.json"
+    try:
+        meta = json.loads(mj.read_text(encoding="utf-8"))
+        if meta.get("format") != ADDON_FORMAT:
+            raise ValueError(f"format is {meta.get('format')!r}, expected {ADDON_FORMAT!r}")
+        labels, spec = list(meta["labels"]), str(meta["base"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{mj}: broken model description ({exc})") from None
+    wf = path / meta.get("weights", ADDON_WEIGHTS)
+    if not wf.is_file():
+        raise ModelError(f"{path}: weights file {wf.name} is missing")
+    if meta.get("addon_sha256") and _sha256(wf) != meta["addon_sha256"]:
+        raise ModelError(f"{wf}: checksum mismatch (file is corrupt or was replaced); train the classes again")
+    try:
+        with np.load(wf) as arr:
+            w, b, mean, std = (np.asarray(arr[k], np.float32) for k in ("w", "b", "mean", "std"))
+    except Exception as exc:  # noqa: BLE001 - any failure here means broken weights
+        raise ModelError(f"{wf}: cannot load the added classes' weights ({exc.__class__.__name__})") from None
+    try:
+        base = create_encoder(spec)
+    except ModelError as exc:
+        raise ModelError(f"{path}: the classes were added to '{spec}', which cannot be loaded: {exc}") from None
+    mine = getattr(base, "meta", {}).get("weights_sha256")
+    if base.name != meta.get("base_name") or (meta.get("base_sha256") and mine and mine != meta["base_sha256"]):
+        raise ModelError(f"{path}: the classes were added to {meta.get('base_name')}, but '{spec}' is now {base.name}"
+                         f" (other weights): train them again with 'nels train --add'")
+    if w.shape != (len(labels) + 1, base.dim) or b.shape != (len(labels) + 1,) or mean.shape != (base.dim,):
+        raise ModelError(f"{wf}: weights of shape {w.shape} do not fit {len(labels)} classes on {base.dim}-d vectors")
+    return AddOnEncoder(base, labels, w, b, mean, std, meta, path.resolve())

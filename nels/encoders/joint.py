@@ -193,7 +193,9 @@ def joint_dir_for(acoustic_encoder) -> Path | None:
 
 
 def joint_encoder_for(acoustic_encoder) -> JointEncoder | None:
-    """The joint model trained on `acoustic_encoder`'s embeddings, or None when there is none."""
+    """The joint model trained on `acoustic_encoder`'s embeddings, or None when there is none. A model with classes
+    added beside its own (`joint_base`: nels train --add) has the vectors of its base, and so its joint space."""
+    acoustic_encoder = getattr(acoustic_encoder, "joint_base", acoustic_encoder)
     d = joint_dir_for(acoustic_encoder)
     key = f"{acoustic_encoder.name}:{d}"
     if key not in _loaded:

@@ -60,7 +60,8 @@ def encoder_kinds() -> list[str]:
     return sorted(set(BUILTIN) | set(_REGISTRY) | {ep.name for ep in entry_points(group="nels.encoders")})
 
 
-FOLDER_FORMATS = {"nels-head": "head"}  # model.json "format" -> kind; anything else is a CNN folder ("nels-cnn")
+FOLDER_FORMATS = {"nels-head": "head", "nels-addon": "head"}  # model.json "format" -> kind; anything else is a CNN
+# folder ("nels-cnn"); "nels-addon": classes added beside a model's own (nels train --add)
 
 
 def _folder_kind(path: Path) -> str:

@@ -138,13 +138,14 @@ def load_esc50(root, expected_seconds: float = 5.0) -> Dataset:
     return Dataset(root, "esc50", labels, items, expected_seconds, skipped)
 
 
-def load_folders(root) -> Dataset:
-    """Read DIR/<class>/<audio files>; every sub-folder is a class and must hold audio."""
+def load_folders(root, min_classes: int = 2) -> Dataset:
+    """Read DIR/<class>/<audio files>; every sub-folder is a class and must hold audio. min_classes : 1 where
+    the classes are added to a model that has others (`nels train --add`)."""
     root = _check_root(root)
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected DIR/<class>/*.wav)")
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise DatasetError(f"{root}: only one class ('{classes[0].name}'); a classifier needs at least two")
     items: list[Item] = []
     empty = []
