@@ -159,6 +159,14 @@ def test_missing_remote_library_is_refused_and_the_catalogue_can_live_elsewhere(
     assert len(keys(client, bucket, "two/media/")) == 2 and not keys(client, bucket, "two/indexes/")
     hits = lib.search(audio=src / "hum.wav", k=1)
     assert lib.clip(hits[0]["clip_id"])["title"] == "hum.wav"
+    # nels reindex reads the media back from the bucket (this machine's media cache emptied first)
+    from nels.ingest.reindex import reindex
+
+    shutil.rmtree(lib.path / "media")
+    out = reindex(lib, "default", progress=False)
+    assert out["clips"] == 2 and not out["failed"] and "cnn" in lib.spaces()
+    hits = lib.search(audio=src / "hum.wav", mode="acoustic", k=1)
+    assert lib.clip(hits[0]["clip_id"])["title"] == "hum.wav"
     lib.close()
 
 

@@ -146,7 +146,9 @@ def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runn
     bar = AudioBar("reindex", total=plan.audio_seconds, enabled=progress)
     try:
         with ReportWatcher(bar, tmp):
-            for cid, encoded, error in runner.run(iter([(c[0], c[1]) for c in clips]),
+            # media on object storage is fetched to this machine's cache as each clip is handed out
+            todo = ((c[0], str(lib.media_file(os.path.relpath(c[1], lib.path)))) for c in clips)
+            for cid, encoded, error in runner.run(todo,
                                                   ReindexBuilder(spec, str(tmp) if tmp else None)):
                 secs = seconds.get(cid, 0.0) if error is None else 0.0
                 if tmp is not None:
