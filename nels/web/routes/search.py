@@ -16,6 +16,8 @@ from nels.web.state import AppState, app_state
 
 MAX_QUERY_SECONDS = config.MAX_QUERY_AUDIO_SECONDS
 Mode = Literal["linguistic", "acoustic", "joint", "fused"]
+Sort = Literal["relevance", "duration", "-duration", "label", "source"]
+SORT_POOL = 200  # a sort other than relevance orders the most relevant results this many deep, then pages them
 
 router = APIRouter(tags=["search"])
 
@@ -32,12 +34,30 @@ def _json_bytes(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode("utf-8")
 
 
-def _answer(res, query: str, k: int, page: int) -> dict:
+def _answer(res, query: str, k: int, page: int, sort: str = "relevance") -> dict:
+    """The JSON answer; with a `sort` other than relevance, `res` holds the SORT_POOL most relevant results, which
+    are ordered by it and cut to page `page` of `k`."""
     out = res.to_dict()
-    out.update(query=query, k=k, page=page, has_more=len(res) >= k)
+    out.update(query=query, k=k, page=page, has_more=len(res) >= k, sort=sort)
     for r in out["results"]:  # answers are cached and shared: a local file shows its name, never its path
         r["source"] = public_source(r.get("source"))
+    if sort != "relevance":
+        rows = sorted(out["results"], key=_SORT_KEYS[sort])
+        out.update(results=rows[(page - 1) * k:page * k], has_more=len(rows) > page * k, sorted_among=len(rows))
     return out
+
+
+_SORT_KEYS = {  # stable sorts: ties keep their relevance order
+    "duration": lambda r: float(r.get("duration") or 0.0),
+    "-duration": lambda r: -float(r.get("duration") or 0.0),
+    "label": lambda r: ((r.get("labels") or [{}])[0].get("label") or "\uffff").lower(),
+    "source": lambda r: str(r.get("source") or r.get("title") or "\uffff").lower(),
+}
+
+
+def _pool(k: int, page: int, sort: str) -> tuple[int, int]:
+    """(k, page) to ask the search for: the page itself, or the SORT_POOL most relevant to sort."""
+    return (k, page) if sort == "relevance" else (SORT_POOL, 1)
 
 
 @router.get("/api/search", summary="Search by text")
@@ -47,13 +67,15 @@ async def search_text(q: str = Query(..., max_length=1000, description="what to 
                       source: str | None = Query(None, max_length=1000),
                       min_duration: float | None = Query(None, allow_inf_nan=False),
                       max_duration: float | None = Query(None, allow_inf_nan=False),
+                      sort: Sort = Query("relevance", description="relevance, or the most relevant results ordered"
+                                         " by clip duration (-duration: longest first), top label or source"),
                       st: AppState = Depends(app_state)):
     # Answers are cached, serialised, per library state: a popular query or paging back costs a dict
     # lookup on the event loop (no thread hop, no JSON encoding). A miss runs in the search pool, with
     # no global lock: the catalogue gives each thread its own SQLite connection, and FAISS indexes are
     # only ever swapped, never mutated in place.
     lib = st.lib
-    key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration)
+    key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration, sort)
     # any commit by anyone else (an ingest, a removal, a re-index, another server process) changes the
     # catalogue's data_version as seen from this thread's connection, and retires every cached answer
     stamp = lib.data_version()
@@ -65,9 +87,10 @@ async def search_text(q: str = Query(..., max_length=1000, description="what to 
         return Response(await asyncio.shield(pending), media_type="application/json")
 
     def run() -> bytes:
-        res = lib.search(text=q, mode=mode, k=k, page=page, label=label, source=source,
+        ask_k, ask_page = _pool(k, page, sort)
+        res = lib.search(text=q, mode=mode, k=ask_k, page=ask_page, label=label, source=source,
                          min_duration=min_duration, max_duration=max_duration)
-        return _json_bytes(_answer(res, q, k, page))
+        return _json_bytes(_answer(res, q, k, page, sort))
 
     async def prepare_then_run() -> bytes:
         if st.text_ok(stamp):
@@ -91,6 +114,9 @@ async def search_audio(audio: UploadFile = File(..., description="an audio file 
                        start: float | None = Form(None, ge=0, le=MAX_QUERY_SECONDS, allow_inf_nan=False),
                        end: float | None = Form(None, gt=0, le=MAX_QUERY_SECONDS, allow_inf_nan=False),
                        label: str | None = Form(None, max_length=200), source: str | None = Form(None, max_length=1000),
+                       min_duration: float | None = Form(None, allow_inf_nan=False),
+                       max_duration: float | None = Form(None, allow_inf_nan=False),
+                       sort: Sort = Form("relevance"),
                        st: AppState = Depends(app_state)):
     limit_bytes = st.max_upload_bytes
     data = await audio.read(limit_bytes + 1)
@@ -108,11 +134,12 @@ async def search_audio(audio: UploadFile = File(..., description="an audio file 
         except DecodeError as exc:
             raise DecodeError(f"{audio.filename or 'upload'}: not an audio file we can read"
                               f" ({str(exc).split(': ', 1)[-1]})") from None
-        return st.lib.search(text=q, audio=x, mode=mode, k=k, page=page, start=start, end=end,
-                             label=label, source=source)
+        ask_k, ask_page = _pool(k, page, sort)
+        return st.lib.search(text=q, audio=x, mode=mode, k=ask_k, page=ask_page, start=start, end=end,
+                             label=label, source=source, min_duration=min_duration, max_duration=max_duration)
 
     res = await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
-    return _answer(res, q or f"audio: {audio.filename or 'upload'}", k, page)
+    return _answer(res, q or f"audio: {audio.filename or 'upload'}", k, page, sort)
 
 
 @router.get("/api/modes", summary="Which search modes this library supports")

@@ -112,10 +112,12 @@ function runTextSearch(page = 1, push = true) {
     const p = new URLSearchParams({ q });
     if (S.last.mode) p.set("mode", S.last.mode);
     if (page > 1) p.set("page", page);
+    applyFilters(p);  // filters.js
     history.pushState({}, "", `/?${p}`);
   }
   const p = new URLSearchParams({ q, k: S.k, page });
   if (S.last.mode) p.set("mode", S.last.mode);
+  applyFilters(p);
   return doSearch(() => api(`/api/search?${p}`));
 }
 
@@ -130,6 +132,7 @@ function runAudioSearch(blob, name, page = 1) {
   if (S.last.mode) fd.append("mode", S.last.mode);
   fd.append("k", S.k);
   fd.append("page", page);
+  applyFilters(fd);  // filters.js
   return doSearch(() => api("/api/search", { method: "POST", body: fd }));
 }
 
