@@ -46,7 +46,7 @@ def build_library(dataset: str, model: str | None, where: Path):
     from nels.training.datasets import load_dataset
 
     ds = load_dataset(dataset, "realworld")
-    lib = Library(where)
+    lib = Library(where, catalogue=str(Path(where) / "nels.db"))  # its own, never $NELS_CATALOGUE's
     ingest(lib, [str(it.path) for it in ds.items], model=model or "default",
            options=IngestOptions(progress=sys.stderr.isatty()))
     by_path = {str(Path(it.path).resolve()): it for it in ds.items}

@@ -32,7 +32,7 @@ def build_fold_library(dataset: str, fmt: str, fold: int, model: str | None, whe
 
     ds = load_dataset(dataset, fmt)
     items = [it for it in ds.items if it.fold == fold] if fmt == "esc50" else ds.items
-    lib = Library(where)
+    lib = Library(where, catalogue=str(Path(where) / "nels.db"))  # its own, never $NELS_CATALOGUE's
     ingest(lib, [str(it.path) for it in items], model=model or "default", options=IngestOptions(progress=sys.stderr.isatty()))
     by_path = {str(Path(it.path).resolve()): ds.labels[it.label] for it in items}
     truth = {r[0]: by_path.get(str(Path(r[1]).resolve())) for r in lib.catalogue.clips(("id", "source_uri"))}

@@ -251,7 +251,8 @@ class PgConnection:
 
     def execute(self, sql: str, args: Sequence | None = ()):
         cur = self.raw.cursor()
-        cur.execute(self._sql(sql), list(args or ()))
+        # results in binary: vectors and probabilities arrive as their bytes (text would hex-encode them)
+        cur.execute(self._sql(sql), list(args or ()), binary=True)
         return cur
 
     def executemany(self, sql: str, rows):
