@@ -288,3 +288,28 @@ def test_run_page_status_chart_and_accepting_a_class(tmp_path):
     assert planned["kazoo buzzing"] == "kazoo" and planned["zither twang"] == "zither twang"
     assert main(["--library", str(lib.path), "status"]) == 0
     lib.close()
+
+
+def test_a_class_accepted_from_the_query_log_is_crawled_bootstrapped_learned_and_gated(tmp_path, site, monkeypatch):
+    from nels.learn.run import RunOptions, accept_class, run
+
+    seed, held = _datasets(tmp_path)
+    import shutil
+
+    shutil.rmtree(seed / "beep")  # the seed knows low hum and whistle; the held-out set also has beep clips
+    monkeypatch.setenv("NELS_YTDLP_SEARCH", site.search_template)
+    lib = Library(tmp_path / "lib")
+    lib.catalogue.log_weak_query("beep", 0.2, "whistle")  # asked, weakly covered
+    accept_class(lib, "beep")
+    run(lib, RunOptions(dataset=str(seed), fmt="folders", heldout=str(held), allow_private=True, learn_every=0.0,
+                        pause=0.0, rate=100.0, per_cycle=9, iterations=1), cycles=1, echo=False, install_signals=False)
+    crawled = {q["query"]: q["runs"] for q in lib.catalogue.crawl_queries()}
+    assert crawled["beep"] == 1  # the new class's query was crawled
+    learn = lib.catalogue.step_detail(1, "learn")["detail"]
+    assert learn["bootstrapped"] >= 2  # its clips labelled from the query that found them
+    cand = lib.catalogue.model_versions()[-1]
+    assert cand["cycle"] == 1 and cand["per_class"]["beep"] >= 0.5  # measured on its held-out clips
+    assert (cand["detail"]["serving_per_class"] or {}).get("beep") is None  # the seed model lacked it
+    assert cand["status"] == "serving" and "beep" in cand["reason"]  # promoted through the same gate
+    assert "beep" in lib.catalogue.model_labels(cand["name"])  # search knows it now
+    lib.close()

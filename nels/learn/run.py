@@ -257,7 +257,7 @@ def labelled_splits(ctx: Context, enc, labels: list[str]):
             X, clip = embed_many(enc, [str(it.path) for it, _ in pairs], lambda k: decode(k), tag, False)
             ctx.cache[key] = (X, clip)
         X, clip = ctx.cache[key]
-        return loop.Split(X, clip, np.array([labels.index(n) for _, n in pairs]))
+        return loop.Split(X, clip, np.array([labels.index(n) if n in labels else -1 for _, n in pairs]))
 
     seed = split([(it, ds.labels[it.label]) for it in train], f"run-seed-{ds.root}-{o.heldout_fold}")
     held = split(test, f"run-heldout-{o.heldout or ds.root}-{o.heldout_fold}")
