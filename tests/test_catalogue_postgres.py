@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pytest
 
-from conftest import synth, write_wav
 from nels.errors import LibraryError
 from nels.library import ClipRecord, Library
 from nels.sources.source import Item
@@ -406,6 +405,31 @@ def test_cli_ingest_and_search_a_library_on_postgresql(pg_url, tmp_path, sounds)
              env={"NELS_CATALOGUE": pg_url})
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["results"][0]["title"] == "hum.wav"
+
+
+def test_website_on_a_postgresql_library(pg_url, tmp_path, sounds):
+    """The website serves a library whose catalogue is on PostgreSQL (found through the folder's record): query
+    by example, media, and answers cached until another process commits (the snapshot-based data_version)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.web.app import create_app
+
+    lib = Library(tmp_path / "lib", catalogue=pg_url)
+    assert len(ingest(lib, [str(sounds)], model="baseline", options=IngestOptions(progress=False)).added) == 6
+    lib.close()
+    with TestClient(create_app(tmp_path / "lib"), raise_server_exceptions=False) as client:
+        r = client.post("/api/search", files={"audio": ("q.wav", (sounds / "clicks.wav").read_bytes(), "audio/wav")},
+                        data={"mode": "acoustic", "k": "3"})
+        assert r.status_code == 200, r.text
+        top = r.json()["results"][0]
+        assert top["title"] == "clicks.wav" and client.get(top["media_url"]).status_code == 200
+        assert client.get("/api/stats").json()["clips"] == 6
+        other = Catalogue(pg_url)  # another process adds a clip: the cached answer is retired
+        other.add_clip("elsewhere", "media/x.wav", 1.0, {"title": "x"}, [0.0], [1.0], {}, None)
+        other.close()
+        assert client.get("/api/stats").json()["clips"] == 7
 
 
 def test_two_ingest_processes_on_the_same_inputs_store_each_clip_once(pg_url, tmp_path):
