@@ -131,3 +131,32 @@ def test_similar_sounds_come_from_other_clips(client, library):
     res = client.get(f"/api/clips/{ids['long']}/similar", params={"start": 40, "end": 50}).json()["results"]
     assert res[0]["clip_id"] == ids["high"] and ids["long"] not in [x["clip_id"] for x in res]
     assert client.get(f"/api/clips/{ids['high']}/similar", params={"start": 99}).status_code == 422
+
+
+def test_a_long_range_is_sampled_not_decoded_whole(library, monkeypatch):
+    """An overview of more than SPARSE_SECONDS_PER_COLUMN per pixel (an hour over 1200 px) seeks to each column
+    instead of decoding the whole range, and draws nearly the same picture."""
+    from PIL import Image
+
+    from nels.library import Library
+    from nels.web import images
+
+    lib_dir, ids = library
+    with Library(lib_dir) as lib:
+        media = lib.path / lib.catalogue.clip_media(ids["long"])["media_path"]
+    full = np.asarray(Image.open(io.BytesIO(images.view_png(media, 0, 180, 100, 80))).convert("L"), float)  # 1.8 s/px
+    monkeypatch.setattr(images, "SPARSE_SECONDS_PER_COLUMN", 1e9)  # force the whole decode
+    whole = np.asarray(Image.open(io.BytesIO(images.view_png(media, 0, 180, 100, 80))).convert("L"), float)
+    monkeypatch.undo()
+
+    def no_decode(*a, **k):
+        raise AssertionError("the sampled view decoded the whole range")
+
+    monkeypatch.setattr(images, "read_range", no_decode)
+    sampled = np.asarray(Image.open(io.BytesIO(images.view_png(media, 0, 180, 100, 80))).convert("L"), float)
+    assert np.array_equal(sampled, full)
+    # the same spectral picture: each frequency row's brightness along the clip, up to the overall gain (each
+    # picture is scaled to its own loudest pixel; single pixels differ in the noise floor)
+    rows_s, rows_w = sampled[20:].mean(axis=1), whole[20:].mean(axis=1)
+    rows_s, rows_w = rows_s - rows_s.mean(), rows_w - rows_w.mean()
+    assert np.abs(rows_s - rows_w).mean() < 6 and np.corrcoef(rows_s, rows_w)[0, 1] > 0.8, (rows_s, rows_w)
