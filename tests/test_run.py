@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from devserver import Server
-from videosite import VideoSite, synthetic_videos, tone_sound, wav_bytes
+from videosite import VideoSite, synthetic_videos, tone_folders
 
 from nels.learn import gate, planner
 from nels.store.catalogue import Catalogue
@@ -73,13 +73,8 @@ def test_host_limiter_spaces_requests_per_host():
 
 # -- the loop end to end --------------------------------------------------------------------------------------------
 def _datasets(root: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(1)
-    for d, n in (("seed", 3), ("heldout", 3)):
-        for c, f in CLASSES.items():
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                (root / d / c / f"{i}.wav").write_bytes(wav_bytes(tone_sound(f, 2.0, rng)))
-    return root / "seed", root / "heldout"
+    d = tone_folders(root, CLASSES, {"seed": 3, "heldout": 3})
+    return d["seed"], d["heldout"]
 
 
 @pytest.fixture

@@ -83,6 +83,21 @@ def synthetic_videos(classes: dict[str, float], per_class: int = 6, distractors:
     return out
 
 
+def tone_folders(root: Path, classes: dict[str, float], splits: dict[str, int], seconds: float = 2.0,
+                 seed: int = 1) -> dict[str, Path]:
+    """Labelled sets of tone classes as folders per class: {split name: clips per class} -> {split: folder}
+    (e.g. a seed and a held-out set for `nels run --format folders --heldout DIR`)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in splits.items():
+        for c, f in classes.items():
+            (Path(root) / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (Path(root) / split / c / f"{i}.wav").write_bytes(wav_bytes(tone_sound(f, seconds, rng)))
+        out[split] = Path(root) / split
+    return out
+
+
 def esc50_videos(root: Path, classes: list[str] | None = None, folds: tuple[int, ...] = (1,),
                  title_accuracy: float = 0.7, distractor_classes: list[str] = (), keep=None,
                  seed: int = 0) -> list[Video]:
