@@ -161,3 +161,18 @@ def test_reindex_without_model_says_what_it_does_and_a_loss_needs_confirmation(t
     assert main(["--library", lib_dir, "reindex", "--model", "tones", "--yes"]) == 0
     with Library(lib_dir) as lib:
         assert lib.spaces() == ["tones"] and lib.get_meta("model") == "tones"
+
+
+def test_reindex_bar_counts_seconds_of_audio(tmp_path, tones, capsys):
+    from nels.ingest.reindex import reindex
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.library import Library
+
+    write_wav(tmp_path / "in" / "long.wav", tone(300, 90.0))
+    with Library(tmp_path / "lib") as lib:
+        ingest(lib, [str(tmp_path / "in")], model="baseline", options=IngestOptions(progress=False))
+        capsys.readouterr()
+        out = reindex(lib, "tones", progress=True)
+    assert out["clips"] == 1 and out["audio_seconds"] == 90.0
+    err = capsys.readouterr().err
+    assert "reindex" in err and "1:30 of 1:30 audio" in err, err[-400:]

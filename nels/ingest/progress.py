@@ -51,19 +51,24 @@ class AudioBar:
         self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=file or sys.stderr, dynamic_ncols=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}|", mininterval=0.2)
         self.text = self.extra = ""
+        self._shown = 0.0
         self._draw()
 
     @property
     def position(self) -> float:
         return self.done + sum(self.partials.values())
 
-    def _draw(self) -> None:
+    def _draw(self, force: bool = False) -> None:
         pos = self.position
         total = self.total if self.total and self.total >= pos else (pos if self.total else None)
         self.text = describe(pos, total, time.monotonic() - self.t0)
-        self._show(self.text + self.extra)
+        self._show(self.text + self.extra, force)
 
-    def _show(self, text: str) -> None:
+    def _show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._shown < 0.1:  # at most 10 redraws a second (100k items announce themselves)
+            return
+        self._shown = now
         pos, total = self.position, self.total
         self.bar.n = int(1000 * min(1.0, pos / total)) if total else 0
         self.bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| " + text.replace("{", "{{").replace("}", "}}")
@@ -108,7 +113,7 @@ class AudioBar:
 
     def close(self) -> None:
         with self._lock:
-            self._draw()
+            self._draw(force=True)
             self.bar.close()
 
 

@@ -143,7 +143,9 @@ def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runn
     done = failed = 0
     runner = runner or make_runner()
     tmp = Path(tempfile.mkdtemp(prefix=f"ingest-{os.getpid()}-reindex-", dir=lib.path)) if progress else None
-    bar = AudioBar("reindex", total=plan.audio_seconds, enabled=progress)
+    bar = AudioBar("reindex", enabled=progress)
+    for c in clips:
+        bar.expect(c[0], c[2])
     try:
         with ReportWatcher(bar, tmp):
             # media on object storage is fetched to this machine's cache as each clip is handed out
