@@ -359,6 +359,34 @@ def test_concurrent_first_opens_migrate_once(pg_url):
         c.close()
 
 
+def test_a_dropped_connection_is_opened_again(pg_url, pg_server):
+    """The server drops this thread's connection (a restart, an idle timeout): a read is re-run on a new one; a
+    write says it failed (it may or may not have committed), and the next works; a transaction under way is
+    lost whole."""
+    _, psycopg = pg_server
+    cat = Catalogue(pg_url)
+    cat.set_meta("k", 1)
+
+    def drop():
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [cat.conn.raw.info.backend_pid])
+
+    drop()
+    assert cat.get_meta("k") == 1  # a read: re-run
+    drop()
+    with pytest.raises(psycopg.OperationalError):
+        cat.set_meta("k", 2)  # a write: not re-run
+    cat.set_meta("k", 3)
+    assert cat.get_meta("k") == 3
+    with pytest.raises(psycopg.OperationalError):
+        with cat.transaction() as c:
+            c.execute("INSERT INTO meta(key, value) VALUES('inside', '1')")
+            drop()
+            c.execute("INSERT INTO meta(key, value) VALUES('after', '1')")
+    assert cat.get_meta("inside") is None and cat.get_meta("after") is None
+    cat.close()
+
+
 def test_library_records_its_catalogue_and_refuses_a_mix(pg_url, tmp_path):
     url = pg_url.replace("postgres:@", "postgres:secret@") if "postgres:@" in pg_url else pg_url
     with pytest.raises(LibraryError, match="no library in the catalogue"):

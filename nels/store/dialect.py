@@ -210,12 +210,38 @@ def _pg_rows(cursor):
 
 class PgConnection:
     """A psycopg connection that speaks the catalogue's SQL (`postgres_sql`) and returns `PgRow`s:
-    `execute` and `executemany` return a cursor (fetchone, fetchall, fetchmany, iteration, rowcount)."""
+    `execute` and `executemany` return a cursor (fetchone, fetchall, fetchmany, iteration, rowcount).
 
-    def __init__(self, raw, dialect: "PostgreSQL"):
+    A connection the server dropped (a restart, a timeout) is opened again on next use, and a read that failed
+    because of it is re-run once; a write is not (it may have committed), nor anything in a transaction that
+    was under way (it is gone: the error says so, and ROLLBACK ends it here too)."""
+
+    def __init__(self, raw, dialect: "PostgreSQL", reopen):
         self.raw = raw
         self.dialect = dialect
+        self._reopen = reopen
+        self._in_transaction = False
         self._replace: dict[str, str] = {}
+
+    def _run(self, sql: str, call):
+        word = sql.lstrip()[:8].upper()
+        if self.raw.closed:
+            if self._in_transaction:
+                self._in_transaction = not word.startswith("ROLLBACK")
+                raise self.dialect.psycopg.OperationalError("the connection to the catalogue was lost during a"
+                                                            " transaction: nothing of it was written")
+            self.raw = self._reopen()
+        if word.startswith("BEGIN"):
+            self._in_transaction = True
+        elif word.startswith(("COMMIT", "ROLLBACK")):
+            self._in_transaction = False
+        try:
+            return call()
+        except self.dialect.psycopg.OperationalError:
+            if not self.raw.closed or self._in_transaction or not word.startswith("SELECT"):
+                raise
+            self.raw = self._reopen()
+            return call()
 
     def _sql(self, sql: str) -> str:
         text = postgres_sql(sql)
@@ -250,15 +276,21 @@ class PgConnection:
         return body + f" ON CONFLICT ({target}) " + (f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING")
 
     def execute(self, sql: str, args: Sequence | None = ()):
-        cur = self.raw.cursor()
-        # results in binary: vectors and probabilities arrive as their bytes (text would hex-encode them)
-        cur.execute(self._sql(sql), list(args or ()), binary=True)
-        return cur
+        def call():
+            cur = self.raw.cursor()
+            # results in binary: vectors and probabilities arrive as their bytes (text would hex-encode them)
+            cur.execute(self._sql(sql), list(args or ()), binary=True)
+            return cur
+
+        return self._run(sql, call)
 
     def executemany(self, sql: str, rows):
-        cur = self.raw.cursor()
-        cur.executemany(self._sql(sql), [list(r) for r in rows])
-        return cur
+        def call():
+            cur = self.raw.cursor()
+            cur.executemany(self._sql(sql), [list(r) for r in rows])
+            return cur
+
+        return self._run(sql, call)
 
     def close(self) -> None:
         self.raw.close()
@@ -283,13 +315,15 @@ class PostgreSQL:
         self.psycopg = psycopg
         self.Error = psycopg.Error
 
-    def connect(self, location: str, readonly: bool = False) -> PgConnection:
+    def _open(self, location: str):
         try:
-            raw = self.psycopg.connect(str(location), autocommit=True, row_factory=_pg_rows, connect_timeout=30)
+            return self.psycopg.connect(str(location), autocommit=True, row_factory=_pg_rows, connect_timeout=30)
         except self.psycopg.OperationalError as exc:
             raise LibraryError(f"cannot connect to the catalogue {without_password(str(location))}: "
                                f"{str(exc).strip()}") from exc
-        return PgConnection(raw, self)
+
+    def connect(self, location: str, readonly: bool = False) -> PgConnection:
+        return PgConnection(self._open(location), self, lambda: self._open(location))
 
     def schema_version(self, conn: PgConnection) -> int:
         if conn.execute("SELECT to_regclass('nels_schema_version') IS NOT NULL").fetchone()[0]:
