@@ -88,9 +88,12 @@ def test_cli_search_json_contract_and_tag(lib, tmp_path):
     cmd = [sys.executable, "-m", "nels.cli", "--library", str(lib.path)]
     out = subprocess.run(cmd + ["search", "high tone", "--json", "-k", "3"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert len(rows) == 3
-    assert {"clip_id", "source", "title", "start", "end", "score", "labels", "explanation"} <= set(rows[0])
+    answer = json.loads(out.stdout)  # the object of GET /api/search: results, notice, coverage, mode, ...
+    rows = answer["results"]
+    assert len(rows) == 3 and answer["coverage"]["covered"] and answer["notice"] is None
+    assert {"clip_id", "source", "title", "start", "end", "score", "relevance", "parts", "labels",
+            "explanation"} <= set(rows[0])
+    assert all(0 <= r["relevance"] <= 1 for r in rows)
     # a long file: 4 s of low tone, then 4 s of noise bursts -> two events with times
     rng = np.random.RandomState(5)
     f = write_wav(tmp_path / "long.wav", np.concatenate([_sound("low_tone", 4.0, rng), _sound("noise_burst", 4.0, rng)]))

@@ -9,6 +9,7 @@ Modes:
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 
 import numpy as np
@@ -17,6 +18,8 @@ from nels.config import SAMPLE_RATE
 from nels.encoders.base import encode_waveform
 from nels.encoders.selection import library_encoder, library_primaries
 from nels.errors import NelsError, QueryError
+from nels.search import calibration as calibration_mod
+from nels.search import coverage as coverage_mod
 from nels.search import joint as joint_search
 from nels.search import linguistic
 from nels.search.modes import default_mode
@@ -135,34 +138,50 @@ def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
     return enc.embeddings, probs
 
 
-def _acoustic(lib, vecs: np.ndarray, space: str, n: int) -> list[Candidate]:
-    """k-NN for every query window; a segment scores its best cosine to any window."""
+def _acoustic(lib, vecs: np.ndarray, space: str, n: int, key: str = "acoustic") -> list[Candidate]:
+    """k-NN for every query window; a segment scores its best cosine to any window (its part `key`)."""
     ranked = nearest_segments(lib.store(space), vecs, n)
-    return [Candidate(i, s, f"sounds like the query (cosine {s:.2f})", {"acoustic": s}) for i, s in ranked]
+    tag = f" [{space}]" if key != "acoustic" else ""
+    return [Candidate(i, s, f"sounds like the query (cosine {s:.2f}){tag}", {key: s}) for i, s in ranked]
 
 
-def _linguistic(lib, text: str, n: int) -> tuple[list[Candidate], float, dict[str, float]]:
+def _text_spaces(lib, text: str) -> list[tuple]:
+    """Per classifier of the library: (model, ids, probs, labels, space, sims, matched, coverage features),
+    the query compared once with the model's concepts and with every concept of the search vocabulary
+    (`nels.search.coverage`). [] when the library has no class probabilities."""
+    mats = lib.prob_matrices()
+    if not mats:
+        return []
+    encoders = {e.name: e for e in library_primaries(lib)}
+    per = []
+    for ids, probs, labels, model in mats:
+        vocab = model_vocabulary(encoders.get(model))
+        space = label_space(labels, vocab)
+        vec = space.encoder.encode([text])
+        sims, matched = space.similarity(vec)
+        known = coverage_mod.known_space(vocab)
+        ksims, _ = known.similarity(vec)
+        feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels)
+        per.append((model, ids, probs, labels, space, sims[0], matched[0], {"model": model, **feats}))
+    return per
+
+
+def _linguistic(lib, text: str, n: int, per: list | None = None) -> tuple[list[Candidate], float, dict[str, float]]:
     """Segments ranked by the probability their classifier puts on the labels the query means.
 
     With several classifiers (the own CNN, a pretrained backbone), each one's *coverage* of the query is
     its best label similarity; only the classifiers within COVERAGE_MARGIN of the best coverage rank
     ("guitar" is YAMNet's alone, "dog" both models'), fused by reciprocal rank. Returns (candidates, best
-    label similarity, coverage per model).
+    label similarity, coverage per model). per : `_text_spaces(lib, text)`, when the caller has it.
     """
-    mats = lib.prob_matrices()
-    if not mats:
+    per = _text_spaces(lib, text) if per is None else per
+    if not per:
         raise QueryError("this library has no class probabilities (it was indexed without a classifier);"
                          " run 'nels reindex --model default' to add them")
-    encoders = {e.name: e for e in library_primaries(lib)}
-    per = []
-    for ids, probs, labels, model in mats:
-        space = label_space(labels, model_vocabulary(encoders.get(model)))
-        sims, matched = space.query([text])
-        per.append((model, ids, probs, labels, space, sims[0], matched[0]))
     coverage = {p[0]: float(p[5].max()) for p in per}
     best = max(coverage.values())
     lists: dict[str, list[Candidate]] = {}
-    for model, ids, probs, labels, space, sims, matched in per:
+    for model, ids, probs, labels, space, sims, matched, _ in per:
         if len(per) > 1 and coverage[model] < best - COVERAGE_MARGIN:
             continue  # this model's vocabulary does not cover the query: its ranking would be noise
         w = linguistic.label_weights(sims)
@@ -220,8 +239,12 @@ def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, fl
 def search(lib, text: str | None = None, audio=None, mode: str | None = None, k: int = 10, page: int = 1,
            start: float | None = None, end: float | None = None, label: str | None = None,
            source: str | None = None, min_duration: float | None = None,
-           max_duration: float | None = None) -> Results:
-    """Search `lib`. See the module docstring for modes; `mode=None` picks the best available."""
+           max_duration: float | None = None, log_weak: bool = True) -> Results:
+    """Search `lib`. See the module docstring for modes; `mode=None` picks the best available.
+
+    log_weak : count a text query that the library's classes do not cover in its query log
+        (`nels vocabulary candidates`); evaluations turn it off.
+    """
     joint_mod = joint_search
     _one_inference_thread()
     if text is not None:
@@ -257,9 +280,13 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     notice, qlabels = None, []
     vecs = None
     coverage: dict[str, float] = {}
+    part_features: dict[str, str] = {}  # part key -> calibration feature (nels.search.calibration)
+    feature_lists: dict[str, list[Candidate]] = {}  # each single mode's own list, for the fill values
+    cov_text = cov_audio = None
     if audio is not None:
         encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
         acoustic: dict[str, list[Candidate]] = {}
+        query_probs = []
         for i, enc in enumerate(encs):
             x, sr = query_audio(audio, start, end, enc.sample_rate)
             evecs, qprobs = encode_query_audio(enc, x, sr)
@@ -267,31 +294,54 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
                 vecs = evecs  # the primary's: the joint space maps these
             if qprobs is not None:
                 qlabels = sorted(qlabels + top_labels(qprobs, list(enc.labels)), key=lambda l: -l["prob"])[:5]
+                query_probs.append((enc.name, list(enc.labels), qprobs))
             if mode in ("acoustic", "fused"):
-                acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n)
+                key = "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
+                acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n, key)
+                part_features[key] = calibration_mod.feature_name("acoustic", enc.space)
+                feature_lists[part_features[key]] = acoustic[enc.space]
+        cov_audio = coverage_mod.audio_coverage(query_probs)
         if acoustic:
             tops = [c[0].score for c in acoustic.values() if c]
             lists["acoustic"] = next(iter(acoustic.values())) if len(acoustic) == 1 else \
                 sorted(rrf(acoustic), key=lambda c: -c.score)
             if tops and max(tops) < MIN_ACOUSTIC_SCORE:
                 notice = "nothing in the library sounds much like this query"
+        if cov_audio is not None and not cov_audio["covered"]:
+            # no class explains the sound: say so rather than name the nearest class as what it is
+            notice = coverage_mod.audio_notice(cov_audio) + (f"; {notice}" if notice else "")
+            qlabels = []
+    per = []
+    if text is not None:
+        per = _text_spaces(lib, text)
+        if per:
+            cov_text = coverage_mod.text_coverage(text, [p[7] for p in per])
     if text is not None and mode in ("linguistic", "fused"):
         try:
-            cands, best_sim, coverage = _linguistic(lib, text, n)
+            cands, best_sim, coverage = _linguistic(lib, text, n, per)
         except QueryError:
             if mode == "linguistic" or has_joint:
                 raise
             cands, best_sim = [], 1.0
         if best_sim < MIN_LABEL_SIMILARITY:
             notice = f"no known sound matches {text!r} well (best label similarity {best_sim:.2f})"
-            if mode == "linguistic":
-                return Results([], notice=notice, mode=mode)
             cands = []
         elif cands and (cands[0].mass if cands[0].mass is not None else cands[0].score) < MIN_LINGUISTIC_SCORE:
             top = (cands[0].mass if cands[0].mass is not None else cands[0].score)
             notice = (f"nothing in the library is clearly recognised as {text!r} (best p={top:.2f});"
                       " these are only the closest")
         lists["linguistic"] = cands
+        for model, _, _, labels, *_ in per:
+            feat = calibration_mod.feature_name("linguistic", calibration_mod.classifier_kind(labels))
+            part_features["linguistic" if len(per) == 1 else f"linguistic:{model}"] = feat
+            feature_lists.setdefault(feat, [])  # a result no classifier scored has mass 0
+    if cov_text is not None and not cov_text["covered"]:
+        weak = coverage_mod.text_notice(text, cov_text)
+        notice = weak + (f" ({notice})" if notice else "")
+        if log_weak:
+            _log_weak(lib, text, cov_text)
+    if mode == "linguistic" and text is not None and not lists.get("linguistic"):
+        return Results([], notice=notice or "no match", mode=mode, coverage=_coverage(cov_text, cov_audio))
     if mode in ("joint", "fused") and has_joint:
         # the joint space is its acoustic model's: with several classifiers it answers text only where
         # that model's vocabulary covers the query (see _linguistic)
@@ -299,8 +349,13 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             coverage[jenc.audio_model] >= max(coverage.values()) - COVERAGE_MARGIN
         if text is not None and (joint_covers or mode == "joint"):
             lists["joint_text"] = _joint(lib, text, None, n) or []
+            part_features["joint"] = calibration_mod.feature_name("joint_text", "joint")
+            feature_lists[part_features["joint"]] = lists["joint_text"]
         if vecs is not None:
-            lists["joint_audio"] = _joint(lib, None, vecs, n) or []
+            lists["joint_audio"] = [Candidate(c.segment_id, c.score, c.explanation, {"joint_audio": c.score})
+                                    for c in (_joint(lib, None, vecs, n) or [])]
+            part_features["joint_audio"] = calibration_mod.feature_name("joint_audio", "joint")
+            feature_lists[part_features["joint_audio"]] = lists["joint_audio"]
 
     extras = {}
     if has_joint and page == 1:
@@ -308,13 +363,35 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             extras["suggested_tags"] = joint_mod.suggest_tags(jenc, vecs)
         if jenc is not None and text is not None:
             extras["related_words"] = joint_mod.related_words(jenc, text)
+    cov = _coverage(cov_text, cov_audio)
     lists = {m: c for m, c in lists.items() if c}
     if not lists:
-        return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode, **extras)
+        return Results([], notice=notice or "no match", query_labels=qlabels, mode=mode, coverage=cov, **extras)
     weights = None
     if text_fusion and text is not None and audio is None:
         w = text_fusion.get("weights") or {}
         weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
-    return Results(group_and_page(lib, cands, k, page, filters), notice=notice, query_labels=qlabels, mode=mode,
-                   **extras)
+    how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n))
+    chosen: list[Candidate] = []
+    out = Results(group_and_page(lib, cands, k, page, filters, chosen), notice=notice, query_labels=qlabels,
+                  mode=mode, coverage=cov, calibration=how, **extras)
+    out.features = [c.values for c in chosen]
+    return out
+
+
+def _coverage(cov_text: dict | None, cov_audio: dict | None) -> dict | None:
+    if cov_text is not None and cov_audio is not None:
+        return {"kind": "text+audio", "text": cov_text, "audio": cov_audio,
+                "covered": cov_text["covered"] and cov_audio["covered"]}
+    return cov_text if cov_text is not None else cov_audio
+
+
+def _log_weak(lib, text: str, cov: dict) -> None:
+    """Count a weakly covered text query in the catalogue's query log (what `nels vocabulary candidates`
+    lists); a library that cannot be written to still answers."""
+    closest = cov["closest"][0]["label"] if cov.get("closest") else None
+    try:
+        lib.catalogue.log_weak_query(text, cov["score"], closest)
+    except (NelsError, OSError, sqlite3.Error):
+        pass

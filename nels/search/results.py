@@ -16,17 +16,29 @@ class Results(list):
 
     suggested_tags : audio queries with a joint space: free-text tags near the sound (audio -> text).
     related_words : text queries with a joint space: sound words near the query (text -> text).
+    coverage : how well the library's classes cover the query (`nels.search.coverage`): {"kind": "text" or
+        "audio", "score": P(covered) in [0, 1], "covered": bool, "threshold", "model", "closest": [...], ...};
+        a text and an audio query together: {"text": {...}, "audio": {...}}; None without classifiers.
+    calibration : how each result's `relevance` was computed: "fitted" (a model fitted on validation for
+        exactly these modes), "per-mode" (per-mode fits, the most confident mode), "default" (no fit for
+        these modes: the best raw score clipped to [0, 1]).
+
+    Each result has `relevance` (calibrated P(relevant), [0, 1]), `parts` (each mode's own score: the
+    probability mass on the query's classes, or a cosine) and `score` (what the ranking sorted by).
     """
 
     def __init__(self, items: Iterable[dict] = (), notice: str | None = None, query_labels=None, mode: str = "",
-                 suggested_tags=None, related_words=None):
+                 suggested_tags=None, related_words=None, coverage: dict | None = None, calibration: str = ""):
         super().__init__(items)
         self.notice, self.query_labels, self.mode = notice, query_labels or [], mode
         self.suggested_tags, self.related_words = suggested_tags or [], related_words or []
+        self.coverage, self.calibration = coverage, calibration
+        self.features: list[dict] = []  # per result, the relevance model's inputs (for fitting; not in to_dict)
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "notice": self.notice, "query_labels": self.query_labels,
-                "suggested_tags": self.suggested_tags, "related_words": self.related_words, "results": list(self)}
+        return {"mode": self.mode, "notice": self.notice, "coverage": self.coverage, "query_labels": self.query_labels,
+                "suggested_tags": self.suggested_tags, "related_words": self.related_words,
+                "calibration": self.calibration, "results": list(self)}
 
 
 @dataclass
@@ -61,14 +73,18 @@ class Candidate:
     parts: dict = field(default_factory=dict)  # per-mode scores, for fused explanations
     why: list = field(default_factory=list)  # fused: the explanations of each mode that found it
     mass: float | None = None  # fused linguistic lists: the best class-probability mass any model gave it
+    relevance: float | None = None  # calibrated P(relevant) from the parts (nels.search.calibration)
+    values: dict | None = None  # the relevance model's inputs: per feature, the raw score (fills included)
 
     def explain(self) -> str:
         parts = [self.explanation] if self.explanation else []
         return "; ".join(p() if callable(p) else p for p in parts + self.why)
 
 
-def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filters) -> list[dict]:
-    """Best segment per clip, in score order; filters applied; page `page` of size `k`."""
+def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filters,
+                   chosen: list | None = None) -> list[dict]:
+    """Best segment per clip, in score order; filters applied; page `page` of size `k`.
+    chosen : a list that receives the candidates of the page's results, in order."""
     cands = sorted(cands, key=lambda c: -c.score)
     want = k * page
     out: list[dict] = []
@@ -88,16 +104,24 @@ def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filt
                 continue
             seen.add(row["clip_id"])
             out.append(_result(row, c))
+            if chosen is not None:
+                chosen.append(c)
             if len(out) >= want:
-                return out[k * (page - 1):]
+                break
+        if len(out) >= want:
+            break
+    if chosen is not None:
+        chosen[:] = chosen[k * (page - 1):]
     return out[k * (page - 1):]
 
 
 def _result(row: dict, c: Candidate) -> dict:
+    parts = {k: round(float(v), 4) for k, v in c.parts.items()}  # "scores": the same, under its first name
     return {"clip_id": row["clip_id"], "segment_id": c.segment_id, "source": row["webpage_url"] or row["source_uri"],
             "title": row["title"], "start": round(row["start"], 3), "end": round(row["end"], 3),
-            "duration": row["duration"], "score": round(float(c.score), 4), "labels": row["labels"],
-            "explanation": c.explain(), "scores": {k: round(float(v), 4) for k, v in c.parts.items()},
+            "duration": row["duration"], "score": round(float(c.score), 4),
+            "relevance": None if c.relevance is None else round(float(c.relevance), 4), "parts": parts,
+            "labels": row["labels"], "explanation": c.explain(), "scores": parts,
             "media_url": f"/media/{row['clip_id']}"}
 
 

@@ -20,7 +20,7 @@ function h(tag, attrs = {}, ...children) {
 
 // a fused score is a rank fusion; the tooltip shows what each mode scored
 function scoreParts(r) {
-  const parts = Object.entries(r.scores || {});
+  const parts = Object.entries(r.parts || r.scores || {});
   return parts.length > 1 ? parts.map(([m, v]) => `${m.replace("_", " ")} ${Number(v).toFixed(2)}`).join(" · ") : "";
 }
 
@@ -165,7 +165,7 @@ function renderResults(data, ms) {
       h("ul", { class: "chips", style: { display: "inline-flex" } },
         data.query_labels.slice(0, 3).map((l) => h("li", { class: "chip" }, l.label, " ", h("b", {}, pct(l.prob))))));
   }
-  if (n && data.notice) bits.push(h("div", {}, data.notice));
+  if (n && data.notice) bits.push(h("div", { class: data.coverage && data.coverage.covered === false ? "notice" : null }, data.notice));
   info.replaceChildren(...bits);
   info.hidden = !bits.length;
   list.replaceChildren(...data.results.map((r, i) => resultItem(r, data, i)));
@@ -188,9 +188,12 @@ function resultItem(r, data, i) {
   }, relevant ? "✓ Relevant" : "✕ Not relevant");
   return h("li", { class: "result", dataset: { clip: r.clip_id, segment: r.segment_id, start: r.start } },
     h("h2", {}, h("a", { href: `/clip/${r.clip_id}?t=${r.start}` }, `${i + 1 + (data.page - 1) * data.k}. ${title}`),
-      // a fused result shows what each mode scored (the fused number is a rank fusion, ~0.03, meaningless
-      // to read); its own score stays in the tooltip
-      scoreParts(r)
+      // one calibrated relevance (P(relevant), fitted on validation); what each mode scored in the tooltip
+      // (a fused score is a rank fusion, ~0.03, meaningless to read)
+      r.relevance !== null && r.relevance !== undefined
+        ? h("span", { class: "score", title: `calibrated relevance, then each mode's score; ${scoreParts(r) ? "rank-fusion" : "ranking"} score ${Number(r.score).toFixed(3)}` },
+            h("b", {}, `relevance ${pct(r.relevance)}`), scoreParts(r) ? ` · ${scoreParts(r)}` : "")
+        : scoreParts(r)
         ? h("span", { class: "score", title: `rank-fusion score ${Number(r.score).toFixed(3)}` }, scoreParts(r))
         : h("span", { class: "score", title: "score" }, `score ${Number(r.score).toFixed(3)}`)),
     h("div", { class: "spec" },
@@ -340,6 +343,14 @@ async function loadAdmin() {
       "top labels": (s.top_labels || []).map((t) => `${t.label} (${t.segments})`).join(", ") || "—",
       "recent failures": (s.failures || []).length ? s.failures.slice(0, 5).map((f) => `${f.uri}: ${f.error}`).join("\n") : "0",
     }));
+    // without NELS_ADMIN_TOKEN the server refuses every admin action: say so, and hide forms that cannot work
+    const off = s.admin_enabled === false;
+    $("#admin-off").hidden = !off;
+    for (const el of ["#token-form", "#crawl-form", "#ingest-form", "#jobs"]) {
+      const box = el === "#jobs" ? $("#jobs").closest(".card") : $(el);
+      if (box) box.hidden = off;
+    }
+    if (off) { setStatus($("#admin-msg"), ""); return; }
   } catch (e) { $("#stats").replaceChildren(h("dd", {}, e.message)); }
   if (!token()) {
     setStatus($("#admin-msg"), "Enter the admin token to manage crawls, ingests, models and iterations.");

@@ -1,0 +1,304 @@
+"""The parts of bench/fit_calibration.py that need audio and models (run through it: `fit_calibration.py audio`).
+
+audio      whether some class explains a query sound: per classifier kind, the query's largest class probability
+           (as search computes it: the mean over the clip's windows) on ESC-50 fold-2 clips (explained) vs sounds
+           synthesised here (tones, chords, sweeps, noises, click trains, AM/FM tones: no ESC-50 class). The CNN
+           is one trained without fold 2 (--cnn, default /tmp/h1/cnn-fold2: `nels train --exclude-fold 2`), so
+           its probabilities are those of unseen clips; YAMNet never saw ESC-50 training folds. Threshold: best
+           balanced accuracy. Checked on ESC-50 fold 1 with the shipped CNN and on another synthetic draw.
+relevance  a logistic model per set of modes, from each result's per-mode scores to relevant (same ESC-50 class),
+           on a fold-2 library indexed by that CNN (+ its joint space, `nels train-joint --exclude-fold 2`) and by
+           YAMNet: text queries = ESC-50 class names, vocabulary synonyms and joint training phrasings; audio
+           queries = every clip. Also per-mode models (the fallback).
+report     reliability of `relevance` on fold 1 with the shipped models (class names, fold 1's paraphrases,
+           audio): per 10 bins mean relevance vs share relevant, ECE, Brier; and mAP of the fused ranking by
+           reciprocal rank (today) vs by relevance (the fitted fusion), both from the same result lists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from common import ROOT, esc50
+
+from nels.search import calibration as cal
+
+DATA = ROOT / "nels" / "data"
+WORK = Path("/tmp/h1/calib")
+
+
+# -- synthetic sounds no ESC-50 class describes ------------------------------------------------------------
+def synth_sounds(n: int, seed: int, sr: int = 16000, seconds: float = 3.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    out = []
+    for i in range(n):
+        kind = i % 8
+        f = float(np.exp(rng.uniform(np.log(80), np.log(6000))))
+        if kind == 0:  # pure tone
+            x = np.sin(2 * np.pi * f * t)
+        elif kind == 1:  # chord
+            x = sum(np.sin(2 * np.pi * f * r * t) for r in (1, 1.26, 1.5, 2.0)[: rng.integers(2, 5)])
+        elif kind == 2:  # sweep
+            f2 = float(np.exp(rng.uniform(np.log(80), np.log(7000))))
+            x = np.sin(2 * np.pi * np.cumsum(np.geomspace(f, f2, t.size)) / sr)
+        elif kind == 3:  # white noise
+            x = rng.standard_normal(t.size)
+        elif kind == 4:  # coloured noise (1/f^a)
+            spec = np.fft.rfft(rng.standard_normal(t.size))
+            fr = np.maximum(np.fft.rfftfreq(t.size, 1 / sr), 1.0)
+            x = np.fft.irfft(spec / fr ** rng.uniform(0.5, 2.0), n=t.size)
+        elif kind == 5:  # click train
+            x = np.zeros(t.size)
+            x[:: int(sr / rng.uniform(2, 40))] = 1.0
+        elif kind == 6:  # amplitude-modulated tone
+            x = np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 30) * t))
+        else:  # frequency-modulated tone
+            x = np.sin(2 * np.pi * f * t + rng.uniform(1, 50) * np.sin(2 * np.pi * rng.uniform(0.5, 10) * t))
+        x = x / (np.abs(x).max() + 1e-9) * rng.uniform(0.1, 0.8)
+        out.append(x.astype(np.float32))
+    return out
+
+
+def top_prob(enc, x: np.ndarray, sr: int) -> float:
+    from nels.search.query import encode_query_audio
+
+    _, probs = encode_query_audio(enc, x, sr)
+    return float(np.max(probs))
+
+
+def esc50_items(fold: int):
+    from nels.training.datasets import load_dataset
+
+    ds = load_dataset(str(esc50()), "esc50")
+    return ds, [it for it in ds.items if it.fold == fold]
+
+
+def audio_features(enc, fold: int, seed: int, n_synth: int = 240):
+    from nels.audio.decode import decode
+
+    _, items = esc50_items(fold)
+    pos = [top_prob(enc, decode(str(it.path), sr=16000), 16000) for it in items]
+    neg = [top_prob(enc, x, 16000) for x in synth_sounds(n_synth, seed)]
+    return np.array(pos), np.array(neg)
+
+
+def fit_audio(args) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    from fit_calibration import balanced_threshold
+    from nels.encoders.base import create_encoder
+    from nels.search.coverage import sigmoid
+
+    out = {}
+    for kind, spec, check_spec in (("softmax", f"cnn:{args.cnn}", "default"), ("yamnet", "yamnet", "yamnet")):
+        t0 = time.time()
+        pos, neg = audio_features(create_encoder(spec), 2, seed=0)
+        X = np.concatenate([pos, neg])[:, None]
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        lr = LogisticRegression(C=10.0, class_weight="balanced").fit(X, y)
+        w, b = float(lr.coef_[0][0]), float(lr.intercept_[0])
+        p = np.array([sigmoid(b + w * v) for v in X[:, 0]])
+        thr = balanced_threshold(p, y.astype(int))
+        cpos, cneg = audio_features(create_encoder(check_spec), 1, seed=1)
+        pp = np.array([sigmoid(b + w * v) for v in cpos])
+        pn = np.array([sigmoid(b + w * v) for v in cneg])
+        out[kind] = {
+            "weights": [round(w, 4)], "bias": round(b, 4), "threshold": round(thr, 4),
+            "top_prob_at_threshold": round(float((np.log(thr / (1 - thr)) - b) / w), 4) if w else None,
+            "fitted_on": f"{len(pos)} ESC-50 fold-2 clips ({spec}) vs {len(neg)} synthesised sounds (seed 0)",
+            "fit": {"esc50_flagged": round(float(np.mean(p[y == 1] < thr)), 4),
+                    "synthetic_explained": round(float(np.mean(p[y == 0] >= thr)), 4)},
+            "check": {"model": check_spec, "esc50_fold1_flagged": round(float(np.mean(pp < thr)), 4),
+                      "synthetic_seed1_explained": round(float(np.mean(pn >= thr)), 4)},
+            "top_prob_median": {"esc50_fold2": round(float(np.median(pos)), 4),
+                                "synthetic": round(float(np.median(neg)), 4)},
+        }
+        print(kind, out[kind], f"{time.time() - t0:.0f} s", file=sys.stderr)
+    out["features"] = ["largest class probability of the query (mean over its windows)"]
+    out["threshold_rule"] = "best balanced accuracy on the fitted sounds"
+    out["date"] = time.strftime("%Y-%m-%d")
+    return out
+
+
+# -- relevance ---------------------------------------------------------------------------------------------
+def fold_library(spec: str, fold: int, name: str):
+    from nels.evaluate.retrieval import build_fold_library
+
+    return build_fold_library(str(esc50()), "esc50", fold, spec, WORK / name)
+
+
+def text_queries_fit(labels, seed: int = 0):
+    from nels.encoders.text import load_vocabulary
+
+    voc = load_vocabulary()
+    rng = random.Random(seed)
+    phrases = json.loads((DATA / "joint_phrases.json").read_text())["classes"]
+    out = []
+    for l in labels:
+        ct = voc.get(l)
+        out += [(ct.name, l)] + [(s, l) for s in ct.synonyms[:2]]
+        out += [(p, l) for p in rng.sample(phrases.get(l, []), min(2, len(phrases.get(l, []))))]
+    return out
+
+
+def collect(lib, truth, text_queries, modes_text, modes_audio, audio_limit=None):
+    """Rows of (config key, {feature: raw score}, relevant, query id, rank score, relevance now) for every
+    result of every query, every mode: what the relevance model is fitted on (and measured with)."""
+    from nels.search.query import search
+
+    n = len(truth)
+    rows = []
+    qid = 0
+    for mode in modes_text:
+        for text, label in text_queries:
+            res = search(lib, text=text, mode=mode, k=n, log_weak=False)
+            qid += 1
+            rows += _rows(res, lambda r: truth.get(r["clip_id"]) == label, qid, f"text/{mode}", None)
+    clips = lib.catalogue.clips(("id", "media_path"))
+    for mode in modes_audio:
+        for cid, media in clips[:audio_limit]:
+            label = truth.get(cid)
+            if label is None:
+                continue
+            res = search(lib, audio=lib.path / media, mode=mode, k=n, log_weak=False)
+            qid += 1
+            rows += _rows(res, lambda r, label=label: truth.get(r["clip_id"]) == label, qid, f"audio/{mode}", cid)
+    return rows
+
+
+def _rows(res, is_rel, qid, what, skip):
+    out = []
+    for r, values in zip(res, res.features):
+        if r["clip_id"] == skip:
+            continue
+        out.append({"what": what, "q": qid, "rel": bool(is_rel(r)), "score": r["score"], "relevance": r["relevance"],
+                    "values": values})
+    return out
+
+
+def fit_models(rows, C: float = 1.0) -> dict:
+    """A logistic model for every non-empty subset of the features the rows hold (a library with fewer
+    modes or models sees a subset), and one per feature (the fallback)."""
+    from itertools import combinations
+
+    from sklearn.linear_model import LogisticRegression
+
+    by = defaultdict(list)
+    for r in rows:
+        by[r["what"].split("/")[0]].append(r)
+    models, single = {}, {}
+    for kind, rs in by.items():
+        feats_all = sorted({f for r in rs for f in r["values"]})
+        y = np.array([r["rel"] for r in rs])
+        for size in range(1, len(feats_all) + 1):
+            for feats in combinations(feats_all, size):
+                X = np.array([[cal.transform(f.split(":")[0], r["values"].get(f, 0.0)) for f in feats] for r in rs])
+                lr = LogisticRegression(C=C, max_iter=2000).fit(X, y)
+                w = {f: round(float(v), 4) for f, v in zip(feats, lr.coef_[0])}
+                models[cal.config_key(feats)] = {"weights": w, "bias": round(float(lr.intercept_[0]), 4),
+                                                 "n": len(rs), "relevant": int(y.sum())}
+                if size == 1:
+                    single[feats[0]] = {"weight": w[feats[0]], "bias": models[cal.config_key(feats)]["bias"]}
+    return {"models": models, "single": single}
+
+
+def fit_relevance(args) -> dict:
+    """Rows of the fused mode on a fold-2 library with every mode and model (the CNN trained without fold 2 and
+    its joint space, YAMNet): each result holds every feature (a mode that did not list it gives its fill
+    value), so one set of rows fits every subset of modes."""
+    spec = f"cnn:{args.cnn}+yamnet"
+    t0 = time.time()
+    lib, truth = fold_library(spec, 2, "fold2-cnn-yamnet")
+    labels = sorted(set(truth.values()))
+    from nels.search.joint import library_has_joint
+
+    print(f"{spec}: library ready, joint {library_has_joint(lib)}, {time.time() - t0:.0f} s", file=sys.stderr)
+    rows = collect(lib, truth, text_queries_fit(labels), ["fused"], ["fused"], audio_limit=args.audio_queries)
+    print(f"{len(rows)} result rows, {time.time() - t0:.0f} s", file=sys.stderr)
+    fitted = fit_models(rows)
+    fitted.update(fitted_on=f"ESC-50 fold 2, library {spec} (CNN and joint space trained without fold 2; YAMNet),"
+                            " fused mode: class names, 2 synonyms and 2 joint training phrasings per class as text"
+                            f" queries, {args.audio_queries} clips as audio queries; relevant = same class",
+                  rows=len(rows), date=time.strftime("%Y-%m-%d"))
+    return fitted
+
+
+def reliability(rel: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(rel, edges) - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            table.append([round(float(edges[b]), 1), int(m.sum()), round(float(rel[m].mean()), 4), round(float(y[m].mean()), 4)])
+            ece += m.mean() * abs(rel[m].mean() - y[m].mean())
+    return {"ece": round(float(ece), 4), "brier": round(float(np.mean((rel - y) ** 2)), 4),
+            "bins [from, n, mean relevance, share relevant]": table}
+
+
+def mean_ap(rows, key: str) -> float:
+    from nels.metrics import average_precision
+
+    by = defaultdict(list)
+    for r in rows:
+        by[r["q"]].append(r)
+    aps = []
+    for rs in by.values():
+        total = sum(r["rel"] for r in rs)
+        if total == 0:
+            continue
+        order = sorted(rs, key=lambda r: -r[key])
+        aps.append(average_precision([r["rel"] for r in order], total))
+    return round(float(np.mean(aps)), 4)
+
+
+def report(args) -> dict:
+    from nels.evaluate.retrieval import class_queries, paraphrase_queries
+
+    out = {}
+    for spec, name in (("default", "fold1-default"), ("default+yamnet", "fold1-default-yamnet")):
+        lib, truth = fold_library(spec, 1, name)
+        labels = sorted(set(truth.values()))
+        sets = {"names": class_queries(labels), "paraphrases": paraphrase_queries(labels)}
+        res = {}
+        for what, qs in sets.items():
+            for mode in ("linguistic", "fused"):
+                rows = collect(lib, truth, qs, [mode], [])
+                rel = np.array([r["relevance"] for r in rows])
+                y = np.array([r["rel"] for r in rows], dtype=float)
+                res[f"text {what} / {mode}"] = {"reliability": reliability(rel, y), "mAP by score": mean_ap(rows, "score"),
+                                               "mAP by relevance": mean_ap(rows, "relevance")}
+        for mode in ("acoustic", "fused"):
+            rows = collect(lib, truth, [], [], [mode], audio_limit=args.audio_queries)
+            rel = np.array([r["relevance"] for r in rows])
+            y = np.array([r["rel"] for r in rows], dtype=float)
+            res[f"audio / {mode}"] = {"reliability": reliability(rel, y), "mAP by score": mean_ap(rows, "score"),
+                                      "mAP by relevance": mean_ap(rows, "relevance")}
+        out[spec] = res
+        print(spec, json.dumps(res)[:2000], file=sys.stderr)
+    out["date"] = time.strftime("%Y-%m-%d")
+    out["note"] = ("ESC-50 fold 1, shipped models; mAP here ranks each query's per-clip results (every clip) by"
+                   " the score the search sorted by, or by relevance; `nels evaluate retrieval` is the reference")
+    return out
+
+
+def main(part: str, argv, write_section) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cnn", default="/tmp/h1/cnn-fold2", help="a CNN trained without fold 2 (with joint/)")
+    ap.add_argument("--audio-queries", type=int, default=120, help="at most this many clips as audio queries")
+    args = ap.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    if part == "audio":
+        write_section("audio_coverage", fit_audio(args))
+    elif part == "relevance":
+        write_section("relevance", fit_relevance(args))
+    elif part == "report":
+        write_section("relevance_report", report(args))

@@ -1,0 +1,97 @@
+"""One relevance a person can read: P(a result is relevant to the query), in [0, 1], from its per-mode scores.
+
+Every mode scores on its own scale (linguistic: the probability mass a classifier puts on the query's
+labels; acoustic and joint: cosines; fused: a reciprocal-rank sum of ~0.03 that says nothing about a
+single result). A logistic model per set of modes that answered the query maps a result's per-mode scores to
+the probability that a person would call it relevant; it was fitted by `bench/fit_calibration.py relevance`
+on ESC-50 validation queries (a library of fold 2 indexed by a CNN that never saw fold 2, and YAMNet;
+relevant = same ESC-50 class) and its reliability measured on fold 1 (never fitted on; nels/data/
+calibration.json has the figures). A result that a mode did not return gets that mode's last listed score
+(the best it could have had; 0 when the list was not full).
+
+Features (`feature_name`): "<mode>:<kind>", mode in linguistic, acoustic, joint_text, joint_audio; kind the
+classifier or space kind ("softmax" for a classifier whose probabilities sum to 1, "yamnet" for AudioSet
+sigmoid scores; the vector space's name for acoustic). A set of features without a fitted model falls back to
+per-feature models, then to the plain score clipped to [0, 1] (said in `Results.calibration`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nels.search.coverage import audio_kind, calibration, sigmoid
+
+EPS = 1e-4
+
+
+def transform(mode: str, score: float) -> float:
+    """A score on the scale the model is linear in: the logit of a linguistic probability mass, a cosine as is."""
+    if mode == "linguistic":
+        p = min(1 - EPS, max(EPS, float(score)))
+        return math.log(p / (1 - p))
+    return float(score)
+
+
+def feature_name(mode: str, kind: str) -> str:
+    return f"{mode}:{kind}"
+
+
+def classifier_kind(labels) -> str:
+    return audio_kind(labels)
+
+
+def config_key(features) -> str:
+    return "+".join(sorted(features))
+
+
+def relevance_model(features) -> tuple[dict | None, str]:
+    """The fitted model for this set of features, and how it was found ("fitted", "per-mode", "default")."""
+    cal = calibration().get("relevance") or {}
+    models = cal.get("models") or {}
+    m = models.get(config_key(features))
+    if m is not None:
+        return m, "fitted"
+    single = cal.get("single") or {}
+    if all(f in single for f in features):
+        return {"per_feature": {f: single[f] for f in features}}, "per-mode"
+    return None, "default"
+
+
+def relevance(values: dict[str, float], model: dict | None) -> float:
+    """P(relevant) of one result: values = {feature: raw score} (every feature of the set)."""
+    if model is None:  # nothing fitted for these modes: the best score, clipped to [0, 1]
+        return float(min(1.0, max(0.0, max(values.values()) if values else 0.0)))
+    if "per_feature" in model:  # fitted one mode at a time: the most confident mode speaks
+        return max(sigmoid(p["bias"] + p["weight"] * transform(f.split(":")[0], values[f]))
+                   for f, p in model["per_feature"].items())
+    z = model["bias"] + sum(w * transform(f.split(":")[0], values[f]) for f, w in model["weights"].items())
+    return sigmoid(z)
+
+
+def fill_values(lists: dict[str, list], n: int) -> dict[str, float]:
+    """Per feature, the score a result gets when that mode did not return it: the list's last score when the
+    list was cut at `n` (the result scored at most that), else 0 (the mode gave it nothing)."""
+    return {f: (float(c[-1].score) if c and len(c) >= n else 0.0) for f, c in lists.items()}
+
+
+def attach(cands, part_features: dict[str, str], fills: dict[str, float]) -> str:
+    """Set `c.relevance` on every candidate from its parts (`c.parts`: part key -> raw score).
+
+    part_features : part key -> feature name (several keys may share a feature: the best score counts).
+    fills : per feature, the score of a result that mode did not return (`fill_values`).
+    Returns how the model was found (see `relevance_model`).
+    """
+    feats = sorted(set(part_features.values()))
+    model, how = relevance_model(feats)
+    for c in cands:
+        values = {f: fills.get(f, 0.0) for f in feats}
+        seen: set[str] = set()
+        for key, v in (c.parts or {}).items():
+            f = part_features.get(key)
+            if f is not None:
+                values[f] = max(float(v), values[f]) if f in seen else float(v)
+                seen.add(f)
+        c.values = values
+        c.relevance = relevance(values, model)
+    return how
