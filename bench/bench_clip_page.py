@@ -152,17 +152,22 @@ def browser(lib_dir: Path, clip_id: int, runs: int) -> dict:
 
     clips_route._CLIPS.clear()
     rows = []
-    with Server(lib_dir) as srv, sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for i in range(runs):
-            ctx = b.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser cache every run
-            page = ctx.new_page()
-            page.set_default_timeout(120000)
-            page.goto(f"{srv.url}/clip/{clip_id}", wait_until="commit")
-            # ms since this navigation started: the page painted (title, timeline, events), then its pictures
-            rows.append((page.evaluate(PAINTED), page.evaluate(IMAGE, "#detail-img"), page.evaluate(IMAGE, "#ov-img")))
-            ctx.close()
-        b.close()
+    srv = Server(lib_dir).start(timeout=600)  # a loaded machine may take minutes to start a server
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for i in range(runs):
+                ctx = b.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser cache every run
+                page = ctx.new_page()
+                page.set_default_timeout(120000)
+                page.goto(f"{srv.url}/clip/{clip_id}", wait_until="commit")
+                # ms since this navigation started: the page painted (title, timeline, events), then its pictures
+                rows.append((page.evaluate(PAINTED), page.evaluate(IMAGE, "#detail-img"),
+                             page.evaluate(IMAGE, "#ov-img")))
+                ctx.close()
+            b.close()
+    finally:
+        srv.stop()
     out = {"runs": runs}
     for j, name in enumerate(("first_paint", "detail_visible", "overview_visible")):
         ts = [r[j] for r in rows]

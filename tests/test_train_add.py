@@ -99,3 +99,29 @@ def test_an_addon_refuses_another_base(setup, tmp_path):
     (tmp_path / "added" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="train them again"):
         create_encoder(str(tmp_path / "added"))
+
+
+def test_on_a_library_with_a_backbone_the_classes_go_on_the_backbone(tmp_path):
+    """default+yamnet: the new class is trained on YAMNet's vectors (the backbone), the CNN part is untouched."""
+    from pathlib import Path
+
+    weights = Path(__file__).resolve().parents[2] / "shared" / "models" / "yamnet" / "yamnet_classification.tflite"
+    if not weights.is_file():
+        pytest.skip("needs the YAMNet weights in ../shared/models/yamnet")
+    pytest.importorskip("ai_edge_litert")
+    from nels.encoders.selection import split_spec
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.library import Library
+    from nels.training.addon import train_addon
+
+    for kind in ["tone", "noise", "clicks", "chirp", "hum"]:
+        for seed in range(2):
+            write_wav(tmp_path / "in" / f"{kind}-{seed}.wav", synth(kind, 4.0, seed=seed))
+    for i in range(4):
+        write_wav(tmp_path / "beeps" / "beep" / f"b{i}.wav", beep(3.0, 1800 + 60 * i, seed=i))
+    with Library(tmp_path / "lib") as lib:
+        ingest(lib, [str(tmp_path / "in")], model="default+yamnet", options=IngestOptions(progress=False))
+    out = train_addon(tmp_path / "lib", tmp_path / "beeps")
+    parts = split_spec(out["spec"])
+    assert parts[0] == "default" and parts[1] == str(Path(out["model"]).resolve())
+    assert out["base"].startswith("yamnet") and out["base_classes"] == 521
