@@ -1,12 +1,12 @@
 """How the catalogue talks to its database: SQLite (a file in the library folder, the default) or PostgreSQL
 (`postgresql://…`: one catalogue that several machines write at once).
 
-`nels.store.catalogue` writes each query once, in SQL that both accept: `?` placeholders, upserts with
-`ON CONFLICT`, `RETURNING id` instead of `lastrowid`, the column `"end"` quoted. A dialect does the rest:
-opening connections, beginning transactions, the schema version, the change counter behind
-`Catalogue.data_version`, translating the SQLite DDL of `nels.store.schema` for PostgreSQL, and telling a full
-disk from other errors. No domain queries live here (tests/test_architecture.py lets this module and the
-catalogue speak SQL, nothing else).
+`nels.store.catalogue` writes each query once, in SQLite's SQL (`?` placeholders; `RETURNING id`, which both
+have, rather than `lastrowid`). A dialect does the rest: opening connections, beginning transactions, the schema
+version, the change counter behind `Catalogue.data_version`, telling a full disk from other errors and, for
+PostgreSQL, translating the SQLite idioms of the queries (`postgres_sql`, `PgConnection`) and the DDL of
+`nels.store.schema` (`postgres_ddl`). No domain queries live here (tests/test_architecture.py lets this module
+and the catalogue speak SQL, nothing else).
 """
 from __future__ import annotations
 
