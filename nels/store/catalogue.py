@@ -9,7 +9,7 @@ One class, two databases: a SQLite file in WAL mode (the library's `nels.db`, th
 (`postgresql://...`, which several machines write at once). The queries are written once, in SQLite's SQL;
 `nels.store.dialect` opens the connections, begins transactions, keeps the schema version and translates
 for PostgreSQL (placeholders, `INSERT OR REPLACE|IGNORE`, the scalar MAX/MIN, `end`, `rowid`, DDL types).
-Write `RETURNING id`, not `lastrowid`. Connections are per thread.
+A new row's id comes from `self.dialect.insert_id`, not `lastrowid`. Connections are per thread.
 """
 from __future__ import annotations
 
@@ -198,19 +198,18 @@ class Catalogue:
         with self.transaction() as c:
             # the UNIQUE hash decides: a concurrent writer of the same content waits here for the other's
             # commit, then stores nothing
-            row = c.execute(
-                "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
+            clip_id = self.dialect.insert_id(
+                c, "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
                 " webpage_url, fetched_at, duration, added_at, meta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(content_hash) DO NOTHING RETURNING id",
+                " ON CONFLICT(content_hash) DO NOTHING",
                 (content_hash, media_path, prov["source_uri"], prov["source_kind"], prov["title"], prov["uploader"],
                  prov["licence"], prov["query"], prov["webpage_url"], prov["fetched_at"], float(duration),
-                 time.time(), json.dumps(extra, default=str) if extra else None)).fetchone()
-            if row is None:
+                 time.time(), json.dumps(extra, default=str) if extra else None))
+            if clip_id is None:
                 existing = self.clip_by_hash(content_hash)
                 if item_id is not None:
                     self.mark_done(item_id, existing, content_hash)
                 return existing, False
-            clip_id = row[0]
             # one batch (a round trip to a server, not one per segment); ids ascend in insertion order
             c.executemany("INSERT INTO segments(clip_id, start, end) VALUES(?,?,?)",
                           [(clip_id, float(s), float(e)) for s, e in zip(starts, ends)])
@@ -536,9 +535,9 @@ class Catalogue:
     # -- feedback ----------------------------------------------------------------------------------------
     def add_feedback(self, query: str, mode: str | None, clip_id: int, segment_id: int | None, relevant: bool,
                      label: str | None) -> int:
-        return self.conn.execute(
-            "INSERT INTO feedback(query, mode, clip_id, segment_id, relevant, label, created_at) VALUES(?,?,?,?,?,?,?)"
-            " RETURNING id", (query, mode, clip_id, segment_id, int(relevant), label, time.time())).fetchone()[0]
+        return self.dialect.insert_id(
+            self.conn, "INSERT INTO feedback(query, mode, clip_id, segment_id, relevant, label, created_at)"
+            " VALUES(?,?,?,?,?,?,?)", (query, mode, clip_id, segment_id, int(relevant), label, time.time()))
 
     def latest_feedback(self, query: str) -> list[dict]:
         """The latest judgement per clip for `query`."""
@@ -589,8 +588,8 @@ class Catalogue:
 
     def submit_job(self, kind: str, params: dict) -> int:
         with self.transaction() as c:
-            job_id = c.execute("INSERT INTO jobs(kind, params, status, created_at) VALUES(?, ?, 'queued', ?)"
-                               " RETURNING id", (kind, json.dumps(params), time.time())).fetchone()[0]
+            job_id = self.dialect.insert_id(c, "INSERT INTO jobs(kind, params, status, created_at)"
+                                            " VALUES(?, ?, 'queued', ?)", (kind, json.dumps(params), time.time()))
             c.execute("DELETE FROM jobs WHERE status IN ('done', 'failed') AND id NOT IN "
                       "(SELECT id FROM jobs ORDER BY id DESC LIMIT ?)", (MAX_KEPT_JOBS,))
         return job_id

@@ -1,8 +1,8 @@
 """How the catalogue talks to its database: SQLite (a file in the library folder, the default) or PostgreSQL
 (`postgresql://…`: one catalogue that several machines write at once).
 
-`nels.store.catalogue` writes each query once, in SQLite's SQL (`?` placeholders; `RETURNING id`, which both
-have, rather than `lastrowid`). A dialect does the rest: opening connections, beginning transactions, the schema
+`nels.store.catalogue` writes each query once, in SQLite's SQL (`?` placeholders; a new row's id from
+`insert_id`, not `lastrowid`). A dialect does the rest: opening connections, beginning transactions, the schema
 version, the change counter behind `Catalogue.data_version`, telling a full disk from other errors and, for
 PostgreSQL, translating the SQLite idioms of the queries (`postgres_sql`, `PgConnection`) and the DDL of
 `nels.store.schema` (`postgres_ddl`). No domain queries live here (tests/test_architecture.py lets this module
@@ -70,6 +70,12 @@ class SQLite:
 
     def in_transaction(self, conn) -> bool:
         return conn.in_transaction
+
+    def insert_id(self, conn, sql: str, args: Sequence = ()) -> int | None:
+        """Run an INSERT of one row; the new row's id, or None when it added nothing (ON CONFLICT DO NOTHING).
+        (`lastrowid`: RETURNING needs SQLite 3.35, newer than some systems' Python has.)"""
+        cur = conn.execute(sql, args)
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     def ddl(self, statement: str) -> str:
         return statement
@@ -351,6 +357,11 @@ class PostgreSQL:
 
     def in_transaction(self, conn: PgConnection) -> bool:
         return conn.raw.info.transaction_status != self.psycopg.pq.TransactionStatus.IDLE
+
+    def insert_id(self, conn: PgConnection, sql: str, args: Sequence = ()) -> int | None:
+        """Run an INSERT of one row; the new row's id, or None when it added nothing (ON CONFLICT DO NOTHING)."""
+        row = conn.execute(sql + " RETURNING id", args).fetchone()
+        return row[0] if row is not None else None
 
     def ddl(self, statement: str) -> str:
         return postgres_ddl(statement)
