@@ -503,6 +503,10 @@ def step_gate(ctx: Context, cycle: int) -> tuple[str, dict]:
     cat = ctx.lib.catalogue
     cand = next((v for v in cat.model_versions("candidate") if v["cycle"] == cycle), None)
     if cand is None:
+        decided = next((v for v in cat.model_versions() if v["cycle"] == cycle and v["status"] != "candidate"), None)
+        if decided is not None:  # decided before a crash, not yet recorded as a step: say what was decided
+            return "done", {"version": decided["name"], "promoted": decided["status"] != "rejected",
+                            "reason": decided["reason"], "resumed_decision": True}
         return "skipped", {"reason": "no candidate this cycle"}
     old = (cand["detail"] or {}).get("serving_per_class") or {}
     d = gate.decide(cand["per_class"] or {}, old, ctx.opts.margin)
