@@ -73,7 +73,7 @@ def main():
                 c.execute("INSERT INTO probs(segment_id, model, probs) VALUES(?,?,?)", (sid, m, p.tobytes()))
                 for j in np.argsort(-p)[:5]:
                     tops[labels[m][j]] = max(tops.get(labels[m][j], 0.0), float(p[j]))
-            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)", list(tops.items()))
+            c.executemany("INSERT INTO labels(segment_id, label, prob) VALUES(?,?,?)", [(sid, l, p) for l, p in tops.items()])
         n += len(seg_ids)
         if copy % 2000 == 0:
             c.execute("COMMIT")
