@@ -35,8 +35,9 @@ def setup(tmp_path_factory):
     return root, lib_dir
 
 
-def test_train_add_keeps_every_old_class_and_the_joint_space(setup):
+def test_train_add_keeps_every_old_class_and_the_joint_space(setup, monkeypatch):
     from nels.cli import main
+    from nels.ingest import reindex as reindex_mod
     from nels.ingest.reindex import plan_reindex
     from nels.ingest.runner import IngestOptions, ingest
     from nels.library import Library
@@ -47,7 +48,13 @@ def test_train_add_keeps_every_old_class_and_the_joint_space(setup):
         before = {q: [(r["clip_id"], r["start"]) for r in lib.search(text=q, mode=m, k=8)]
                   for q, m in (("dog", "linguistic"), ("church bells", "linguistic"), ("dog barking", "joint"))}
         old_classes = set(lib.catalogue.model_labels(lib.catalogue.prob_models()[0]))
+
+    def no_decode(*a, **k):
+        raise AssertionError("applying added classes decoded audio again")
+
+    monkeypatch.setattr(reindex_mod, "encode_file", no_decode)  # the stored vectors are enough
     assert main(["--library", str(lib_dir), "train", "--add", "--dataset", str(root / "beeps"), "--apply"]) == 0
+    monkeypatch.undo()
     with Library(lib_dir) as lib:
         assert {"cnn", "joint"} <= set(lib.spaces())  # the joint space is still there
         classes = set(lib.catalogue.model_labels(lib.catalogue.prob_models()[0]))
@@ -60,6 +67,17 @@ def test_train_add_keeps_every_old_class_and_the_joint_space(setup):
         tops = {s["labels"][0]["label"] for cid in range(1, 19) for s in lib.clip(cid)["segments"] if s["labels"]}
         assert "beep" not in tops, tops
         assert not plan_reindex(lib, None).clips  # the library is fully on the new model
+        # what the stored vectors gave is what encoding the audio with the new model gives
+        from nels.audio.decode import decode
+        from nels.encoders.registry import create_encoder
+
+        enc = create_encoder(lib.get_meta("model"))
+        ids, mat, labels, _ = lib.prob_matrix(enc.name)
+        assert labels == enc.labels
+        sids = lib.catalogue.segment_ids(1)
+        stored = mat[[ids.tolist().index(s) for s in sids]]
+        fresh = enc.encode(decode(lib.path / lib.catalogue.clip_media(1)["media_path"]), SR).probs
+        assert stored.shape == fresh.shape and np.allclose(stored, fresh, atol=1e-4)
         # a beep the training never saw is found by its new name
         write_wav(root / "new" / "fresh-beep.wav", beep(4.0, 2050, seed=99))
         rep = ingest(lib, [str(root / "new")], options=IngestOptions(progress=False))

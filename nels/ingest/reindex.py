@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from nels.audio.segment import SegmentConfig
 from nels.encoders.base import create_encoder
 from nels.encoders.selection import encoders_for, library_encoders, primaries, record_model, split_spec, weights_of
@@ -122,12 +124,82 @@ def plan_reindex(lib: Library, model: str | None) -> ReindexPlan:
                        sorted(known - new) if clips and new else [], sorted(new - known))
 
 
+def _from_stored_vectors(lib: Library, plan: ReindexPlan, progress: bool) -> dict | None:
+    """A target that only adds classes beside the library's model (`nels train --add`: an encoder with `base` and
+    `added_probs`) needs no decoding: its vectors are the base's, already stored, and its probabilities are the
+    base's stored ones followed by the added classifier's on those vectors. Returns the report, or None when the
+    plan is not of that kind (anything else is re-encoded from the audio)."""
+    cat = lib.catalogue
+    if plan.forced_until or plan.drops or not plan.clips:
+        return None
+    encoders = encoders_for(plan.target)
+    added = {e.space: e for e in encoders if hasattr(e, "added_probs") and hasattr(e, "base")}
+    if not added:
+        return None
+    names = {e.space: e.name for e in encoders}
+    for cid, _, _ in plan.clips:  # every clip's stored vectors must be the base's (or already the target's)
+        now = cat.clip_vector_models(cid)
+        for space, nm in names.items():
+            ok = {nm} | ({added[space].base.name} if space in added else set())
+            if now.get(space) not in ok:
+                return None
+    todo = {c[0] for c in plan.clips}
+    seg_clip = {sid: cid for cid in todo for sid in cat.segment_ids(cid)}
+    vecs: dict[str, dict[int, np.ndarray]] = {sp: {} for sp in added}
+    for space in added:
+        for ids, block in cat.iter_vectors(space):
+            for sid, v in zip(ids.tolist(), block):
+                if sid in seg_clip:
+                    vecs[space][sid] = v
+    mats = []  # every classifier's stored rows, by segment
+    for m in cat.prob_models():
+        got = cat.prob_matrix(m)
+        if got is not None:
+            ids, mat, labels, _ = got
+            mats.append((m, labels, {sid: r for r, sid in enumerate(ids.tolist())}, mat))
+    bar = AudioBar("reindex (stored vectors)", enabled=progress)
+    for c in plan.clips:
+        bar.expect(c[0], c[2])
+    done = 0
+    for cid, _, secs in plan.clips:
+        sids = cat.segment_ids(cid)
+        vectors, probs, replaced = {}, [], set()
+        for space, enc in added.items():
+            v = np.stack([vecs[space][s] for s in sids])
+            vectors[space] = (enc.name, v)
+            base_rows = next(((lb, rows, mat) for m, lb, rows, mat in mats if m == enc.base.name), None)
+            extra = enc.added_probs(v)
+            if base_rows is not None:
+                lb, rows, mat = base_rows
+                p = np.concatenate([mat[[rows[s] for s in sids]], extra], axis=1)
+                replaced.add(enc.base.name)
+            else:
+                p = extra
+            probs.append((enc.name, list(enc.labels), p))
+        for m, lb, rows, mat in mats:  # the other classifiers' rows stay as they are
+            if m not in replaced and m not in {e.name for e in added.values()} and all(s in rows for s in sids):
+                probs.append((m, lb, mat[[rows[s] for s in sids]]))
+        lib.replace_encodings(cid, vectors, probs)
+        bar.finish(cid, secs)
+        done += 1
+    bar.close()
+    record_model(lib, plan.target, encoders[0])
+    lib.set_meta("reindex_done_until", "")
+    lib.forget()
+    lib.save_indexes()
+    return {"model": encoders[0].name, "spec": plan.target, "clips": done, "failed": 0,
+            "audio_seconds": round(plan.audio_seconds, 2), "decoded": False}
+
+
 def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runner | None = None,
             plan: ReindexPlan | None = None) -> dict:
     """Re-encode the library's clips with `model` (None: its own model, for clips encoded by another one or
     by other weights). `plan` : a `plan_reindex` result the caller has shown (and had confirmed)."""
     cat = lib.catalogue
     plan = plan or plan_reindex(lib, model)
+    fast = _from_stored_vectors(lib, plan, progress)
+    if fast is not None:
+        return fast
     spec = plan.target
     enc = create_encoder(split_spec(spec)[0])
     if lib.get_meta("reindex_target") != plan.target_key:
