@@ -10,7 +10,7 @@ The stores are NELS's own (`nels.store.lance.LanceStore`, `nels.store.vectors.Fa
 search settings swept.
 
     nice -n 10 python bench/bench_vectors.py --sizes 100000 300000 1000000 [--real-library DIR] \
-        [--workdir /tmp/bench-vectors] [--queries 200] > bench/results/vectors.json
+        [--s3 N] [--workdir /tmp/bench-vectors] [--queries 200] > bench/results/vectors.jsonl
 """
 from __future__ import annotations
 
@@ -126,8 +126,10 @@ def child_build(a) -> dict:
 def child_serve(a) -> dict:
     from nels.store.vectors import open_store
 
-    import faiss  # noqa: F401 - imported before the clock starts (lancedb takes seconds to import)
-    import lancedb  # noqa: F401
+    if a.store == "lance":
+        import lancedb  # noqa: F401 - imported before the clock starts (seconds), not in a FAISS process
+    else:
+        import faiss  # noqa: F401
 
     queries = np.load(a.query_file)
     truth = np.load(a.truth)
@@ -185,13 +187,64 @@ def bench_dataset(name: str, base: np.ndarray, queries: np.ndarray, work: Path, 
     return rows
 
 
+def bench_s3(n: int, queries: int, work: Path) -> list[dict]:
+    """The default lance configuration with its table on an S3 server on loopback (moto's, from PyPI) vs on
+    local disk: what the round trips to object storage cost a search (a real bucket adds network latency)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+        work.mkdir(parents=True, exist_ok=True)
+        data, qfile, tfile = work / "base.npy", work / "queries.npy", work / "truth.npy"
+        base = synthetic(n, seed=1)
+        np.save(data, base)
+        q = synthetic(queries, seed=2)
+        np.save(qfile, q)
+        np.save(tfile, exact_top(base, q, K))
+        rows = []
+        opts = {"hnsw_threshold": 0}
+        mirror = {"mirror": str(work / "mirror" / "cnn")}  # what a library on object storage passes
+        built = {}
+        for where, path, so in (("local", str(work / "local" / "indexes" / "cnn"), {}),
+                                ("s3", "s3://bench/indexes/cnn", {}), ("s3-mirror", "s3://bench/indexes/cnn", mirror)):
+            if path not in built:
+                built[path] = run_child(["--child", "build", "--store", "lance", "--path", path, "--data", str(data),
+                                         "--options", json.dumps(opts)])
+            s = run_child(["--child", "serve", "--store", "lance", "--path", path, "--query-file", str(qfile),
+                           "--truth", str(tfile), "--options", json.dumps({**opts, **so})])
+            row = {"dataset": "synthetic", "n": n, "store": f"lance-default-{where}", **built[path], **s}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        return rows
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--real-library", default=None, help="a library whose CNN vectors are also searched")
     ap.add_argument("--stores", nargs="+", default=[s[0] for s in STORES])
     ap.add_argument("--workdir", default="/tmp/bench-vectors")
+    ap.add_argument("--s3", type=int, default=0, help="also the default lance store on a loopback S3 server, N vectors")
     ap.add_argument("--child", choices=["build", "serve"])
     ap.add_argument("--store"), ap.add_argument("--path"), ap.add_argument("--data")
     ap.add_argument("--truth"), ap.add_argument("--query-file"), ap.add_argument("--options", default="{}")
@@ -211,6 +264,8 @@ def main():
         pick = rng.permutation(len(real))
         nq = min(a.queries, len(real) // 5)
         bench_dataset("real", real[pick[nq:]], real[pick[:nq]], work / "real", stores)
+    if a.s3:
+        bench_s3(a.s3, a.queries, work / f"s3-{a.s3}")
     for n in a.sizes:
         bench_dataset("synthetic", synthetic(n, seed=1), synthetic(a.queries, seed=2), work / f"syn-{n}", stores)
 

@@ -108,7 +108,8 @@ def test_library_on_s3_ingest_search_reopen_remove(s3, tmp_path):
     assert any(k.startswith("libs/one/indexes/cnn.lance/") for k in stored)
     assert any(k.startswith("libs/one/indexes/joint.lance/") for k in stored)
     assert (lib.path / "nels.db").exists() and lib.path == local_folder(uri)
-    assert not list((lib.path / "indexes").iterdir())  # nothing indexed locally
+    # searches read a local copy of the tables (their immutable files), the bucket stays the shared one
+    assert (lib.path / "indexes" / "cnn.lance").is_dir() and not list(lib.path.glob("indexes/*.faiss"))
 
     by_text = lib.search(text="clicks", k=5)
     assert by_text and all(r["media_url"].startswith("/media/") for r in by_text)
@@ -128,6 +129,7 @@ def test_library_on_s3_ingest_search_reopen_remove(s3, tmp_path):
     # the local folder stands for the URI (how `nels serve --workers N` and the admin jobs reopen it)
     assert Library(local_folder(uri), create=False).location == uri
 
+    seg_ids_of_clicks = again.catalogue.segment_ids(clicks)
     assert again.remove_clips([clicks]) == 1
     left = keys(client, bucket, "libs/one/media/")
     assert len(left) == 4 and not any(Path(k).name == Path(path).name for k in left)
@@ -137,6 +139,13 @@ def test_library_on_s3_ingest_search_reopen_remove(s3, tmp_path):
     third = Library(uri, create=False)  # the table on S3 no longer holds the removed clip's vectors
     assert third.store("cnn").count() == third.stats()["spaces"]["cnn"]["vectors"] == 4 * 5
     third.close()
+    # nor does a fresh copy of it on another machine (a new local folder: NELS_CACHE elsewhere)
+    from nels.store.lance import LanceStore
+
+    fresh = LanceStore.open(f"{uri}/indexes/cnn", 128, mirror=tmp_path / "machine2" / "cnn")
+    assert fresh.count() == 20 and (tmp_path / "machine2" / "cnn.lance").is_dir()
+    _, found = fresh.search(np.ones((1, 128), np.float32), 30)
+    assert len(set(found[0].tolist()) - {-1}) == 20 and not set(found[0].tolist()) & set(seg_ids_of_clicks)
 
 
 def test_missing_remote_library_is_refused_and_the_catalogue_can_live_elsewhere(s3, tmp_path, monkeypatch):

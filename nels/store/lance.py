@@ -37,7 +37,6 @@ from nels.errors import LibraryError, disk_error
 
 MODEL_KEY = b"nels.model"
 MIN_INDEX_ROWS = 256  # an IVF/PQ index trains on at least this many vectors (its k-means needs them)
-PARTITION_ROWS = 4096  # IVF partitions of ~4k vectors: LANCE_NPROBES of them read ~80k vectors per query
 DELETE_CHUNK = 5000  # ids per DELETE predicate
 SMALL_FRAGMENTS = 16  # `flush` compacts when the table has more small fragments than this
 
@@ -87,7 +86,7 @@ class LanceStore:
 
     def __init__(self, dim: int, path: str | os.PathLike | None = None, hnsw_threshold: int = HNSW_THRESHOLD,
                  index_type: str = LANCE_INDEX, nprobes: int = LANCE_NPROBES, refine_factor: int = LANCE_REFINE,
-                 ef: int = 0, storage_options: dict | None = None):
+                 ef: int = 0, storage_options: dict | None = None, mirror: str | os.PathLike | None = None):
         self.dim = int(dim)
         self.path = path
         self.hnsw_threshold, self.index_type = int(hnsw_threshold), index_type.upper()
@@ -109,6 +108,12 @@ class LanceStore:
         options.update(storage_options or {})
         self.db = _lancedb().connect(db_uri, storage_options=options or None)
         self.table = None  # None: no usable table yet (the first write creates it, replacing any other)
+        # a table on object storage is searched in a local copy of its (immutable) files: a search there
+        # would make ~8 ranged GETs to the bucket (bench/RESULTS.md); writes still go to the bucket
+        self.mirror = Path(mirror).expanduser() if mirror is not None and is_uri(db_uri) and db_uri != "memory://" \
+            else None
+        self._storage_options = options
+        self._reader = None  # the mirror's table
         self.max_id = -1
         self.model = None
         self.trained_rows = 0  # rows the ANN index was trained on (0: no index)
@@ -118,10 +123,13 @@ class LanceStore:
     @classmethod
     def open(cls, path: str | os.PathLike | None, dim: int, *, hnsw_threshold: int = HNSW_THRESHOLD,
              lance_index: str = LANCE_INDEX, lance_nprobes: int = LANCE_NPROBES, lance_refine: int = LANCE_REFINE,
-             lance_ef: int = 0, storage_options: dict | None = None, **_other_backends) -> LanceStore:
+             lance_ef: int = 0, storage_options: dict | None = None, mirror: str | os.PathLike | None = None,
+             **_other_backends) -> LanceStore:
         """The table `<path>.lance` (path may be an object-storage URI), or an empty store when there is none,
-        it cannot be read or its vectors have another dim (the first write then replaces it)."""
-        store = cls(dim, path, hnsw_threshold, lance_index, lance_nprobes, lance_refine, lance_ef, storage_options)
+        it cannot be read or its vectors have another dim (the first write then replaces it). mirror: where a
+        table on object storage is copied for searching (`<mirror>.lance`, a local path); ignored for a local one."""
+        store = cls(dim, path, hnsw_threshold, lance_index, lance_nprobes, lance_refine, lance_ef, storage_options,
+                    mirror)
         store.load()
         return store
 
@@ -156,6 +164,35 @@ class LanceStore:
         self.max_id = int(_pa().compute.max(ids).as_py()) if ids is not None and len(ids) else -1
         self.trained_rows = self._index_rows()[0] if self._has_index() else 0
         self._seen_version = version
+        self._update_mirror()
+
+    def _update_mirror(self) -> None:
+        """Copy the table's files that the local mirror lacks (Lance never rewrites a file: data, deletion,
+        index and versioned manifest files are all new files), then search the mirror's newest version."""
+        if self.mirror is None or self.table is None:
+            return
+        import fsspec
+
+        remote = f"{self.uri.rstrip('/')}/{self.name}{self.suffix}"
+        local = self.mirror.with_name(self.mirror.name + self.suffix)
+        fs, root = fsspec.core.url_to_fs(remote)
+        for f in fs.find(root):
+            dest = local / f[len(root):].lstrip("/")
+            if dest.exists():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+            fs.get_file(f, str(tmp))
+            os.replace(tmp, dest)
+        if self._reader is None:
+            self._reader = _lancedb().connect(str(local.parent)).open_table(self.name)
+        else:
+            self._reader.checkout_latest()
+
+    def _written_here(self) -> None:
+        """After a write of this process: note the version, bring the mirror up to date."""
+        self._seen_version = self.table.version
+        self._update_mirror()
 
     def _has_index(self) -> bool:
         return self.table is not None and any("vector" in i.columns for i in self.table.list_indices())
@@ -225,8 +262,8 @@ class LanceStore:
                 with self._written("append to"):
                     self.table.add(self._batch(ids, vecs, self.table.schema))
             self.max_id = max(self.max_id, int(ids.max()))
-            self._seen_version = self.table.version
             self._maintain_index()
+            self._written_here()
 
     def _append_new(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         """Append rows whose ids the table lacks (another process may have appended them already)."""
@@ -247,7 +284,7 @@ class LanceStore:
                 self._seen_version = None
                 self._refresh(force=True)
             else:
-                self._seen_version = self.table.version
+                self._written_here()
 
     def _maintain_index(self) -> None:
         """Build the ANN index when the table crosses the threshold, merge appended rows into it when they
@@ -262,28 +299,27 @@ class LanceStore:
         if unindexed > LANCE_UNINDEXED_FRACTION * max(indexed, 1):
             with self._written("index"):
                 self.table.optimize()
-            self._seen_version = self.table.version
+            self._written_here()
 
     def build_index(self) -> None:
-        """(Re)train the ANN index over every row: IVF with a partition per PARTITION_ROWS rows, then PQ
+        """(Re)train the ANN index over every row: IVF (Lance's partition size for the index type), then PQ
         (dim/4 sub-vectors) or HNSW over scalar-quantised vectors inside each partition; searches re-rank
         `refine_factor` x k candidates on the exact vectors."""
         from lancedb.index import HnswSq, IvfPq
 
         with self._lock:
             n = self.table.count_rows()
-            parts = max(1, min(n // PARTITION_ROWS, 4096))
             if self.index_type == "IVF_PQ":
                 sub = next(s for s in (self.dim // 4, self.dim // 8, self.dim // 2, 1) if s and self.dim % s == 0)
-                config = IvfPq(distance_type="dot", num_partitions=parts, num_sub_vectors=sub)
+                config = IvfPq(distance_type="dot", num_sub_vectors=sub)
             elif self.index_type == "IVF_HNSW_SQ":
-                config = HnswSq(distance_type="dot", num_partitions=parts)
+                config = HnswSq(distance_type="dot")
             else:
                 raise LibraryError(f"unknown Lance index type '{self.index_type}' (IVF_PQ or IVF_HNSW_SQ)")
             with self._written("index"):
                 self.table.create_index("vector", config=config, replace=True)
             self.trained_rows = n
-            self._seen_version = self.table.version
+            self._written_here()
 
     # -- reading --------------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +327,7 @@ class LanceStore:
         k = max(int(k), 0)
         scores = np.full((len(q), k), -np.inf, np.float32)
         found = np.full((len(q), k), -1, np.int64)
-        table = self.table
+        table = self._reader if self._reader is not None else self.table
         if not len(q) or not k or table is None:
             return scores, found
         query = table.search(q if len(q) > 1 else q[0], vector_column_name="vector").distance_type("dot").limit(k)
@@ -331,7 +367,7 @@ class LanceStore:
             if stats["fragment_stats"]["num_small_fragments"] > SMALL_FRAGMENTS:
                 with self._written("compact"):
                     self.table.optimize(cleanup_older_than=timedelta(minutes=LANCE_KEEP_VERSIONS_MINUTES))
-                self._seen_version = self.table.version
+                self._written_here()
 
     def save(self) -> None:
         self.flush()
@@ -369,8 +405,8 @@ class LanceStore:
 
                 self._replace(batches() if count else [], model)
                 self.max_id = top[0]
-            self._seen_version = self.table.version
             self._maintain_index()
+            self._written_here()
         return True
 
     def _check_dim(self, vecs: np.ndarray, space: str) -> None:

@@ -255,7 +255,8 @@ class Library:
                 # a store that can live on object storage does so with the media; others stay local caches
                 remote = self.uri and getattr(STORES.get(kind), "object_storage", False)
                 where = f"{self.uri}/indexes/{space}" if remote else self.path / "indexes" / space
-                st = open_store(kind, where, dim, hnsw_threshold=self.hnsw_threshold)
+                st = open_store(kind, where, dim, hnsw_threshold=self.hnsw_threshold,
+                                mirror=self.path / "indexes" / space)  # where a remote store may copy itself
                 self._stores[space] = st
                 full = True  # first use: catch anything (removals, a crash) since the file was written
             else:
