@@ -319,6 +319,30 @@ def test_unattended_loop_rows(backend):
     cat.close()
 
 
+def test_the_catalogue_uses_no_sql_only_sqlite_knows():
+    """Queries are written once, in SQLite's SQL, and `dialect.postgres_sql` translates the idioms it knows; these
+    it does not (or they mean something else there: LIKE ignores case only in SQLite), so they stay out of
+    the catalogue's string literals (and `lastrowid`: `dialect.insert_id`)."""
+    import ast
+    import re
+
+    import nels.store.catalogue as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    sql = [n.value for n in ast.walk(tree)
+           if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    functions = r"\b(IFNULL|GROUP_CONCAT|JSON_EXTRACT|DATETIME|STRFTIME|JULIANDAY|TOTAL|PRINTF|INSTR)\s*\("
+    keywords = r"\b(PRAGMA|LIKE|GLOB|AUTOINCREMENT)\b"  # SQL is written in capitals here; prose is not
+    offenders = sorted({m.group(0) for text in sql for m in [*re.finditer(functions, text, re.I),
+                                                              *re.finditer(keywords, text)]})
+    assert not offenders, f"SQL PostgreSQL would not run the same way: {offenders}"
+    uses = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("lastrowid", "executescript")]
+    assert not uses, uses
+
+
 # -- PostgreSQL only ----------------------------------------------------------------------------------------------
 def _parallel(n: int, fn):
     """fn(i) in n threads started together (each with its own connection): their results."""
