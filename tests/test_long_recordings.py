@@ -176,3 +176,14 @@ def test_reindex_bar_counts_seconds_of_audio(tmp_path, tones, capsys):
     assert out["clips"] == 1 and out["audio_seconds"] == 90.0
     err = capsys.readouterr().err
     assert "reindex" in err and "1:30 of 1:30 audio" in err, err[-400:]
+
+
+def test_tag_prints_a_summary_by_label_for_a_long_recording(tmp_path, tones, capsys):
+    from nels.cli import main
+
+    x = np.concatenate([tone(3000 if i % 2 else 300, 6.0, seed=i) for i in range(12)])
+    f = write_wav(tmp_path / "long.wav", x)
+    assert main(["tag", str(f), "--model", "tones", "--threshold", "0.5", "--max-gap", "0"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) >= 12 and out[-1].startswith("12 events: "), out[-3:]
+    assert "high tone 6x" in out[-1] and "low tone 6x" in out[-1]

@@ -250,4 +250,10 @@ def cli_tag(args) -> int:
         print(f"no sound event above p={args.threshold}")
     for e in events:
         print(f"{e['start']:>8.2f} - {e['end']:>8.2f}  {e['label']:<20} p={e['prob']:.2f}")
+    if len(events) > 10:  # a long recording: what it holds, by label
+        from nels.ingest.progress import clock
+        from nels.search.tag import group_by_label
+
+        print(f"{len(events)} events: " + "; ".join(f"{g['label']} {g['count']}x, {clock(g['seconds'])}"
+                                                   for g in group_by_label(events)))
     return 0
