@@ -38,10 +38,18 @@ function filtersActive() {
     document.querySelector("#f-sort").value = "relevance";
     rerun();
   });
-  // label suggestions: the library's most frequent labels
-  fetch("/api/stats").then((r) => (r.ok ? r.json() : null)).then((s) => {
-    if (!s) return;
-    const list = document.querySelector("#f-labels");
-    for (const t of s.top_labels || []) list.append(new Option(t.label, t.label));
-  }).catch(() => {});
+  // label suggestions (the library's most frequent labels), asked for when the box is first opened: other pages
+  // (a clip's) do not pay for them
+  let asked = false;
+  const suggest = () => {
+    if (asked || !box.open) return;
+    asked = true;
+    fetch("/api/stats").then((r) => (r.ok ? r.json() : null)).then((s) => {
+      if (!s) return;
+      const list = document.querySelector("#f-labels");
+      for (const t of s.top_labels || []) list.append(new Option(t.label, t.label));
+    }).catch(() => {});
+  };
+  box.addEventListener("toggle", suggest);
+  suggest();
 })();
