@@ -114,8 +114,10 @@ def esc50_fold_files(root: Path, fold: int = 1) -> list[str]:
     return sorted(out)
 
 
-def build(library: str, download: bool = False) -> tuple[str, str]:
-    """Build the demo library; returns (corpus description, an example query)."""
+def build(library: str, download: bool = False, quiet: bool = False) -> dict:
+    """Build the demo library. Returns what was built: corpus (a sentence), synthetic (bool), library, clips,
+    added, failed, example (the query to show) and, for the synthetic corpus, recognised (per class: how many
+    of the top 5 results of its own name are its own clips)."""
     from nels.library import Library
     from nels.ingest.runner import IngestOptions, ingest
 
@@ -133,44 +135,88 @@ def build(library: str, download: bool = False) -> tuple[str, str]:
         what = (f"a SYNTHETIC corpus ({len(SYNTH_CLASSES)} generated sound classes, {corpus}): ESC-50 was not"
                 " found; set NELS_ESC50 or pass --download for real recordings")
     print(f"nels demo: indexing {what}", file=sys.stderr)
+    print("nels demo: loading models…", file=sys.stderr, flush=True)
+    out = {"corpus": what, "synthetic": root is None, "library": str(Path(library).expanduser().resolve())}
     with Library(library) as lib:
-        rep = ingest(lib, inputs, options=IngestOptions(progress=sys.stderr.isatty()))
+        rep = ingest(lib, inputs, options=IngestOptions(progress=sys.stderr.isatty() and not quiet))
         lib.set_meta("demo_corpus", what)
-        n = lib.stats()["clips"]
-        example = "dog barking" if root is not None else best_example(lib, list(SYNTH_CLASSES))
-    print(f"nels demo: library {library} holds {n} clips ({len(rep.added)} added now,"
-          f" {len(rep.failed)} failed)", file=sys.stderr)
-    return what, example
+        out.update(clips=lib.stats()["clips"], added=len(rep.added), failed=len(rep.failed))
+        if root is not None:
+            out["example"] = "dog barking"
+        else:
+            out["recognised"] = recognised(lib, list(SYNTH_CLASSES))
+            out["example"] = max(out["recognised"], key=lambda c: out["recognised"][c]).replace("_", " ")
+    print(f"nels demo: library {library} holds {out['clips']} clips ({out['added']} added now,"
+          f" {out['failed']} failed)", file=sys.stderr)
+    return out
+
+
+def recognised(lib, classes: list[str], k: int = 5) -> dict[str, int]:
+    """Per class name: how many of the top `k` results of a text search for it are its own clips.
+
+    The synthetic sounds only resemble ESC-50's classes: the shipped CNN, trained on real recordings,
+    recognises few of them (its 'siren' sounds like church bells to it). The demo says so, with these
+    counts, and shows as its example the class that works best here rather than a fixed one."""
+    return {c: sum(f"-{c}-" in (r["title"] or "") for r in lib.search(text=c.replace("_", " "), k=k))
+            for c in classes}
 
 
 def best_example(lib, classes: list[str], k: int = 5) -> str:
-    """The class name whose text search finds most of its own clips in the top `k` (ties: the first).
+    """The class name whose text search finds most of its own clips in the top `k` (ties: the first)."""
+    hits = recognised(lib, classes, k)
+    return max(classes, key=lambda c: hits[c]).replace("_", " ")
 
-    The synthetic sounds only resemble ESC-50's classes, and the shipped CNN recognises some of them
-    (rain, engine, birds) and not others (its 'siren' sounds like church bells to it): the demo's example
-    search shows one that works here rather than a fixed one that may not."""
-    def hits(c: str) -> int:
-        return sum(f"-{c}-" in (r["title"] or "") for r in lib.search(text=c.replace("_", " "), k=k))
 
-    return max(classes, key=hits).replace("_", " ")
+SYNTHETIC_NOTE = ("the synthetic corpus is for trying the plumbing only (ingest, search, the website): the shipped"
+                  " model learnt real recordings and recognises {good} of these {n} generated classes ({counts})."
+                  " For real sounds and honest results run 'nels demo --download' (ESC-50, ~600 MB, once).")
 
 
 def cli_demo(args) -> int:
     from nels.library import Library
 
-    what, example = build(args.library, args.download)
+    as_json = getattr(args, "json", False)
+    built = build(args.library, args.download, quiet=as_json)
+    example = built["example"]
     lib = Library(args.library, create=False)
-    res = lib.search(text=example, k=5)
+    try:
+        res = lib.search(text=example, k=5)
+        answer = res.to_dict()
+        answer.update(query=example, k=5, page=1, has_more=len(res) >= 5, sort="relevance")
+    finally:
+        lib.close()
+    note = None
+    if built["synthetic"]:
+        rec = built["recognised"]
+        note = SYNTHETIC_NOTE.format(good=sum(v >= 3 for v in rec.values()), n=len(rec),
+                                     counts=", ".join(f"{c} {v}/5" for c, v in rec.items()))
+        built["note"] = note
+    if as_json:
+        import json
+
+        json.dump({**built, "search": answer}, sys.stdout, indent=2,
+                  default=lambda o: o.item() if hasattr(o, "item") else o.tolist() if hasattr(o, "tolist") else str(o))
+        sys.stdout.write("\n")
+        return 0
+    if note:
+        print(f"\nnote: {note}")
     print(f'\nexample search: "{example}"')
     if res.notice:
         print(f"  note: {res.notice}")
     for i, r in enumerate(res, 1):  # ranks, not scores: a fused score is a rank fusion (~0.03), unreadable
         labels = ", ".join(f"{l['label']} {l['prob']:.2f}" for l in r["labels"][:2])
         print(f"  {i}. {r['title']}  {r['start']:.0f}-{r['end']:.0f} s  [{labels}]")
-    lib.close()
     if args.no_serve:
         return 0
+    import secrets
+
+    from nels import config
     from nels.web.server import serve
 
+    token = config.admin_token()
+    if not token:  # the demo's admin page works: a fresh token for this run, printed once
+        token = secrets.token_urlsafe(16)
+        os.environ[config.ADMIN_TOKEN.env] = token
     print(f"\nserving the demo library on http://{args.host}:{args.port}/  (Ctrl-C to stop)", file=sys.stderr)
+    print(f"admin page: http://{args.host}:{args.port}/admin  token: {token}", file=sys.stderr)
     return serve(args.library, args.host, args.port)

@@ -50,3 +50,63 @@ def test_demo_falls_back_to_a_synthetic_corpus_and_says_so(tmp_path, monkeypatch
     assert truths.count(cls) >= 4, (example, truths)
     assert all(t.startswith(f"synthetic-{c}-") for t, c in zip(printed, truths)), (printed, truths)
     lib.close()
+
+
+def test_demo_json_says_the_synthetic_corpus_is_for_plumbing_and_prints_an_admin_token(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """`nels demo --json` prints what it built and its example search; on the synthetic corpus it says how many
+    classes the shipped model recognises and points to --download. Served, it makes and prints an admin token
+    that the server accepts."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from devserver import free_port
+    from nels.cli import main
+
+    monkeypatch.setattr(demo, "find_esc50", lambda: None)
+    monkeypatch.setattr(demo, "CACHE", tmp_path / "cache")
+    assert main(["--library", str(tmp_path / "lib"), "demo", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["synthetic"] is True and d["clips"] == len(demo.SYNTH_CLASSES) * 8
+    assert set(d["recognised"]) == set(demo.SYNTH_CLASSES) and all(0 <= v <= 5 for v in d["recognised"].values())
+    assert "plumbing" in d["note"] and "nels demo --download" in d["note"]
+    assert d["search"]["query"] == d["example"] and len(d["search"]["results"]) == 5
+    assert {"results", "notice", "mode", "k", "page"} <= set(d["search"])
+
+    # served: a generated admin token, printed, and accepted by the admin API
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NELS_ADMIN_TOKEN"}
+    env.update(PYTHONPATH=str(root), NELS_ESC50=str(tmp_path / "no-esc50"))
+    code = ("import sys, nels.demo as d; d.find_esc50 = lambda: None; d.CACHE = __import__('pathlib').Path(sys.argv[1]);"
+            " from nels.cli import main; sys.exit(main(sys.argv[2:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache"), "--library", str(tmp_path / "lib"),
+                             "demo", "--port", str(port)], env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        token = None
+        for line in proc.stderr:  # waits on the demo's own words, not on a clock
+            if "token:" in line:
+                token = line.rsplit("token:", 1)[1].strip()
+                break
+        assert token, "nels demo printed no admin token"
+        seen = []
+        for line in proc.stdout:  # the server says it is ready once it listens, models loaded
+            seen.append(line)
+            if "nels: serving" in line:
+                break
+        assert proc.poll() is None, ("nels demo stopped", seen, proc.stderr.read())
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/admin/jobs",
+                                     headers={"Authorization": f"Bearer {token}"})
+        # the port is open; the request waits in its backlog until a worker has loaded (a bound, not a clock)
+        with urllib.request.urlopen(req, timeout=900) as r:
+            assert r.status == 200 and "jobs" in json.loads(r.read())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()

@@ -12,11 +12,13 @@ def add_run_parsers(sub) -> None:
     s = sub.add_parser("run", help="the never-ending loop, unattended: crawl, ingest, learn, gate, re-index, repeat")
     s.add_argument("--dataset", default=None, metavar="DIR",
                    help="labelled seed + held-out data (needed the first time; later runs reuse the saved options)")
-    s.add_argument("--format", default="esc50", choices=["esc50", "folders"])
+    s.add_argument("--format", default="esc50", choices=["esc50", "folders"],
+                   help="esc50: the ESC-50 layout (meta/esc50.csv + audio/); folders: one folder of audio per class")
     s.add_argument("--heldout-fold", type=int, default=1, metavar="K", help="ESC-50 fold kept as the held-out set")
     s.add_argument("--heldout", default=None, metavar="DIR", help="or a held-out set, a folder per class")
     s.add_argument("--strategy", default="clarity+semantic",
-                   choices=["threshold", "calibrated", "clarity", "clarity+semantic"])
+                   choices=["threshold", "calibrated", "clarity", "clarity+semantic"],
+                   help="how crawled clips are chosen as new labels (default clarity+semantic; see the README)")
     s.add_argument("--iterations", type=int, default=2, help="selection iterations per learning step")
     s.add_argument("--cap", type=int, default=5, help="clips selected per class per iteration")
     s.add_argument("--learn-every", type=float, default=0.05, metavar="HOURS",
@@ -50,7 +52,7 @@ def add_accept_parser(vs) -> None:
     """`nels vocabulary accept QUERY` on the vocabulary actions `vs`."""
     v = vs.add_parser("accept", help="make a logged query a new class: `nels run` crawls for it, bootstraps,"
                                      " trains and gates it")
-    v.add_argument("query")
+    v.add_argument("query", help="the logged query (as 'nels vocabulary candidates' lists it)")
     v.add_argument("--name", default=None, help="the class name (default: the query)")
     v.add_argument("--also", action="append", default=[], metavar="QUERY", help="another crawl query for it")
     v.add_argument("--json", action="store_true")

