@@ -81,10 +81,14 @@ def esc50_items(fold: int):
     return ds, [it for it in ds.items if it.fold == fold]
 
 
-def audio_features(enc, fold: int, seed: int, n_synth: int = 240):
+def audio_features(enc, fold: int, seed: int, n_synth: int = 120, per_class: int = 3):
+    """Largest class probability of `per_class` clips per ESC-50 class of `fold`, and of `n_synth` synthesised
+    sounds (seeded)."""
     from nels.audio.decode import decode
 
     _, items = esc50_items(fold)
+    seen = Counter()
+    items = [it for it in items if (seen.update([it.label]) or seen[it.label] <= per_class)]
     pos = [top_prob(enc, decode(str(it.path), sr=16000), 16000) for it in items]
     neg = [top_prob(enc, x, 16000) for x in synth_sounds(n_synth, seed)]
     return np.array(pos), np.array(neg)
@@ -101,6 +105,7 @@ def fit_audio(args) -> dict:
     for kind, spec, check_spec in (("softmax", f"cnn:{args.cnn}", "default"), ("yamnet", "yamnet", "yamnet")):
         t0 = time.time()
         pos, neg = audio_features(create_encoder(spec), 2, seed=0)
+        print(f"{kind}: fitted sounds in {time.time() - t0:.0f} s", file=sys.stderr)
         X = np.concatenate([pos, neg])[:, None]
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         lr = LogisticRegression(C=10.0, class_weight="balanced").fit(X, y)
@@ -185,46 +190,68 @@ def _rows(res, is_rel, qid, what, skip):
 
 
 def fit_models(rows, C: float = 1.0) -> dict:
-    """A logistic model for every non-empty subset of the features the rows hold (a library with fewer
-    modes or models sees a subset), and one per feature (the fallback)."""
+    """A logistic model for every non-empty subset S of the feature sets the rows hold, fitted on every row whose
+    features include S (a library with fewer modes or models sees a subset), and one per feature (the fallback)."""
     from itertools import combinations
 
     from sklearn.linear_model import LogisticRegression
 
-    by = defaultdict(list)
-    for r in rows:
-        by[r["what"].split("/")[0]].append(r)
+    sets = {frozenset(r["values"]) for r in rows}
+    subsets = {frozenset(c) for fs in sets for k in range(1, len(fs) + 1) for c in combinations(sorted(fs), k)}
     models, single = {}, {}
-    for kind, rs in by.items():
-        feats_all = sorted({f for r in rs for f in r["values"]})
+    for sub in sorted(subsets, key=lambda x: (len(x), sorted(x))):
+        feats = sorted(sub)
+        rs = [r for r in rows if sub <= set(r["values"])]
+        X = np.array([[cal.transform(f.split(":")[0], r["values"][f]) for f in feats] for r in rs])
         y = np.array([r["rel"] for r in rs])
-        for size in range(1, len(feats_all) + 1):
-            for feats in combinations(feats_all, size):
-                X = np.array([[cal.transform(f.split(":")[0], r["values"].get(f, 0.0)) for f in feats] for r in rs])
-                lr = LogisticRegression(C=C, max_iter=2000).fit(X, y)
-                w = {f: round(float(v), 4) for f, v in zip(feats, lr.coef_[0])}
-                models[cal.config_key(feats)] = {"weights": w, "bias": round(float(lr.intercept_[0]), 4),
-                                                 "n": len(rs), "relevant": int(y.sum())}
-                if size == 1:
-                    single[feats[0]] = {"weight": w[feats[0]], "bias": models[cal.config_key(feats)]["bias"]}
+        if y.all() or not y.any():
+            continue
+        lr = LogisticRegression(C=C, max_iter=2000).fit(X, y)
+        w = {f: round(float(v), 4) for f, v in zip(feats, lr.coef_[0])}
+        models[cal.config_key(feats)] = {"weights": w, "bias": round(float(lr.intercept_[0]), 4), "n": len(rs),
+                                         "relevant": int(y.sum())}
+        if len(feats) == 1:
+            single[feats[0]] = {"weight": w[feats[0]], "bias": models[cal.config_key(feats)]["bias"]}
     return {"models": models, "single": single}
 
 
 def fit_relevance(args) -> dict:
-    """Rows of the fused mode on a fold-2 library with every mode and model (the CNN trained without fold 2 and
-    its joint space, YAMNet): each result holds every feature (a mode that did not list it gives its fill
-    value), so one set of rows fits every subset of modes."""
-    spec = f"cnn:{args.cnn}+yamnet"
-    t0 = time.time()
-    lib, truth = fold_library(spec, 2, "fold2-cnn-yamnet")
-    labels = sorted(set(truth.values()))
+    """Rows of the fused mode on fold-2 libraries (the CNN trained without fold 2 with its joint space; the same
+    CNN with YAMNet): each result holds every feature of its library (a mode that did not list it gives its fill
+    value), so the rows fit every subset of modes."""
     from nels.search.joint import library_has_joint
 
-    print(f"{spec}: library ready, joint {library_has_joint(lib)}, {time.time() - t0:.0f} s", file=sys.stderr)
-    rows = collect(lib, truth, text_queries_fit(labels), ["fused"], ["fused"], audio_limit=args.audio_queries)
-    print(f"{len(rows)} result rows, {time.time() - t0:.0f} s", file=sys.stderr)
+    rows = []
+    for spec, name in ((f"cnn:{args.cnn}", "fold2-cnn"), (f"cnn:{args.cnn}+yamnet", "fold2-cnn-yamnet")):
+        t0 = time.time()
+        lib, truth = fold_library(spec, 2, name)
+        labels = sorted(set(truth.values()))
+        print(f"{spec}: library ready, joint {library_has_joint(lib)}, {time.time() - t0:.0f} s", file=sys.stderr)
+        got = collect(lib, truth, text_queries_fit(labels), ["fused"], ["fused"], audio_limit=args.audio_queries)
+        for r in got:
+            r["library"] = name
+        rows += got
+        print(f"{len(got)} result rows, {time.time() - t0:.0f} s", file=sys.stderr)
     fitted = fit_models(rows)
-    fitted.update(fitted_on=f"ESC-50 fold 2, library {spec} (CNN and joint space trained without fold 2; YAMNet),"
+    # fusion by the fitted model instead of reciprocal rank: chosen here, on these validation queries
+    choice = {}
+    for name in ("fold2-cnn", "fold2-cnn-yamnet"):
+        for kind in ("text", "audio"):
+            rs = [r for r in rows if r["what"].startswith(kind) and r["library"] == name]
+            feats = sorted({f for r in rs for f in r["values"]})
+            model = fitted["models"].get(cal.config_key(feats))
+            if not rs or model is None or len(feats) < 2:
+                continue
+            for r in rs:
+                r["fitted"] = cal.relevance({f: r["values"].get(f, 0.0) for f in feats}, model)
+            choice[f"{name} {kind}"] = {"mAP by reciprocal rank": mean_ap(rs, "score"),
+                                        "mAP by relevance": mean_ap(rs, "fitted")}
+    fitted["fusion_on_validation"] = choice
+    fitted["fuse_by_relevance"] = {  # a kind of query is fused by relevance when that wins on every library
+        kind: bool(all(v["mAP by relevance"] > v["mAP by reciprocal rank"] for k, v in choice.items()
+                       if k.endswith(kind)) and any(k.endswith(kind) for k in choice)) for kind in ("text", "audio")}
+    fitted.update(fitted_on=f"ESC-50 fold 2, libraries cnn:{args.cnn} (a CNN and its joint space trained without"
+                            " fold 2) and the same CNN + YAMNet,"
                             " fused mode: class names, 2 synonyms and 2 joint training phrasings per class as text"
                             f" queries, {args.audio_queries} clips as audio queries; relevant = same class",
                   rows=len(rows), date=time.strftime("%Y-%m-%d"))

@@ -12,7 +12,8 @@ calibration.json has the figures). A result that a mode did not return gets that
 Features (`feature_name`): "<mode>:<kind>", mode in linguistic, acoustic, joint_text, joint_audio; kind the
 classifier or space kind ("softmax" for a classifier whose probabilities sum to 1, "yamnet" for AudioSet
 sigmoid scores; the vector space's name for acoustic). A set of features without a fitted model falls back to
-per-feature models, then to the plain score clipped to [0, 1] (said in `Results.calibration`).
+the per-feature models of those fitted (the most confident one speaks), then to the plain score clipped to
+[0, 1] (said in `Results.calibration`).
 """
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def relevance_model(features) -> tuple[dict | None, str]:
     if m is not None:
         return m, "fitted"
     single = cal.get("single") or {}
-    if all(f in single for f in features):
-        return {"per_feature": {f: single[f] for f in features}}, "per-mode"
+    known = [f for f in features if f in single]
+    if known:  # the modes fitted one at a time (a mode never fitted, e.g. another model's space, is left out)
+        return {"per_feature": {f: single[f] for f in known}}, "per-mode"
     return None, "default"
 
 
@@ -63,10 +65,16 @@ def relevance(values: dict[str, float], model: dict | None) -> float:
     if model is None:  # nothing fitted for these modes: the best score, clipped to [0, 1]
         return float(min(1.0, max(0.0, max(values.values()) if values else 0.0)))
     if "per_feature" in model:  # fitted one mode at a time: the most confident mode speaks
-        return max(sigmoid(p["bias"] + p["weight"] * transform(f.split(":")[0], values[f]))
+        return max(sigmoid(p["bias"] + p["weight"] * transform(f.split(":")[0], values.get(f, 0.0)))
                    for f, p in model["per_feature"].items())
     z = model["bias"] + sum(w * transform(f.split(":")[0], values[f]) for f, w in model["weights"].items())
     return sigmoid(z)
+
+
+def fuse_by_relevance(kind: str) -> bool:
+    """Whether fused rankings of `kind` ("text", "audio") are ordered by the fitted relevance rather than by
+    reciprocal rank: chosen on validation by bench/fit_calibration.py (fusion_on_validation in the data file)."""
+    return bool(((calibration().get("relevance") or {}).get("fuse_by_relevance") or {}).get(kind))
 
 
 def fill_values(lists: dict[str, list], n: int) -> dict[str, float]:
