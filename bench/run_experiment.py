@@ -60,6 +60,25 @@ def heldout_folder(out: Path) -> Path:
     return d
 
 
+def seed_folder(out: Path, per_class: int) -> Path:
+    """`per_class` clips per class of folds 2-5 (the seed model's training folds) as a folder per class
+    (symlinks): a smaller labelled seed for the re-trained head, when the full 1600 clips cost too much."""
+    import csv
+
+    d = out / f"seed-{per_class}"
+    if d.exists():
+        return d
+    taken: dict[str, int] = {}
+    for r in csv.DictReader(open(ESC50 / "meta" / "esc50.csv")):
+        if int(r["fold"]) == 1 or taken.get(r["category"], 0) >= per_class:
+            continue
+        src = next((ESC50 / "audio").glob(Path(r["filename"]).stem + ".*"))
+        (d / r["category"]).mkdir(parents=True, exist_ok=True)
+        os.symlink(src, d / r["category"] / src.name)
+        taken[r["category"]] = taken.get(r["category"], 0) + 1
+    return d
+
+
 def site_videos(seed: int, distractors: int) -> list[Video]:
     vids = esc50_videos(ESC50, folds=(1,), title_accuracy=0.7, keep=lambda f: half(f) == 0, seed=seed)
     rng = np.random.default_rng(1000 + seed)
@@ -69,7 +88,8 @@ def site_videos(seed: int, distractors: int) -> list[Video]:
     return vids
 
 
-def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, work: Path, distractors: int) -> dict:
+def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, work: Path, distractors: int,
+            seed_dir: Path | None = None) -> dict:
     from nels.learn.run import RunOptions, run
     from nels.store.library import Library
 
@@ -79,7 +99,7 @@ def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, w
     lib = Library(work / f"lib-{seed}-{strategy.replace('+', '-')}")
     t0, c0 = time.time(), time.process_time()
     try:
-        run(lib, RunOptions(dataset=str(ESC50), fmt="esc50", heldout=str(held), heldout_fold=1, strategy=strategy,
+        run(lib, RunOptions(dataset=str(seed_dir or ESC50), fmt="folders" if seed_dir else "esc50", heldout=str(held), heldout_fold=1, strategy=strategy,
                             iterations=1, cap=5, learn_every=0.0, per_cycle=per_cycle, per_query_max=5, rate=100.0,
                             allow_private=True, pause=0.0), cycles=cycles, echo=False, install_signals=False)
         return collect(lib, site, seed, strategy, time.time() - t0, time.process_time() - c0)
@@ -198,6 +218,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--per-cycle", type=int, default=50, help="crawl results per cycle (all classes)")
     ap.add_argument("--distractors", type=int, default=20)
+    ap.add_argument("--seed-per-class", type=int, default=None, metavar="N",
+                    help="re-train the head from N clips per class of folds 2-5 (default: all 1600)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "run-experiment"))
     ap.add_argument("--work", default=None, help="where the libraries go (default: a temp folder)")
     a = ap.parse_args()
@@ -214,7 +236,8 @@ def main() -> None:
         for strategy in a.strategies:
             if any(r["seed"] == seed and r["strategy"] == strategy for r in rows):
                 continue  # done by an earlier (interrupted) invocation
-            r = one_run(seed, strategy, a.cycles, a.per_cycle, held, work, a.distractors)
+            r = one_run(seed, strategy, a.cycles, a.per_cycle, held, work, a.distractors,
+                        seed_folder(work, a.seed_per_class) if a.seed_per_class else None)
             rows.append(r)
             res_file.write_text(json.dumps(rows, indent=1) + "\n")
             report(rows, out, cmd)

@@ -308,3 +308,18 @@ def test_a_class_accepted_from_the_query_log_is_crawled_bootstrapped_learned_and
     assert cand["status"] == "serving" and "beep" in cand["reason"]  # promoted through the same gate
     assert "beep" in lib.catalogue.model_labels(cand["name"])  # search knows it now
     lib.close()
+
+
+def test_caps_and_quiet_hours_stop_crawling(tmp_path):
+    from nels.learn.run import Context, RunOptions, step_crawl, step_ingest
+
+    lib = Library(tmp_path / "lib")
+    ctx = Context(lib, RunOptions(quiet_hours="0-24"), tmp_path / "run.log", echo=False)
+    assert step_crawl(ctx, 1) == ("skipped", {"reason": "quiet hours (0-24)"})
+    ctx.opts = RunOptions(max_hours=0.0)
+    lib.set_meta("run.audio_at_start", 0.0)
+    status, detail = step_ingest(ctx, 1)
+    assert status == "skipped" and "--max-hours" in detail["reason"]
+    ctx.opts = RunOptions(max_gb=0.0)
+    assert "--max-gb" in step_crawl(ctx, 1)[1]["reason"]
+    lib.close()

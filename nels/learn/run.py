@@ -37,6 +37,7 @@ from nels.errors import NelsError
 from nels.learn import gate, loop, planner
 
 STEPS = ("plan", "crawl", "ingest", "learn", "gate", "reindex")
+IDLE_PAUSE = 600.0  # seconds between cycles that neither crawled nor learned
 
 
 class RunLocked(NelsError):
@@ -339,7 +340,7 @@ def step_crawl(ctx: Context, cycle: int) -> tuple[str, dict]:
     if why:
         return "skipped", {"reason": why}
     cat = ctx.lib.catalogue
-    planned = (cat.step_detail(cycle, "plan") or {}).get("detail", {}).get("queries", [])
+    planned = ((cat.step_detail(cycle, "plan") or {}).get("detail") or {}).get("queries", [])
     limiter = ctx.cache.setdefault("limiter", planner.HostLimiter(ctx.opts.rate))
     listed = new = 0
     errors = []
@@ -585,15 +586,17 @@ def prepare(lib, opts: RunOptions | None) -> RunOptions:
     return opts
 
 
-def run_cycle(ctx: Context, cycle: int) -> bool:
-    """Run (or finish) one cycle's steps. False when stopped before its end."""
+def run_cycle(ctx: Context, cycle: int) -> dict | None:
+    """Run (or finish) one cycle's steps: {step: status}, or None when stopped before its end."""
     cat = ctx.lib.catalogue
+    statuses = {}
     for step in STEPS:
         row = cat.step_detail(cycle, step)
         if row is not None and row["status"] in ("done", "skipped"):
+            statuses[step] = row["status"]
             continue  # done before a restart
         if ctx.stop.is_set():
-            return False
+            return None
         resumed = row is not None
         ctx.lib.set_meta("run.now", {"cycle": cycle, "step": step, "since": time.time(), "pid": os.getpid()})
         cat.step_start(cycle, step)
@@ -603,11 +606,12 @@ def run_cycle(ctx: Context, cycle: int) -> bool:
         except NelsError as exc:
             status, detail = "failed", {"error": str(exc)[:500]}
         cat.step_finish(cycle, step, status, detail)
+        statuses[step] = status
         log_line(ctx, cycle=cycle, step=step, status=status, resumed=resumed, seconds=round(time.time() - t0, 2),
                  cpu_seconds=round(time.process_time() - c0, 2),
                  **{k: (len(v) if k == "queries" and isinstance(v, list) else v) for k, v in detail.items()})
     ctx.lib.set_meta("run.cycle", cycle + 1)
-    return True
+    return statuses
 
 
 def run(lib, opts: RunOptions | None = None, once: bool = False, cycles: int | None = None, echo: bool = True,
@@ -628,13 +632,16 @@ def run(lib, opts: RunOptions | None = None, once: bool = False, cycles: int | N
         reason = "done"
         while True:
             cycle = int(lib.get_meta("run.cycle") or 1)
-            if not run_cycle(ctx, cycle):
+            statuses = run_cycle(ctx, cycle)
+            if statuses is None:
                 reason = "signal"
                 break
             ran += 1
             if once or (cycles is not None and ran >= cycles):
                 break
-            if ctx.stop.wait(opts.pause):
+            # a cycle that neither crawled nor learned (quiet hours, a cap, nothing new) waits longer
+            idle = statuses.get("crawl") != "done" and statuses.get("learn") != "done"
+            if ctx.stop.wait(max(opts.pause, IDLE_PAUSE) if idle else opts.pause):
                 reason = "signal"
                 break
         lib.set_meta("run.now", {"cycle": int(lib.get_meta("run.cycle") or 1), "step": "stopped",
