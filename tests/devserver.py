@@ -41,7 +41,9 @@ class Server:
         self.admin_token = admin_token
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "Server":
+    def start(self, timeout: float = 900.0) -> "Server":
+        """Start `nels serve` and wait until it answers: on readiness (it loads its models before it listens),
+        not on a clock. `timeout` only guards against a hang (a busy CI machine may take minutes)."""
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         if self.admin_token:
             env["NELS_ADMIN_TOKEN"] = self.admin_token
@@ -60,7 +62,7 @@ class Server:
                     if r.status == 200:
                         return self
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.2)  # not listening yet: the models are loading
         self.stop()
         raise RuntimeError(f"nels serve did not answer within {timeout:.0f} s")
 

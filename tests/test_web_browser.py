@@ -163,6 +163,21 @@ def test_admin_without_token_is_refused(page, server):
     page.wait_for_function("() => document.querySelector('#admin-msg').textContent.includes('non-public')")
 
 
+def test_admin_page_says_admin_is_off_without_a_token(browser, workdir):
+    srv = _Server(workdir / "library", admin_token=None).start()  # no NELS_ADMIN_TOKEN: admin is off
+    try:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        pg.goto(srv.url + "/admin")
+        pg.wait_for_selector("#admin-off:not([hidden])")
+        assert "NELS_ADMIN_TOKEN" in pg.locator("#admin-off").inner_text()
+        assert "nels demo" in pg.locator("#admin-off").inner_text()
+        assert pg.locator("#crawl-form").is_hidden() and pg.locator("#token-form").is_hidden()
+        ctx.close()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="the default CNN model (nels/data/models/esc50-cnn) is not built")
 def test_text_search_with_default_model(browser, tmp_path):
     from nels.library import Library
@@ -182,7 +197,7 @@ def test_text_search_with_default_model(browser, tmp_path):
         pg = ctx.new_page()
         pg.goto(srv.url + "/?q=clock+tick")
         pg.wait_for_function("() => document.body.dataset.results === 'ready' || "
-                             "document.querySelector('#status.error')", timeout=30000)
+                             "document.querySelector('#status.error')", timeout=120000)
         assert pg.locator("#results .result").count() > 0 or "no known sound" in pg.locator("#status").inner_text()
         if pg.locator("#results .result").count():
             # text search is fused here (joint space shipped): each mode's own score shows, not the rank fusion's
