@@ -99,3 +99,16 @@ def test_every_option_has_help():
 
     walk(parser, "nels")
     assert not bare, f"options without help: {bare}"
+
+
+def test_a_fusion_of_fused_rankings_keeps_every_reason():
+    """Text search over two classifiers fuses their rankings, then fuses that with the joint space: the
+    explanation shown must hold each reason, not an empty first one ("Why: ; close to ...")."""
+    from nels.search.query import rrf
+    from nels.search.results import Candidate
+
+    inner = rrf({"a": [Candidate(1, 0.9, "matches 'glass' [cnn]")], "b": [Candidate(1, 0.8, lambda: "matches 'Glass' [yamnet]")]})
+    outer = rrf({"linguistic": inner, "joint_text": [Candidate(1, 0.99, "close to the words in the joint space")]})
+    text = outer[0].explain()
+    assert not text.startswith(";") and "; ;" not in text
+    assert text == "matches 'glass' [cnn]; matches 'Glass' [yamnet]; close to the words in the joint space"

@@ -232,7 +232,7 @@ def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, fl
             f = fused.setdefault(c.segment_id, Candidate(c.segment_id, 0.0, "", {}))
             f.score += w / (k + rank + 1)
             f.parts.update(c.parts or {mode: c.score})
-            f.why.append(c.explanation)
+            f.why.append(c.explain if c.why else c.explanation)  # a fused candidate's own reasons, not its ""
     return list(fused.values())
 
 
