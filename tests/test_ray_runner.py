@@ -169,6 +169,17 @@ def test_tasks_are_pulled_only_as_results_are_taken(cluster):
     assert max(ahead) <= 6  # pulled ahead of what was taken: never more than max_in_flight
 
 
+def test_workers_that_cannot_build_are_a_clear_error(cluster):
+    from nels.errors import NelsError
+    from nels.ingest.runners import make_runner
+
+    def build():  # a local function: Ray's cloudpickle ships it by value
+        raise FileNotFoundError("no model at /nowhere")
+
+    with pytest.raises(NelsError, match="could not start: .*no model at /nowhere"):
+        list(make_runner("ray", workers=2).run(iter(range(3)), build))
+
+
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, cluster):
     from nels.ingest.runner import IngestOptions, ingest
     from nels.ingest.runners import make_runner

@@ -111,7 +111,10 @@ class RayRunner:
                                                 max_task_retries=self.max_restarts)
         actors = [actor_cls.remote(build, threads) for _ in range(n)]
         try:
-            where = ray.get([a.where.remote() for a in actors])
+            try:
+                where = ray.get([a.where.remote() for a in actors])
+            except ray.exceptions.RayActorError as exc:  # the builder failed (a missing model, say)
+                raise NelsError(f"the Ray workers could not start: {_cause(exc)}") from None
             self.worker_pids, self.worker_nodes = [p for p, _ in where], [n for _, n in where]
             yield from self._stream(ray, actors, tasks)
         finally:
@@ -162,9 +165,15 @@ class RayRunner:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            raise NelsError(f"a Ray worker died more often than it may be restarted: {exc}") from exc
+            raise NelsError(f"a Ray worker died more often than it may be restarted: {_cause(exc)}") from None
         except ray.exceptions.RayTaskError as exc:  # the mapper's own error, as the local runner would raise it
             raise exc.as_instanceof_cause() from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The last line of a Ray error (the worker's own exception, after Ray's account of where it happened)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 register_runner("ray", RayRunner)
