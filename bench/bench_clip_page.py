@@ -129,9 +129,8 @@ def server_side(lib_dir: Path, clip_id: int) -> dict:
 
 PAINTED = """() => new Promise((resolve) => {
   const done = () => requestAnimationFrame(() => requestAnimationFrame(() => resolve(performance.now())));
-  if (document.body.dataset.clip === "ready") return done();
-  new MutationObserver((_, obs) => { if (document.body.dataset.clip === "ready") { obs.disconnect(); done(); } })
-    .observe(document.body, {attributes: true});
+  const tick = () => { if (document.body && document.body.dataset.clip === "ready") done(); else setTimeout(tick, 5); };
+  tick();
 })"""
 # ms since navigation start until an image has loaded (polled every 20 ms)
 IMAGE = """(sel) => new Promise((resolve) => {

@@ -76,6 +76,14 @@ def test_clip_page_overview_detail_zoom_events_and_similar(site, page):
     src = page.get_attribute("#detail-img", "data-src")
     a, b = (float(src.split(k + "=")[1].split("&")[0]) for k in ("start", "end"))
     assert b - a == 30.0, src
+    # dragging the detail view moves the range (many moves: the page must not trip the browser's history limit)
+    box = page.locator("#detail").bounding_box()
+    before = page.inner_text("#range-label")
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + 40, steps=150)
+    page.mouse.up()
+    page.wait_for_function("(old) => document.querySelector('#range-label').textContent !== old", arg=before)
     # events grouped by label, each group with its count; a jump link moves the view and plays from the event
     groups = page.locator(".event-groups details")
     assert groups.count() >= 2

@@ -93,11 +93,13 @@ function setRange(a, b, now = false) {
     next.onerror = () => $("#detail").classList.remove("loading");
     next.src = url;
   };
-  if (now) load(); else CLIP.pending = setTimeout(load, 150);
-  const u = new URL(location.href);
-  u.searchParams.set("t", a.toFixed(1));
-  u.searchParams.set("span", (b - a).toFixed(0));
-  history.replaceState(history.state, "", u);
+  const remember = () => {  // the view in the URL (a reload or a shared link shows it), once the range settles:
+    const u = new URL(location.href);  // browsers refuse more than ~100 replaceState calls in 10 s (a drag)
+    u.searchParams.set("t", a.toFixed(1));
+    u.searchParams.set("span", (b - a).toFixed(0));
+    history.replaceState(history.state, "", u);
+  };
+  if (now) { load(); remember(); } else CLIP.pending = setTimeout(() => { load(); remember(); }, 150);
 }
 
 function zoom(factor, centre) {
