@@ -1,0 +1,90 @@
+"""Honest about what it knows (issue 18): a text query no class of the library covers ("guitar", gibberish) gets a
+notice naming the closest classes and is logged; an in-vocabulary one does not; an audio query no class explains
+says so; every result has a calibrated relevance in [0, 1] with its per-mode parts. On a library of the toy
+3-class tone encoder (tests/plugins/tones.py), so the vocabulary is the models', not ESC-50's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_vocabulary_cli import tone, tones_library  # noqa: F401 - the fixture
+
+
+def test_a_query_no_class_covers_gets_a_notice_and_is_logged(tones_library):  # noqa: F811
+    lib = tones_library
+    for q in ("guitar", "asdfgh qwerty", "lorem ipsum"):
+        res = lib.search(text=q, k=3)
+        cov = res.coverage
+        assert cov["kind"] == "text" and not cov["covered"] and 0.0 <= cov["score"] < cov["threshold"], (q, cov)
+        assert res.notice.startswith(f"NELS has no class for '{q}'; closest: "), res.notice
+        assert any(t in res.notice for t in ("low tone", "middle tone", "high tone")), res.notice
+        d = res.to_dict()
+        assert d["coverage"] == cov and d["notice"] == res.notice
+    logged = {r["query"]: r for r in lib.catalogue.weak_queries()}
+    assert set(logged) == {"guitar", "asdfgh qwerty", "lorem ipsum"}
+    assert logged["guitar"]["best_label"] in ("low tone", "middle tone", "high tone")
+    lib.search(text="Guitar", k=3)
+    assert {r["query"]: r["count"] for r in lib.catalogue.weak_queries()}["guitar"] == 2
+    lib.search(text="guitar", k=3, log_weak=False)  # evaluations do not count
+    assert {r["query"]: r["count"] for r in lib.catalogue.weak_queries()}["guitar"] == 2
+
+
+def test_an_in_vocabulary_query_gets_no_notice(tones_library):  # noqa: F811
+    lib = tones_library
+    res = lib.search(text="high tone", k=3)
+    assert res.coverage["covered"] and res.coverage["score"] >= res.coverage["threshold"]
+    assert res.coverage["closest"][0]["label"] == "high tone"
+    assert res.notice is None and res[0]["title"].endswith("3000.wav")
+    assert lib.catalogue.weak_queries() == []
+
+
+def test_relevance_is_in_0_1_monotone_with_score_and_has_its_parts(tones_library):  # noqa: F811
+    lib = tones_library
+    for kw in ({"text": "low tone", "mode": "linguistic"}, {"audio": tone(300, seed=7), "mode": "acoustic"}):
+        res = lib.search(k=3, **kw)
+        assert len(res) == 3 and res.calibration in ("fitted", "per-mode", "default")
+        rel = [r["relevance"] for r in res]
+        assert all(0.0 <= x <= 1.0 for x in rel), rel
+        scores = [r["score"] for r in res]
+        assert scores == sorted(scores, reverse=True) and rel == sorted(rel, reverse=True), (scores, rel)
+        assert all(r["parts"] and set(r["parts"]) == set(r["scores"]) for r in res)
+    # the two low-tone clips are what the query means: they are more relevant than the high one
+    res = lib.search(text="low tone", mode="linguistic", k=3)
+    assert [r["title"].endswith("300.wav") for r in res] == [True, True, False]
+    assert min(r["relevance"] for r in res[:2]) > res[2]["relevance"]
+
+
+def test_an_audio_query_no_class_explains_says_so(tones_library):  # noqa: F811
+    from nels.search.coverage import audio_coverage, audio_notice
+
+    lib = tones_library
+    res = lib.search(audio=tone(3000, seed=3), k=2)
+    assert res.coverage["kind"] == "audio" and res.coverage["covered"] and res.coverage["fitted"], res.coverage
+    assert res.query_labels[0]["label"] == "high tone" and res.notice is None
+    # a 50-class classifier that spreads a sound over its classes explains nothing; a sure one does
+    labels = [f"class {i}" for i in range(50)]
+    flat = np.full(50, 1 / 50, dtype=np.float32)
+    sure = np.full(50, 0.1 / 49, dtype=np.float32)
+    sure[7] = 0.9
+    cov = audio_coverage([("cnn", labels, flat)])
+    assert not cov["covered"] and cov["score"] < cov["threshold"] and cov["closest"][0]["prob"] == pytest.approx(0.02)
+    assert audio_notice(cov).startswith("no class of this library explains this sound")
+    assert audio_coverage([("cnn", labels, sure)])["covered"]
+    # the library explains it when any of its classifiers does
+    assert audio_coverage([("cnn", labels, flat), ("other", labels, sure)])["model"] == "other"
+
+
+def test_api_answers_carry_coverage_relevance_and_log(tones_library):  # noqa: F811
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nels.web.app import create_app
+
+    lib = tones_library
+    with TestClient(create_app(lib.path)) as c:
+        d = c.get("/api/search", params={"q": "guitar", "k": 2}).json()
+        assert d["notice"].startswith("NELS has no class for 'guitar'") and d["coverage"]["covered"] is False
+        assert all(0 <= r["relevance"] <= 1 and r["parts"] for r in d["results"])
+        d = c.get("/api/search", params={"q": "low tone", "k": 2}).json()
+        assert d["notice"] is None and d["coverage"]["covered"] is True
+    assert [r["query"] for r in lib.catalogue.weak_queries()] == ["guitar"]
