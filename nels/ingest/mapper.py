@@ -137,7 +137,8 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
     try:
         fetched = source.fetch(work.item, workdir)
     except SourceError as exc:
-        permanent = any(f"HTTP {c}" in str(exc) for c in PERMANENT_HTTP) or "refused" in str(exc)
+        # the SSRF guard's "refused, HOST resolves to ..." is final; a "Connection refused" (a server down) is not
+        permanent = any(f"HTTP {c}" in str(exc) for c in PERMANENT_HTTP) or ": refused, " in str(exc)
         return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=permanent)
     keep = False
     try:
