@@ -77,6 +77,10 @@ def test_only_the_catalogue_speaks_sql():
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "executescript"):
+                # LanceDB's merge builder (table.merge_insert(key)....execute(data), nels.store.lance) is no SQL
+                inner = node.value.func if isinstance(node.value, ast.Call) else None
+                if isinstance(inner, ast.Attribute) and inner.attr.startswith("when_"):
+                    continue
                 offenders.append(f"{f.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
 
