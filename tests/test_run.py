@@ -323,3 +323,25 @@ def test_caps_and_quiet_hours_stop_crawling(tmp_path):
     ctx.opts = RunOptions(max_gb=0.0)
     assert "--max-gb" in step_crawl(ctx, 1)[1]["reason"]
     lib.close()
+
+
+def test_warm_start_fine_tunes_the_serving_head():
+    from nels.learn import loop, select
+
+    rng = np.random.default_rng(0)
+    C, d = 4, 8
+    centres = rng.standard_normal((C, d)) * 2
+
+    def split(n_per):
+        y = np.repeat(np.arange(C), n_per)
+        X = centres[np.repeat(y, 2)] + rng.standard_normal((len(y) * 2, d)) * 3.0
+        return loop.Split(X.astype(np.float32), np.repeat(np.arange(len(y)), 2), y)
+
+    big, tiny, pool, test = split(40), split(1), split(10), split(20)
+    good = loop.train_head(big.X, big.y[big.clip], C)  # the "serving" head, trained on much more data
+    same = loop.train_head(tiny.X, tiny.y[tiny.clip], C, steps=0, init=good)
+    assert np.array_equal(same[0], good[0]) and np.array_equal(same[1], good[1])  # 0 steps: the init itself
+    data = loop.LoopData([f"c{i}" for i in range(C)], tiny, pool, test)
+    cold, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=1, cap=2, patience=5)
+    warm, _ = loop.run(data, select.Clarity(0.2, 1.0), iterations=1, cap=2, patience=5, init=good, steps=50, lr=0.005)
+    assert warm[0]["map"] > cold[0]["map"]  # from one clip per class, fine-tuning keeps what the head knew

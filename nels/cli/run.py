@@ -26,6 +26,8 @@ def add_run_parsers(sub) -> None:
     s.add_argument("--per-cycle", type=int, default=20, metavar="N", help="crawl results per cycle, all classes")
     s.add_argument("--per-query", type=int, default=10, metavar="N", help="at most N results per query")
     s.add_argument("--margin", type=float, default=0.05, help="the most held-out AP one class may lose (gate)")
+    s.add_argument("--warm-start", action="store_true",
+                   help="fine-tune the serving model's classifier head instead of re-training one from scratch")
     s.add_argument("--max-hours", type=float, default=None, help="stop crawling after this many hours of audio")
     s.add_argument("--max-gb", type=float, default=None, help="stop crawling when media take this many GB")
     s.add_argument("--quiet-hours", default=None, metavar="START-END", help="local hours without crawling, e.g. 22-6")
@@ -69,7 +71,7 @@ def _options(args):
                       per_cycle=args.per_cycle, per_query_max=args.per_query, margin=args.margin,
                       max_hours=args.max_hours, max_gb=args.max_gb, quiet_hours=args.quiet_hours, rate=args.rate,
                       retries=args.retries, max_duration=args.max_duration, allow_private=args.allow_private,
-                      pause=args.pause, runner=args.runner)
+                      pause=args.pause, runner=args.runner, warm_start=args.warm_start)
 
 
 def cli_run(args) -> int:

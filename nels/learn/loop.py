@@ -43,12 +43,14 @@ class LoopData:
 
 
 def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, w: np.ndarray | None = None, steps: int = 300,
-               lr: float = 0.02, weight_decay: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               lr: float = 0.02, weight_decay: float = 1e-3, seed: int = 0,
+               init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression on embeddings: full-batch Adam in numpy, classes balanced by inverse frequency.
 
     X (n, d), y (n,) class ids, w (n,) sample weights (pseudo-labels may count less).
     Returns (W (C, d), b (C,)): the shape of the CNN's output layer. numpy, not torch: the problem is
     tiny, and torch's thread pool costs more than the arithmetic (10x slower on 2 busy cores).
+    init: (W, b) to start from (fine-tuning the serving model's head) instead of a random W and zero b.
     """
     rng = np.random.default_rng(seed)
     X = np.asarray(X, np.float64)
@@ -60,6 +62,8 @@ def train_head(X: np.ndarray, y: np.ndarray, n_classes: int, w: np.ndarray | Non
     Y = np.eye(n_classes)[y]
     W = rng.normal(0, 1 / np.sqrt(d), (n_classes, d))
     b = np.zeros(n_classes)
+    if init is not None:
+        W, b = np.array(init[0], np.float64), np.array(init[1], np.float64)
     m = [np.zeros_like(W), np.zeros_like(b)]
     v = [np.zeros_like(W), np.zeros_like(b)]
     for t in range(1, steps + 1):
@@ -113,14 +117,17 @@ def training_set(data: LoopData, selected: dict[int, int], pseudo_weight: float)
     return np.concatenate(X), np.concatenate(y), np.concatenate(w)
 
 
-def fit_head(data: LoopData, selected: dict[int, int], pseudo_weight: float, seed: int):
+def fit_head(data: LoopData, selected: dict[int, int], pseudo_weight: float, seed: int, init=None,
+             steps: int = 300, lr: float = 0.02):
     X, y, w = training_set(data, selected, pseudo_weight)
-    return train_head(X, y, len(data.labels), w, seed=seed)
+    return train_head(X, y, len(data.labels), w, steps=steps, lr=lr, seed=seed, init=init)
 
 
 def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: int = 2, pseudo_weight: float = 1.0,
-        seed: int = 0, done: list[dict] | None = None, record: Callable[[dict], None] | None = None) -> list[dict]:
+        seed: int = 0, done: list[dict] | None = None, record: Callable[[dict], None] | None = None,
+        init: tuple[np.ndarray, np.ndarray] | None = None, steps: int = 300, lr: float = 0.02) -> list[dict]:
     """Run (or resume) the loop. `done`: iterations already recorded (their selections are replayed).
+    `init`, `steps`, `lr`: every head is fitted from `init` (a warm start: fine-tuning) with these steps and rate.
 
     Each returned/recorded row: iteration, map, per_class (list), accuracy, selected {pool clip: class},
     precision of the new selections where the truth is known, seconds.
@@ -132,14 +139,14 @@ def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: i
         selected.update({int(k): v for k, v in row["selected"].items()})
     if not history:  # iteration 0: the seed alone
         t = time.time()
-        head = fit_head(data, {}, pseudo_weight, seed)
+        head = fit_head(data, {}, pseudo_weight, seed, init, steps, lr)
         ev = evaluate(head, data.test, C)
         row = {"iteration": 0, "map": ev["map"], "accuracy": ev["accuracy"], "per_class": ev["per_class"].tolist(),
                "selected": {}, "precision": None, "seconds": round(time.time() - t, 2)}
         history.append(row)
         if record:
             record(row)
-    head = fit_head(data, selected, pseudo_weight, seed)
+    head = fit_head(data, selected, pseudo_weight, seed, init, steps, lr)
     best = np.asarray(history[0]["per_class"])
     for row in history[1:]:
         best = np.fmax(best, np.asarray(row["per_class"]))
@@ -155,7 +162,7 @@ def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: i
         view = PoolView(clip_probs(head, data.pool), data.pool_text_sims, taken)
         new = strategy.select(view, cap)
         selected.update(new)
-        head = fit_head(data, selected, pseudo_weight, seed)
+        head = fit_head(data, selected, pseudo_weight, seed, init, steps, lr)
         ev = evaluate(head, data.test, C)
         known = [(c, k) for c, k in new.items() if data.pool.y[c] >= 0 or data.pool.y[c] == -2]
         prec = float(np.mean([data.pool.y[c] == k for c, k in known])) if known else None

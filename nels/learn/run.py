@@ -38,6 +38,7 @@ from nels.learn import gate, loop, planner
 
 STEPS = ("plan", "crawl", "ingest", "learn", "gate", "reindex")
 IDLE_PAUSE = 600.0  # seconds between cycles that neither crawled nor learned
+WARM_STEPS, WARM_LR = 100, 0.005  # fine-tuning the serving head (--warm-start): fewer, smaller steps
 
 
 class RunLocked(NelsError):
@@ -59,6 +60,7 @@ class RunOptions:
     retries, max_duration : fetch attempts per item; longer media are skipped (seconds).
     allow_private : crawl local addresses (a loopback test site); else only public ones (the SSRF guard).
     pause : seconds between cycles. runner : the ingest runner (None: NELS_RUNNER).
+    warm_start : fine-tune the serving model's head (WARM_STEPS at WARM_LR) instead of re-training one from scratch.
     """
 
     dataset: str | None = None
@@ -81,6 +83,7 @@ class RunOptions:
     allow_private: bool = False
     pause: float = 60.0
     runner: str | None = None
+    warm_start: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunOptions":
@@ -459,8 +462,18 @@ def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
             return st.select(view, cap)
 
     run_name = f"run-c{cycle}"
+    warm = {}
+    if o.warm_start:  # the serving head's rows for the classes it knows, small random rows for new ones
+        W0, b0, L0 = load_head(cur["path"])
+        rng = np.random.default_rng(cycle)
+        W = rng.normal(0, 0.01, (len(labels), W0.shape[1]))
+        b = np.full(len(labels), float(b0.min()))
+        for i, name in enumerate(labels):
+            if name in L0:
+                W[i], b[i] = W0[L0.index(name)], b0[L0.index(name)]
+        warm = {"init": (W, b), "steps": WARM_STEPS, "lr": WARM_LR}
     hist, head = loop.run(data, Masked(), o.iterations, o.cap, patience=o.iterations, seed=cycle,
-                          record=loop.recorder(cat, run_name, st.name, cur["name"], labels))
+                          record=loop.recorder(cat, run_name, st.name, cur["name"], labels), **warm)
     base_name = json.loads((Path(lib.get_meta("run.base_model") or cur["path"]) / "model.json").read_text())["name"]
     name = f"{base_name}-run-c{cycle}"
     out = lib.path / "models" / run_name
