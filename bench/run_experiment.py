@@ -89,19 +89,20 @@ def site_videos(seed: int, distractors: int) -> list[Video]:
 
 
 def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, work: Path, distractors: int,
-            seed_dir: Path | None = None) -> dict:
+            seed_dir: Path | None = None, warm_start: bool = False) -> dict:
     from nels.learn.run import RunOptions, run
     from nels.store.library import Library
 
     site = VideoSite(site_videos(seed, distractors))
     site.start()
     os.environ["NELS_YTDLP_SEARCH"] = site.search_template
-    lib = Library(work / f"lib-{seed}-{strategy.replace('+', '-')}")
+    lib = Library(work / f"lib-{seed}-{strategy.replace('+', '-')}{'-warm' if warm_start else ''}")
     t0, c0 = time.time(), time.process_time()
     try:
         run(lib, RunOptions(dataset=str(seed_dir or ESC50), fmt="folders" if seed_dir else "esc50", heldout=str(held), heldout_fold=1, strategy=strategy,
                             iterations=1, cap=5, learn_every=0.0, per_cycle=per_cycle, per_query_max=5, rate=100.0,
-                            allow_private=True, pause=0.0), cycles=cycles, echo=False, install_signals=False)
+                            allow_private=True, pause=0.0, warm_start=warm_start), cycles=cycles, echo=False,
+            install_signals=False)
         return collect(lib, site, seed, strategy, time.time() - t0, time.process_time() - c0)
     finally:
         site.stop()
@@ -218,6 +219,7 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--per-cycle", type=int, default=50, help="crawl results per cycle (all classes)")
     ap.add_argument("--distractors", type=int, default=20)
+    ap.add_argument("--warm-start", action="store_true", help="fine-tune the serving head (nels run --warm-start)")
     ap.add_argument("--seed-per-class", type=int, default=None, metavar="N",
                     help="re-train the head from N clips per class of folds 2-5 (default: all 1600)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "run-experiment"))
@@ -237,7 +239,7 @@ def main() -> None:
             if any(r["seed"] == seed and r["strategy"] == strategy for r in rows):
                 continue  # done by an earlier (interrupted) invocation
             r = one_run(seed, strategy, a.cycles, a.per_cycle, held, work, a.distractors,
-                        seed_folder(work, a.seed_per_class) if a.seed_per_class else None)
+                        seed_folder(work, a.seed_per_class) if a.seed_per_class else None, a.warm_start)
             rows.append(r)
             res_file.write_text(json.dumps(rows, indent=1) + "\n")
             report(rows, out, cmd)
