@@ -54,6 +54,11 @@ def test_usage_errors_load_no_model(library, args, message):
     assert probe["heavy"] == [], f"a usage error imported {probe['heavy']}"
 
 
+def test_tag_of_a_missing_file_loads_no_model(tmp_path):
+    p, probe = run_cli("tag", str(tmp_path / "nope.wav"))
+    assert probe["rc"] == 2 and "nope.wav: no such file" in p.stderr and probe["heavy"] == []
+
+
 def test_missing_library_and_missing_ingest_inputs_load_no_model(tmp_path):
     p, probe = run_cli("--library", str(tmp_path / "nolib"), "search", "dog")
     assert probe["rc"] == 2 and "no library at" in p.stderr and probe["heavy"] == []

@@ -272,6 +272,19 @@ def _options_everywhere(parser: argparse.ArgumentParser) -> None:
             _options_everywhere(sp)
 
 
+def _check_files(args) -> None:
+    """Checks that need no model, run before a command's handler imports anything heavy: a missing input file
+    is a usage error in milliseconds, not after the models load."""
+    from pathlib import Path
+
+    if getattr(args, "command", None) == "tag":
+        f = Path(args.file).expanduser()
+        if not f.exists():
+            raise NelsError(f"{args.file}: no such file")
+        if f.is_dir():
+            raise NelsError(f"{args.file}: a folder (tag one file; 'nels ingest' takes folders)")
+
+
 def _resolve(ref: str):
     import importlib
 
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.catalogue:  # every Library of this command, and the processes it starts, open this catalogue
         os.environ[config.CATALOGUE.env] = args.catalogue
     try:
+        _check_files(args)
         return int(_resolve(args.func)(args) or 0)
     except NelsError as exc:
         print(f"nels: error: {exc}", file=sys.stderr)
