@@ -77,6 +77,18 @@ def synthetic(n: int, seed: int) -> np.ndarray:
     return out
 
 
+def jittered(real: np.ndarray, n: int, seed: int, jitter: float = 0.15) -> np.ndarray:
+    """n jittered copies of a real library's vectors (bench/bench_query.py's recipe: each vector a real one
+    plus noise of norm ~0.15): many near-equidistant neighbours, the hard case for an ANN index."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, real.shape[1]), np.float32)
+    for s in range(0, n, 200_000):
+        m = min(200_000, n - s)
+        x = real[rng.integers(0, len(real), m)] + jitter * rng.standard_normal((m, real.shape[1])) / np.sqrt(real.shape[1])
+        out[s:s + m] = unit(x)
+    return out
+
+
 def real_vectors(library: str) -> np.ndarray:
     from nels.store.catalogue import Catalogue
 
@@ -243,6 +255,11 @@ def main():
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--real-library", default=None, help="a library whose CNN vectors are also searched")
     ap.add_argument("--stores", nargs="+", default=[s[0] for s in STORES])
+    ap.add_argument("--jittered", type=int, nargs="*", default=[],
+                    help="sizes of jittered copies of the real library's vectors (needs --real-library)")
+    ap.add_argument("--bases", type=int, default=0,
+                    help="jitter only this many real vectors: n/bases copies each, the neighbourhood density of a"
+                         " larger set (100k copies of 130 vectors ~ 1M copies of the 1302 of ESC-50 fold 1)")
     ap.add_argument("--workdir", default="/tmp/bench-vectors")
     ap.add_argument("--s3", type=int, default=0, help="also the default lance store on a loopback S3 server, N vectors")
     ap.add_argument("--child", choices=["build", "serve"])
@@ -260,10 +277,16 @@ def main():
           file=sys.stderr, flush=True)
     if a.real_library:
         real = real_vectors(a.real_library)
+        if a.bases:
+            real = real[np.random.default_rng(3).permutation(len(real))[:a.bases]]
         rng = np.random.default_rng(1)
         pick = rng.permutation(len(real))
         nq = min(a.queries, len(real) // 5)
-        bench_dataset("real", real[pick[nq:]], real[pick[:nq]], work / "real", stores)
+        if not a.jittered:
+            bench_dataset("real", real[pick[nq:]], real[pick[:nq]], work / "real", stores)
+        for n in a.jittered:
+            bench_dataset(f"real-jittered{f' ({a.bases} bases)' if a.bases else ''}", jittered(real, n, seed=1),
+                          jittered(real, a.queries, seed=2), work / f"jit-{n}-{a.bases}", stores)
     if a.s3:
         bench_s3(a.s3, a.queries, work / f"s3-{a.s3}")
     for n in a.sizes:

@@ -147,6 +147,32 @@ def test_library_on_s3_ingest_search_reopen_remove(s3, tmp_path):
     _, found = fresh.search(np.ones((1, 128), np.float32), 30)
     assert len(set(found[0].tolist()) - {-1}) == 20 and not set(found[0].tolist()) & set(seg_ids_of_clicks)
 
+    # `nels serve --workers 2` on it (its workers reopen the local folder, which stands for the URI); the media
+    # cache emptied, so playback fetches from the bucket
+    import json
+    from devserver import Server
+
+    shutil.rmtree(local_folder(uri) / "media")
+    chirp = next(c for c in rep.added if c != clicks and c in set(clip_titles(uri, "chirp.wav")))
+    srv = Server(local_folder(uri), workers=2).start(timeout=600)
+    try:
+        with urllib.request.urlopen(f"{srv.url}/api/stats", timeout=60) as r:
+            assert json.load(r)["clips"] == 4
+        with urllib.request.urlopen(f"{srv.url}/media/{chirp}", timeout=60) as r:
+            assert r.read() == (src / "chirp.wav").read_bytes()
+        with urllib.request.urlopen(f"{srv.url}/api/search?q=chirp&k=3", timeout=120) as r:
+            assert json.load(r)["results"]
+    finally:
+        srv.stop()
+
+
+def clip_titles(uri: str, title: str) -> list[int]:
+    lib = Library(uri, create=False)
+    try:
+        return [cid for (cid,) in lib.catalogue.clips(("id",)) if lib.clip(cid)["title"] == title]
+    finally:
+        lib.close()
+
 
 def test_missing_remote_library_is_refused_and_the_catalogue_can_live_elsewhere(s3, tmp_path, monkeypatch):
     client, bucket = s3
