@@ -142,6 +142,18 @@ def test_ray_runner_gives_the_reference_library(tmp_path, cluster):
             assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= 1e-5, (h, space)
     again = ingest(lib, [str(corpus)], model="default", options=IngestOptions(progress=False), runner=runner)
     assert again.added == [] and again.duplicates == 0
+    # reindex is the same pipeline over the library's own clips: the same re-encoded library too
+    from nels.ingest.reindex import reindex
+
+    done_ref = reindex(ref, "baseline", progress=False, runner=make_runner("local"))
+    done = reindex(lib, "baseline", progress=False, runner=runner)
+    assert done["clips"] == done_ref["clips"] == 6 and done["failed"] == done_ref["failed"] == 0
+    a, b = _snapshot(ref), _snapshot(lib)
+    assert sorted(a) == sorted(b) and list(a[next(iter(a))]["vectors"]) == list(b[next(iter(b))]["vectors"])
+    for h in a:
+        assert a[h]["labels"] == b[h]["labels"], h
+        for space in a[h]["vectors"]:
+            assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= 1e-5, (h, space)
     ref.close()
     lib.close()
 
