@@ -8,10 +8,10 @@ result itself, so the catalogue keeps a single writer.
     nels ingest DIR --runner ray --ray-address local  always a Ray instance of its own
 
 Each actor builds its function (its encoders) once from the picklable builder, with `cpus_per_worker`
-Ray CPUs and as many torch threads. Tasks go to the actor with the fewest unfinished ones (at most
-`per_worker` queued on each, so an actor never waits for the driver) and at most `max_in_flight` results
-are held, so memory stays flat on a crawl of any length; results come back in task order, as every
-runner's do.
+Ray CPUs and as many torch threads. Tasks go `batch` to a call (Ray's per-call cost amortised) to the actor
+with the fewest unfinished calls (at most `per_worker` queued on each, so an actor never waits for the
+driver); a task is read only when an actor can take it and at most `max_in_flight` are out, so memory stays
+flat on a crawl of any length; results come back in task order, as every runner's do.
 
 Ray actors rather than Ray Data: the pipeline's reader is a lazy generator that claims an item in the
 catalogue (and waits on the rate limit) only when a worker is ready for it, and stops at `--max-items`;
