@@ -226,7 +226,12 @@ def fit_relevance(args) -> dict:
     from nels.search.joint import library_has_joint
 
     rows = []
-    for spec, name in ((f"cnn:{args.cnn}", "fold2-cnn"), (f"cnn:{args.cnn}+yamnet", "fold2-cnn-yamnet")):
+    libs = [(f"cnn:{args.cnn}+yamnet", "fold2-cnn-yamnet")]
+    if (Path(args.cnn) / "joint").exists():
+        libs.insert(0, (f"cnn:{args.cnn}", "fold2-cnn"))
+    else:
+        print(f"{args.cnn}/joint missing: the joint space's modes are not fitted", file=sys.stderr)
+    for spec, name in libs:
         t0 = time.time()
         lib, truth = fold_library(spec, 2, name)
         labels = sorted(set(truth.values()))
@@ -254,8 +259,8 @@ def fit_relevance(args) -> dict:
     fitted["fuse_by_relevance"] = {  # a kind of query is fused by relevance when that wins on every library
         kind: bool(all(v["mAP by relevance"] > v["mAP by reciprocal rank"] for k, v in choice.items()
                        if k.endswith(kind)) and any(k.endswith(kind) for k in choice)) for kind in ("text", "audio")}
-    fitted.update(fitted_on=f"ESC-50 fold 2, libraries cnn:{args.cnn} (a CNN and its joint space trained without"
-                            " fold 2) and the same CNN + YAMNet,"
+    fitted.update(fitted_on=f"ESC-50 fold 2, libraries {', '.join(s for s, _ in libs)} (a CNN, and its joint space"
+                            " where present, trained without fold 2; YAMNet),"
                             " fused mode: class names, 2 synonyms and 2 joint training phrasings per class as text"
                             f" queries, {args.audio_queries} clips as audio queries; relevant = same class",
                   rows=len(rows), date=time.strftime("%Y-%m-%d"))
@@ -291,30 +296,53 @@ def mean_ap(rows, key: str) -> float:
     return round(float(np.mean(aps)), 4)
 
 
+def _relevance_now(rows) -> None:
+    """Each row's relevance from its features with the calibration file as it is now (the rows may have been
+    collected before the fit)."""
+    from nels.search.coverage import calibration
+
+    calibration.cache_clear()
+    for r in rows:
+        feats = sorted(r["values"])
+        model, _ = cal.relevance_model(feats)
+        r["relevance"] = cal.relevance(r["values"], model)
+
+
+def _cached_rows(key: str, make):
+    f = WORK / f"report-{key}.json"
+    if f.exists():
+        return json.loads(f.read_text())
+    rows = make()
+    f.write_text(json.dumps(rows))
+    return rows
+
+
 def report(args) -> dict:
+    """Fold 1, shipped models: reliability of relevance and mAP by score vs by relevance. Result rows are kept
+    in /tmp/h1/calib/report-*.json, so the report can be collected before the fit and recomputed after it."""
     from nels.evaluate.retrieval import class_queries, paraphrase_queries
 
     out = {}
     for spec, name in (("default", "fold1-default"), ("default+yamnet", "fold1-default-yamnet")):
+        if args.only and spec != args.only:
+            continue
         lib, truth = fold_library(spec, 1, name)
         labels = sorted(set(truth.values()))
         sets = {"names": class_queries(labels), "paraphrases": paraphrase_queries(labels)}
         res = {}
-        for what, qs in sets.items():
-            for mode in ("linguistic", "fused"):
-                rows = collect(lib, truth, qs, [mode], [])
-                rel = np.array([r["relevance"] for r in rows])
-                y = np.array([r["rel"] for r in rows], dtype=float)
-                res[f"text {what} / {mode}"] = {"reliability": reliability(rel, y), "mAP by score": mean_ap(rows, "score"),
-                                               "mAP by relevance": mean_ap(rows, "relevance")}
-        for mode in ("acoustic", "fused"):
-            rows = collect(lib, truth, [], [], [mode], audio_limit=args.audio_queries)
+        runs = [(f"text {w} / {m}", (lambda qs=qs, m=m: collect(lib, truth, qs, [m], [])))
+                for w, qs in sets.items() for m in ("linguistic", "fused")]
+        runs += [(f"audio / {m}", (lambda m=m: collect(lib, truth, [], [], [m], audio_limit=args.audio_queries)))
+                 for m in ("acoustic", "fused")]
+        for what, make in runs:
+            rows = _cached_rows(f"{name}-{what.replace(' ', '').replace('/', '-')}", make)
+            _relevance_now(rows)
             rel = np.array([r["relevance"] for r in rows])
             y = np.array([r["rel"] for r in rows], dtype=float)
-            res[f"audio / {mode}"] = {"reliability": reliability(rel, y), "mAP by score": mean_ap(rows, "score"),
-                                      "mAP by relevance": mean_ap(rows, "relevance")}
+            res[what] = {"reliability": reliability(rel, y), "mAP by score": mean_ap(rows, "score"),
+                         "mAP by relevance": mean_ap(rows, "relevance")}
+            print(spec, what, json.dumps(res[what]), file=sys.stderr)
         out[spec] = res
-        print(spec, json.dumps(res)[:2000], file=sys.stderr)
     out["date"] = time.strftime("%Y-%m-%d")
     out["note"] = ("ESC-50 fold 1, shipped models; mAP here ranks each query's per-clip results (every clip) by"
                    " the score the search sorted by, or by relevance; `nels evaluate retrieval` is the reference")
@@ -325,6 +353,7 @@ def main(part: str, argv, write_section) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cnn", default="/tmp/h1/cnn-fold2", help="a CNN trained without fold 2 (with joint/)")
     ap.add_argument("--audio-queries", type=int, default=120, help="at most this many clips as audio queries")
+    ap.add_argument("--only", default=None, help="report: only this library spec (default, default+yamnet)")
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     if part == "audio":
@@ -332,4 +361,7 @@ def main(part: str, argv, write_section) -> None:
     elif part == "relevance":
         write_section("relevance", fit_relevance(args))
     elif part == "report":
-        write_section("relevance_report", report(args))
+        out = report(args)
+        if not args.only:
+            write_section("relevance_report", out)
+        print(json.dumps(out, indent=1))
