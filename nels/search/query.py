@@ -373,7 +373,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n))
-    if len(lists) > 1 and how == "fitted" and calibration_mod.fuse_by_relevance("audio" if audio is not None else "text"):
+    if len(set(part_features.values())) > 1 and how == "fitted" and \
+            calibration_mod.fuse_by_relevance("audio" if audio is not None else "text"):
         for c in cands:  # the fitted model ranks (validation chose it over reciprocal rank): score = relevance
             c.score = c.relevance
     chosen: list[Candidate] = []
