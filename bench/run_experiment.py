@@ -190,8 +190,13 @@ def report(rows: list[dict], out: Path, cmd: str) -> None:
                            * (n - len(r["serving_map_after_cycle"])) for r in rs if r["serving_map_after_cycle"]])
         if len(curves):
             m, s = curves.mean(0), curves.std(0)
-            ax.plot(range(len(m)), m, marker="o", label=strategy)
+            line, = ax.plot(range(len(m)), m, marker="o", label=f"{strategy}: serving")
             ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
+            cand = np.array([[np.nan if c["map"] is None else c["map"] for c in r["candidates"]] for r in rs
+                             if len(r["candidates"]) == len(rs[0]["candidates"])], float)
+            if cand.size:
+                ax.plot(range(1, cand.shape[1] + 1), np.nanmean(cand, 0), marker="x", ls="--", color=line.get_color(),
+                        label=f"{strategy}: candidate (gated)")
     ax.set_xlabel("cycle (0: the seed model)")
     ax.set_ylabel("held-out mAP of the serving model")
     ax.grid(alpha=0.3)
@@ -224,7 +229,13 @@ def main() -> None:
                     help="re-train the head from N clips per class of folds 2-5 (default: all 1600)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "run-experiment"))
     ap.add_argument("--work", default=None, help="where the libraries go (default: a temp folder)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite report.md/png from --out's results.json")
     a = ap.parse_args()
+    if a.report_only:
+        out = Path(a.out)
+        old = (out / "report.md").read_text().split("Command: `")[1].split("`")[0] if (out / "report.md").exists() else ""
+        report(json.loads((out / "results.json").read_text()), out, old)
+        return
     if not (ESC50 / "meta" / "esc50.csv").exists():
         sys.exit(f"ESC-50 not found at {ESC50}")
     out = Path(a.out)
