@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration.json"
+NAMED_SIMILARITY = 0.6  # a notice names the vocabulary concept the query matches only from this similarity
 _lock = threading.Lock()
 
 
@@ -109,6 +110,7 @@ def text_coverage(text: str, per_model: list[dict]) -> dict:
             "best_similarity": round(float(best["covered"]), 4), "model": best["model"],
             "closest": [{"label": n, "similarity": round(float(s), 4)} for n, s in best["closest"]],
             "nearest_concept": best.get("nearest_known"),
+            "nearest_concept_similarity": round(float(best["known"]), 4),
             "models": {k: round(v, 4) for k, v in scores.items()}}
 
 
@@ -116,9 +118,11 @@ def text_notice(text: str, cov: dict) -> str:
     closest = ", ".join(f"{c['label']} ({c['similarity']:.2f})" for c in cov["closest"][:3])
     out = f"NELS has no class for {text!r}; closest: {closest or 'none'}"
     nearest = cov.get("nearest_concept")
-    if nearest and nearest.lower() not in {c["label"].lower() for c in cov["closest"]} \
-            and nearest.lower() != text.lower():
-        out += f" (it sounds like the AudioSet class {nearest!r}, which no model here was taught)"
+    # name the sound the query means when it clearly means one (MiniLM puts a query near its own label at
+    # 0.5-0.8, see nels.search.linguistic): "gunshot" is AudioSet's "Gunshot, gunfire"; gibberish means none
+    if nearest and cov.get("nearest_concept_similarity", 0.0) >= NAMED_SIMILARITY \
+            and nearest.lower() not in {c["label"].lower() for c in cov["closest"]}:
+        out += f" (it matches the AudioSet class {nearest!r}, which no model here was taught)"
     return out
 
 
