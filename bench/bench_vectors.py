@@ -84,7 +84,8 @@ def jittered(real: np.ndarray, n: int, seed: int, jitter: float = 0.15) -> np.nd
     out = np.empty((n, real.shape[1]), np.float32)
     for s in range(0, n, 200_000):
         m = min(200_000, n - s)
-        x = real[rng.integers(0, len(real), m)] + jitter * rng.standard_normal((m, real.shape[1])) / np.sqrt(real.shape[1])
+        x = real[rng.integers(0, len(real), m)]
+        x = x + jitter * rng.standard_normal((m, real.shape[1])) / np.sqrt(real.shape[1])
         out[s:s + m] = unit(x)
     return out
 

@@ -30,7 +30,8 @@ BF16 = Setting("NELS_BF16", "", "1/0 forces bfloat16 CNN inference on/off; unset
 YTDLP_SEARCH = Setting("NELS_YTDLP_SEARCH", "",
                        "a URL template with {query} and {n} that replaces YouTube search (e.g. a local site)")
 ESC50 = Setting("NELS_ESC50", "", "where ESC-50 is, for `nels demo` (else ./shared, ../shared, the cache)")
-VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss", "the vector store of new libraries (`nels.store.vectors`)")
+VECTOR_STORE = Setting("NELS_VECTOR_STORE", "faiss",
+                       "the vector store of new libraries: faiss or lance (a library on object storage: lance if unset)")
 CATALOGUE = Setting("NELS_CATALOGUE", "", "the catalogue when `--catalogue` is not given: a `postgresql://` URL (shared by"
                     " several machines) or a SQLite file; unset: the one the library recorded, else `<library>/nels.db`")
 RUNNER = Setting("NELS_RUNNER", "local", "the ingest runner: local (one process), pool (a process per core) or ray (a Ray cluster)")
