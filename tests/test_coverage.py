@@ -20,6 +20,9 @@ def test_a_query_no_class_covers_gets_a_notice_and_is_logged(tones_library):  # 
         assert any(t in res.notice for t in ("low tone", "middle tone", "high tone")), res.notice
         d = res.to_dict()
         assert d["coverage"] == cov and d["notice"] == res.notice
+        # no confident-looking number beside "no class": relevance is scaled by P(covered)
+        assert all(r["relevance"] <= cov["score"] + 1e-6 for r in d["results"]), d["results"]
+        assert d["results"] or q != "guitar"  # "guitar" still lists the closest sounds
     logged = {r["query"]: r for r in lib.catalogue.weak_queries()}
     assert set(logged) == {"guitar", "asdfgh qwerty", "lorem ipsum"}
     assert logged["guitar"]["best_label"] in ("low tone", "middle tone", "high tone")

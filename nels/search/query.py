@@ -373,6 +373,13 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n))
+    if cov_text is not None and not cov_text["covered"]:
+        # relevance was fitted on queries the vocabulary covers: P(relevant) = P(relevant | covered) x P(covered)
+        # (an uncovered query's ranking follows the nearest wrong class), so "guitar" on an ESC-50 library
+        # does not show 75 % beside "NELS has no class for 'guitar'"
+        for c in cands:
+            if c.relevance is not None:
+                c.relevance = round(float(c.relevance) * float(cov_text["score"]), 4)
     if len(set(part_features.values())) > 1 and how == "fitted" and \
             calibration_mod.fuse_by_relevance("audio" if audio is not None else "text"):
         for c in cands:  # the fitted model ranks (validation chose it over reciprocal rank): score = relevance
