@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import posixpath
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from nels.errors import LibraryError, disk_error
 MODEL_KEY = b"nels.model"
 MIN_INDEX_ROWS = 256  # an IVF/PQ index trains on at least this many vectors (its k-means needs them)
 DELETE_CHUNK = 5000  # ids per DELETE predicate
+COMMIT_RETRIES = 8  # a sync that lost a commit race to another process re-reads and tries again
 SMALL_FRAGMENTS = 16  # `flush` compacts when the table has more small fragments than this
 
 
@@ -375,7 +377,22 @@ class LanceStore:
     # -- catalogue sync ----------------------------------------------------------------------------------------
     def sync(self, catalogue, space: str, full: bool = True) -> bool:
         """Make the table hold exactly the catalogue's vectors of `space`; True if it changed (the same
-        contract as FaissStore.sync: full=False only looks for new vectors)."""
+        contract as FaissStore.sync: full=False only looks for new vectors). Two processes syncing at once may
+        collide on Lance's commit ("Retryable commit conflict"): the loser re-reads the table and syncs again
+        (each sync is idempotent: appends skip ids already there, a rewrite copies the catalogue)."""
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                return self._sync_once(catalogue, space, full)
+            except Exception as exc:  # noqa: BLE001 - only Lance's retryable conflicts are retried
+                if "commit conflict" not in str(exc).lower() or attempt == COMMIT_RETRIES - 1:
+                    raise
+                with self._lock:
+                    self._seen_version = None
+                    self._refresh()
+                time.sleep(0.02 * (attempt + 1))  # back off before re-reading the winner's commit
+        return False
+
+    def _sync_once(self, catalogue, space: str, full: bool) -> bool:
         if not full and catalogue.newest_vector_id(space) == self.max_id:
             return False
         count, max_id, model = catalogue.vector_summary(space)
