@@ -72,7 +72,7 @@ def rank_audio(lib, truth, mode, n, limit=None):
         if label is None:
             continue
         t = time.perf_counter()
-        res = search(lib, audio=lib.path / media, mode=mode, k=n)
+        res = search(lib, audio=lib.media_file(media), mode=mode, k=n)
         lat.append(time.perf_counter() - t)
         rel = [truth.get(r["clip_id"]) == label for r in res if r["clip_id"] != cid]
         aps.append(average_precision(rel, counts[label] - 1))

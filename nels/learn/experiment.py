@@ -187,7 +187,8 @@ def run_experiment(dataset: str, out: str, iterations: int = 5, cap: int = 5, pa
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     data, enc, spec = prepare(Path(dataset), seed, seed_epochs, progress)
-    lib = Library(outp / "library")  # iterations are recorded there: an interrupted experiment resumes
+    lib = Library(outp / "library", catalogue=str(outp / "library" / "nels.db"))  # its own catalogue, never
+    # $NELS_CATALOGUE's; iterations are recorded there: an interrupted experiment resumes
     strategies = select.strategies(calibration_data(data, seed=seed)) + [select.QueryLabel()]
     run_name = f"experiment-seed{seed}-cap{cap}"
     results = {}

@@ -31,7 +31,7 @@ def _library_pool(lib, enc, progress):
     from nels.learn.embed import embed_many
 
     rows = lib.catalogue.clips(("id", "media_path", "query", "title"))
-    keys = [str(lib.path / r[1]) for r in rows]
+    keys = [str(lib.media_file(r[1])) for r in rows]  # a library on object storage: its local copy
     X, clip = embed_many(enc, keys, lambda k: decode(k, max_seconds=600), "library", progress)
     texts = [((r[2] or "") + " | " + (r[3] or "")).strip(" |") for r in rows]
     return loop.Split(X, clip, np.full(len(rows), -1)), [r[0] for r in rows], texts

@@ -280,7 +280,7 @@ def library_pool(ctx: Context, enc) -> tuple[loop.Split, list[int], list[str]]:
     for r in rows:
         if r[0] not in memo:
             try:
-                memo[r[0]] = embed_audio(enc, decode(str(ctx.lib.path / r[1]), max_seconds=600))
+                memo[r[0]] = embed_audio(enc, decode(str(ctx.lib.media_file(r[1])), max_seconds=600))
             except Exception as exc:  # noqa: BLE001 - a damaged media file: left out of the pool, said so
                 print(f"pool: clip {r[0]} skipped: {exc}", file=sys.stderr)
                 memo[r[0]] = np.zeros((0, enc.dim), np.float32)
@@ -558,7 +558,7 @@ def swap_in(lib, model_path: str, version: str | None = None, runner: str | None
     while True:
         rounds += 1
         done = cat.staged_clip_ids(target)
-        todo = [(r[0], str(lib.path / r[1])) for r in cat.clips(("id", "media_path")) if r[0] not in done]
+        todo = [(r[0], str(lib.media_file(r[1]))) for r in cat.clips(("id", "media_path")) if r[0] not in done]
         for cid, out, error in (make_runner(runner) if runner else make_runner()).run(iter(todo), ReindexBuilder(spec)):
             if error is None and len(out[1]) == len(cat.segment_ids(cid)):
                 _, starts, ends, vectors, probs = out
