@@ -79,7 +79,8 @@ class Server:
         self.proc = None
 
     def __enter__(self):
-        return self.start()
+        # `with Server(...).start(timeout=...)`: already running; starting again would orphan the first process
+        return self if self.proc is not None and self.proc.poll() is None else self.start()
 
     def __exit__(self, *exc):
         self.stop()
