@@ -113,7 +113,7 @@ def _hashes(lib_dir: Path, *also: str) -> list:
 
 
 def test_ray_runner_gives_the_reference_library(tmp_path, cluster):
-    from test_runners import _snapshot
+    from test_runners import assert_same_library
 
     from nels.ingest.runner import IngestOptions, ingest
     from nels.ingest.runners import make_runner, runner_names
@@ -133,13 +133,7 @@ def test_ray_runner_gives_the_reference_library(tmp_path, cluster):
     assert len(set(runner.worker_nodes)) == 2  # one actor on each node: the work did cross nodes
     assert len(rep.added) == len(ref_rep.added) == 6 and rep.duplicates == ref_rep.duplicates == 1
     assert [u for u, _ in rep.failed] == [u for u, _ in ref_rep.failed] and len(rep.failed) == 1
-    a, b = _snapshot(ref), _snapshot(lib)
-    assert sorted(a) == sorted(b)
-    for h in a:
-        assert a[h]["spans"] == b[h]["spans"] and a[h]["labels"] == b[h]["labels"], h
-        assert a[h]["duration"] == b[h]["duration"] and a[h]["title"] == b[h]["title"]
-        for space in a[h]["vectors"]:
-            assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= 1e-5, (h, space)
+    assert_same_library(ref, lib)
     again = ingest(lib, [str(corpus)], model="default", options=IngestOptions(progress=False), runner=runner)
     assert again.added == [] and again.duplicates == 0
     # reindex is the same pipeline over the library's own clips: the same re-encoded library too
@@ -148,12 +142,7 @@ def test_ray_runner_gives_the_reference_library(tmp_path, cluster):
     done_ref = reindex(ref, "baseline", progress=False, runner=make_runner("local"))
     done = reindex(lib, "baseline", progress=False, runner=runner)
     assert done["clips"] == done_ref["clips"] == 6 and done["failed"] == done_ref["failed"] == 0
-    a, b = _snapshot(ref), _snapshot(lib)
-    assert sorted(a) == sorted(b) and list(a[next(iter(a))]["vectors"]) == list(b[next(iter(b))]["vectors"])
-    for h in a:
-        assert a[h]["labels"] == b[h]["labels"], h
-        for space in a[h]["vectors"]:
-            assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= 1e-5, (h, space)
+    assert_same_library(ref, lib)
     ref.close()
     lib.close()
 

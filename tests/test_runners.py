@@ -25,6 +25,19 @@ def _snapshot(lib) -> dict:
     return out
 
 
+def assert_same_library(ref, lib, tolerance: float = 1e-5) -> None:
+    """`lib` holds what `ref` holds, keyed by content: clips, segment spans, labels, durations, titles, and every
+    space's vectors within `tolerance` (ids may differ between runners)."""
+    a, b = _snapshot(ref), _snapshot(lib)
+    assert sorted(a) == sorted(b)
+    for h in a:
+        assert a[h]["spans"] == b[h]["spans"] and a[h]["labels"] == b[h]["labels"], h
+        assert a[h]["duration"] == b[h]["duration"] and a[h]["title"] == b[h]["title"]
+        assert list(a[h]["vectors"]) == list(b[h]["vectors"]), h
+        for space in a[h]["vectors"]:
+            assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= tolerance, (h, space)
+
+
 def _vectors(lib, space):
     ids, vecs = [], []
     for i, v in lib.catalogue.iter_vectors(space):
@@ -59,13 +72,7 @@ def test_runner_gives_the_reference_library(tmp_path, corpus, runner):
     assert len(rep.added) == len(ref_rep.added) == 6
     assert rep.duplicates == ref_rep.duplicates == 1
     assert [u for u, _ in rep.failed] == [u for u, _ in ref_rep.failed] and len(rep.failed) == 1
-    a, b = _snapshot(ref), _snapshot(lib)
-    assert sorted(a) == sorted(b)
-    for h in a:
-        assert a[h]["spans"] == b[h]["spans"] and a[h]["labels"] == b[h]["labels"], h
-        assert a[h]["duration"] == b[h]["duration"] and a[h]["title"] == b[h]["title"]
-        for space in a[h]["vectors"]:
-            assert np.abs(a[h]["vectors"][space] - b[h]["vectors"][space]).max() <= 1e-5, (h, space)
+    assert_same_library(ref, lib)
     # a re-run through the same runner finds everything done: nothing fetched or added again
     again = ingest(lib, [str(corpus)], model="default", options=IngestOptions(progress=False),
                    runner=make_runner(runner, processes=2))

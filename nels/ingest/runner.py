@@ -97,7 +97,8 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
         runner: Runner | None = None) -> IngestReport:
     """Discover every source's items, then process the due ones with `runner` and write them here."""
     # checks (or fixes, on a new library) the model the library uses
-    library_encoders(lib, model, note=lambda m: print(f"note: {m}", file=sys.stderr) if options.progress else None)
+    # (its note, that YAMNet is missing, shows with or without a progress bar: it says what the library will hear)
+    library_encoders(lib, model, note=lambda m: print(f"note: {m}", file=sys.stderr))
     spec = lib.get_meta("model") or "default"
     runner = runner or make_runner()
     report = IngestReport()

@@ -100,6 +100,18 @@ SPARSE_SECONDS_PER_COLUMN = 0.5  # a wider range per pixel column (10 min over 1
 _PCM_SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "s32": 1 / 2 ** 31, "s32p": 1 / 2 ** 31, "flt": 1.0, "fltp": 1.0}  # FFT frames averaged per pixel column (a 1-hour overview is not a "barcode")
 
 
+
+def _open_audio(media):
+    """An av container of `media`; nels.errors.DecodeError when the file cannot be opened."""
+    import av
+
+    from nels.errors import DecodeError
+
+    try:
+        return av.open(str(media))
+    except Exception as exc:  # noqa: BLE001 - av raises many classes
+        raise DecodeError(f"{Path(media).name}: not a readable audio file ({exc.__class__.__name__})") from None
+
 def read_range(media: Path, start: float, end: float | None, sr: int = SAMPLE_RATE, chunk_seconds: float = 30.0):
     """Mono float32 chunks of `media` from `start` to `end` seconds (None: the end of the file), at `sr` Hz.
 
@@ -109,10 +121,7 @@ def read_range(media: Path, start: float, end: float | None, sr: int = SAMPLE_RA
 
     from nels.errors import DecodeError
 
-    try:
-        container = av.open(str(media))
-    except Exception as exc:  # noqa: BLE001 - av raises many classes
-        raise DecodeError(f"{Path(media).name}: not a readable audio file ({exc.__class__.__name__})") from None
+    container = _open_audio(media)
     try:
         st = container.streams.audio[0]
         st.thread_type = "AUTO"
@@ -171,10 +180,7 @@ def sample_columns(media: Path, start: float, end: float, width: int, block: int
 
     from nels.errors import DecodeError
 
-    try:
-        container = av.open(str(media))
-    except Exception as exc:  # noqa: BLE001 - av raises many classes
-        raise DecodeError(f"{Path(media).name}: not a readable audio file ({exc.__class__.__name__})") from None
+    container = _open_audio(media)
     try:
         st = container.streams.audio[0]
         ctx = st.codec_context
