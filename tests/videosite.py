@@ -54,11 +54,12 @@ def wav_bytes(x: np.ndarray, sr: int = SR) -> bytes:
 
 
 # -- synthesised classes (tests) ------------------------------------------------------------------------
-def tone_sound(freq: float, seconds: float, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
-    """A tone at `freq` (slightly detuned per clip) with a harmonic and some noise."""
+def tone_sound(freq: float, seconds: float, rng: np.random.Generator, sr: int = SR, noise: float = 0.05) -> np.ndarray:
+    """A tone at `freq` (detuned by ~3 % per clip) with a harmonic and white noise of amplitude `noise`
+    (relative to the tone's 1): classes 5-6 % apart overlap, so a model confuses some of their clips."""
     t = np.arange(int(seconds * sr)) / sr
     f = freq * (1 + 0.03 * rng.standard_normal())
-    x = np.sin(2 * np.pi * f * t) + 0.3 * np.sin(4 * np.pi * f * t) + 0.05 * rng.standard_normal(t.size)
+    x = np.sin(2 * np.pi * f * t) + 0.3 * np.sin(4 * np.pi * f * t) + noise * rng.standard_normal(t.size)
     return (0.3 * x / np.abs(x).max()).astype(np.float32)
 
 
@@ -68,23 +69,24 @@ def noise_sound(seconds: float, rng: np.random.Generator, sr: int = SR) -> np.nd
 
 
 def synthetic_videos(classes: dict[str, float], per_class: int = 6, distractors: int = 3,
-                     title_accuracy: float = 0.7, seconds: float = 2.0, seed: int = 0) -> list[Video]:
+                     title_accuracy: float = 0.7, seconds: float = 2.0, seed: int = 0,
+                     noise: float = 0.05) -> list[Video]:
     """Videos of tone classes {name: frequency}: `per_class` each, titled right with probability
-    `title_accuracy`, plus `distractors` noise clips titled as some class."""
+    `title_accuracy`, plus `distractors` noise clips titled as some class (`noise`: see tone_sound)."""
     rng = np.random.default_rng(seed)
     names = list(classes)
     out = []
     for name, freq in classes.items():
         for i in range(per_class):
             shown = name if rng.random() < title_accuracy else rng.choice([n for n in names if n != name] or [name])
-            out.append(Video(f"{_slug(name)}-{i}", f"{shown} sound {i}", name, tone_sound(freq, seconds, rng)))
+            out.append(Video(f"{_slug(name)}-{i}", f"{shown} sound {i}", name, tone_sound(freq, seconds, rng, noise=noise)))
     for i in range(distractors):
         out.append(Video(f"noise-{i}", f"{rng.choice(names)} recording {i}", None, noise_sound(seconds, rng)))
     return out
 
 
 def tone_folders(root: Path, classes: dict[str, float], splits: dict[str, int], seconds: float = 2.0,
-                 seed: int = 1) -> dict[str, Path]:
+                 seed: int = 1, noise: float = 0.05) -> dict[str, Path]:
     """Labelled sets of tone classes as folders per class: {split name: clips per class} -> {split: folder}
     (e.g. a seed and a held-out set for `nels run --format folders --heldout DIR`)."""
     rng = np.random.default_rng(seed)
@@ -93,7 +95,7 @@ def tone_folders(root: Path, classes: dict[str, float], splits: dict[str, int], 
         for c, f in classes.items():
             (Path(root) / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                (Path(root) / split / c / f"{i}.wav").write_bytes(wav_bytes(tone_sound(f, seconds, rng)))
+                (Path(root) / split / c / f"{i}.wav").write_bytes(wav_bytes(tone_sound(f, seconds, rng, noise=noise)))
         out[split] = Path(root) / split
     return out
 
