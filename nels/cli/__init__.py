@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=float, default=None, metavar="SEC", help="skip items longer than this")
     s.add_argument("--max-items", type=int, default=None, help="stop after this many new items")
     s.add_argument("--rate-limit", type=float, default=None, metavar="PER_SEC", help="max downloads per second")
+    s.add_argument("--in-place", "--link", dest="in_place", action="store_true",
+                   help="keep local files where they are: the library records each file's path, size, time and"
+                        " SHA-256 instead of copying it (downloads are still stored); 'nels stats' and 'nels check'"
+                        " report originals that were moved or changed, 'nels remove' never deletes them")
     _runner_arguments(s)
     s.add_argument("--retries", type=int, default=3, help="attempts per failing item across runs")
     s.add_argument("--json", action="store_true")
@@ -107,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="what the library holds, and what failed")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.library:cli_stats")
+
+    s = sub.add_parser("check", help="verify every clip's media: originals kept in place (--in-place) that were"
+                                     " moved, deleted or changed, and files missing from the media folder")
+    s.add_argument("--hash", action="store_true",
+                   help="read every file and compare its SHA-256 with the clip's (default: a file whose size and"
+                        " time are as recorded is taken as unchanged)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func="nels.cli.check:cli_check")
 
     s = sub.add_parser("remove", help="remove clips (by id) from the library")
     s.add_argument("clip_ids", nargs="+", type=int, metavar="CLIP_ID", help="clip ids (as search and stats show)")

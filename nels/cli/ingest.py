@@ -21,15 +21,21 @@ def _print_report(rep, as_json: bool, problems: list[tuple[str, str]] = ()) -> i
     else:
         parts = [f"added {d['added']} clip{'s' if d['added'] != 1 else ''}"
                  + (f" ({d['audio_seconds']:.0f} s of audio, {d['x_realtime'] or 0:.0f}x real time)" if d["added"] else "")]
+        if d.get("in_place"):
+            parts[0] += f", {'all' if d['in_place'] == d['added'] else d['in_place']} kept in place (not copied)"
         if d["duplicates"]:
             parts.append(f"{d['duplicates']} already in the library (the same audio)")
+        if d.get("relinked"):
+            parts.append(f"{d['relinked']} already in the library, whose original had moved or changed: it is"
+                         f" referenced here now")
         if d.get("in_progress_elsewhere"):
             parts.append(f"{d['in_progress_elsewhere']} being ingested by another run")
         if d["skipped"]:
             parts.append(f"{len(d['skipped'])} skipped")
         if d["failed"]:
             parts.append(f"{len(d['failed'])} failed")
-        nothing = not (d["added"] or d["duplicates"] or d.get("in_progress_elsewhere") or d["skipped"] or d["failed"])
+        nothing = not (d["added"] or d["duplicates"] or d.get("relinked") or d.get("in_progress_elsewhere")
+                       or d["skipped"] or d["failed"])
         if nothing:
             parts.append("nothing new: everything given is already in the library")
         print(", ".join(parts))
@@ -71,7 +77,8 @@ def _options(args):
     from nels.ingest.runner import IngestOptions
 
     return IngestOptions(max_duration=args.max_duration, max_items=args.max_items, rate_limit=args.rate_limit,
-                         retries=args.retries, progress=not args.json and sys.stderr.isatty())
+                         retries=args.retries, progress=not args.json and sys.stderr.isatty(),
+                         in_place=getattr(args, "in_place", False))
 
 
 def _runner(args):

@@ -20,6 +20,17 @@ def cli_stats(args) -> int:
     for space, v in st["spaces"].items():
         print(f"index     {space}: {v['vectors']} vectors ({v['model']})")
     print(f"classifier {st['classifier'] or '-'}")
+    ip = st.get("in_place") or {"clips": 0, "missing": [], "changed": []}
+    if ip["clips"]:
+        from nels.cli.check import ADVICE, problem_lines
+
+        bad = len(ip["missing"]) + len(ip["changed"])
+        print(f"in place  {ip['clips']} clip{'s' if ip['clips'] != 1 else ''} reference files outside the library"
+              + (f": {len(ip['missing'])} missing, {len(ip['changed'])} changed" if bad else ", all there"))
+        for line in problem_lines(ip):
+            print(line)
+        if bad:
+            print(f"  ({ADVICE})")
     print("items     " + (", ".join(f"{k} {v}" for k, v in sorted(st["items"].items())) or "-"))
     if st["top_labels"]:
         print("top labels " + ", ".join(f"{t['label']} ({t['segments']})" for t in st["top_labels"]))
@@ -74,7 +85,10 @@ def cli_reindex(args) -> int:
     if args.json:
         print_json(out)
     else:
-        print(f"re-indexed {out['clips']} clips with {out['model']} ({out['failed']} failed)")
+        skipped = len(out.get("skipped") or [])
+        print(f"re-indexed {out['clips']} clips with {out['model']} ({out['failed']} failed"
+              + (f", of which {skipped} kept in place with a missing or changed original: see 'nels check'"
+                 if skipped else "") + ")")
     return 0 if not out["failed"] else 1
 
 

@@ -77,12 +77,12 @@ def rank_audio_same_label(lib, truth: dict, mode: str, n: int) -> dict:
     """Every clip with at least one other clip of its label queries the library (audio)."""
     counts = Counter(truth.values())
     aps, ap3, p10, lat = [], [], [], []
-    for cid, media in lib.catalogue.clips(("id", "media_path")):
+    for (cid, _), media in lib.readable_media(lib.catalogue.clips(("id", "media_path"))):
         label = truth.get(cid)
         if label is None or counts[label] < 2:
             continue
         t = time.perf_counter()
-        res = search(lib, audio=lib.media_file(media), mode=mode, k=n)
+        res = search(lib, audio=media, mode=mode, k=n)
         lat.append(time.perf_counter() - t)
         rel = [truth.get(r["clip_id"]) == label for r in res if r["clip_id"] != cid]
         aps.append(average_precision(rel, counts[label] - 1))

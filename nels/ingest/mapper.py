@@ -6,7 +6,6 @@ embeddings (a few hundred floats per second of audio) accumulate.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,15 +17,7 @@ from nels.audio.segment import SegmentConfig, segments
 from nels.encoders.base import Encoder, encode_segments_with, group_encoders
 from nels.errors import DecodeError, SourceError
 from nels.sources.source import Item, Source
-from nels.store.library import ClipRecord
-
-
-def content_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+from nels.store.library import ClipRecord, content_hash, file_state  # noqa: F401 - content_hash: re-exported
 
 
 def all_finite(vectors: dict, probs) -> bool:
@@ -119,6 +110,7 @@ class Outcome:
     content_hash: str | None = None
     error: str | None = None
     permanent: bool = False
+    original: tuple[str, int, int] | None = None  # kept in place: (path, size, mtime_ns) as hashed (a duplicate too)
 
 
 PERMANENT_HTTP = (400, 401, 403, 404, 410)
@@ -126,11 +118,13 @@ PERMANENT_HTTP = (400, 401, 403, 404, 410)
 
 def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdir: Path,
                  max_duration: float | None = None, known: Callable[[str], int | None] | None = None,
-                 on_audio: Callable[[float], None] | None = None) -> Outcome:
+                 on_audio: Callable[[float], None] | None = None, in_place: bool = False) -> Outcome:
     """Fetch, hash, decode, segment and encode one item. Writes nothing to the library.
 
     known : content hash -> the id of a clip that already has it (skips encoding a duplicate), or None.
     on_audio : progress, seconds of the item's audio encoded so far (see `encode_file`).
+    in_place : a user's local file is to be referenced, not copied: its size and time are taken around the
+        hash (a file written meanwhile fails, to be tried again). Downloads are stored as always.
     A fetched temporary file is deleted unless it is handed on in the record (`move_media`).
     """
     uri = work.item.uri
@@ -142,10 +136,17 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
         return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=permanent)
     keep = False
     try:
+        referenced = in_place and not fetched.owned
+        before = file_state(fetched.path) if referenced else None
         digest = content_hash(fetched.path)
+        original = None
+        if referenced:
+            if file_state(fetched.path) != before:
+                return Outcome(work.item_id, uri, "failed", error="the file changed while it was read; try again")
+            original = (str(fetched.path), *before)
         existing = known(digest) if known is not None else None
         if existing is not None:
-            return Outcome(work.item_id, uri, "duplicate", clip_id=existing, content_hash=digest)
+            return Outcome(work.item_id, uri, "duplicate", clip_id=existing, content_hash=digest, original=original)
         try:
             info: dict = {}
             duration, starts, ends, vectors, probs = encode_file(fetched.path, encoders, SegmentConfig(), max_duration,
@@ -157,9 +158,9 @@ def process_item(work: Work, source: Source, encoders: Sequence[Encoder], workdi
             return Outcome(work.item_id, uri, "failed", error=str(exc), permanent=True)
         rec = ClipRecord(content_hash=digest, media_file=fetched.path, duration=duration,
                          provenance=fetched.provenance, starts=starts, ends=ends, vectors=vectors, probs=probs,
-                         move_media=fetched.owned, media_ext=media_ext)
+                         move_media=fetched.owned, media_ext=media_ext, original=original[1:] if original else None)
         keep = True
-        return Outcome(work.item_id, uri, "added", record=rec, content_hash=digest)
+        return Outcome(work.item_id, uri, "added", record=rec, content_hash=digest, original=original)
     finally:
         if not keep and fetched.owned and fetched.path.exists():
             fetched.path.unlink(missing_ok=True)

@@ -52,7 +52,7 @@ class ReindexPlan:
     """What `reindex` would do, computed without changing anything (the CLI shows it and asks first).
 
     current / target : the library's model spec now and after; model : the target's primary model name.
-    clips : [(clip id, media path, duration)] still to encode; forced_until : resume point of a forced re-run.
+    clips : [(clip id, media path as the catalogue has it, duration)] still to encode; forced_until : resume point of a forced re-run.
     drop_spaces : vector spaces the target does not write (their vectors go, e.g. the joint space).
     drop_labels : classes the library knows now that the target's classifiers do not (its vocabulary shrinks).
     """
@@ -116,7 +116,7 @@ def plan_reindex(lib: Library, model: str | None) -> ReindexPlan:
         now = cat.clip_vector_models(cid)
         return not (all(now.get(sp) == nm for sp, nm in names.items()) and not (set(now) & set(old_spaces)))
 
-    clips = [(r[0], str(lib.path / r[1]), float(r[2] or 0.0)) for r in cat.clips(("id", "media_path", "duration"))
+    clips = [(r[0], r[1], float(r[2] or 0.0)) for r in cat.clips(("id", "media_path", "duration"))
              if todo(r[0])]
     known = {lb for m in cat.prob_models() for lb in cat.model_labels(m)}
     new = {lb for e in primaries(encoders) for lb in (e.labels or [])}
@@ -213,6 +213,7 @@ def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runn
     clips = plan.clips
     seconds = {c[0]: c[2] for c in clips}
     done = failed = 0
+    skipped: list[dict] = []  # clips kept in place whose original is missing or changed: they keep their encodings
     runner = runner or make_runner()
     tmp = Path(tempfile.mkdtemp(prefix=f"ingest-{os.getpid()}-reindex-", dir=lib.path)) if progress else None
     bar = AudioBar("reindex", enabled=progress)
@@ -220,8 +221,14 @@ def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runn
         bar.expect(c[0], c[2])
     try:
         with ReportWatcher(bar, tmp):
-            # media on object storage is fetched to this machine's cache as each clip is handed out
-            todo = ((c[0], str(lib.media_file(os.path.relpath(c[1], lib.path)))) for c in clips)
+            def skip(cid: int, exc) -> None:
+                print(f"skipped, its encodings kept: {exc}", file=sys.stderr)
+                skipped.append({"clip_id": cid, "reason": exc.reason})
+                bar.finish(cid, 0.0)
+
+            # media on object storage is fetched to this machine's cache as each clip is handed out; an original
+            # kept in place is verified first (a missing or changed one is skipped, said so, and loses nothing)
+            todo = ((row[0], str(path)) for row, path in lib.readable_media(clips, on_skip=skip))
             for cid, encoded, error in runner.run(todo,
                                                   ReindexBuilder(spec, str(tmp) if tmp else None)):
                 secs = seconds.get(cid, 0.0) if error is None else 0.0
@@ -250,5 +257,5 @@ def reindex(lib: Library, model: str | None, progress: bool = True, runner: Runn
     lib.set_meta("reindex_done_until", "")  # finished: the next reindex to this target has nothing forced
     lib.forget()
     lib.save_indexes()
-    return {"model": enc.name, "spec": spec, "clips": done, "failed": failed,
+    return {"model": enc.name, "spec": spec, "clips": done, "failed": failed + len(skipped), "skipped": skipped,
             "audio_seconds": round(plan.audio_seconds, 2)}

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from nels.config import CLAIM_STALE_SECONDS, STALE_TEMP_SECONDS
 from nels.encoders.selection import encoders_for, library_encoders
+from nels.errors import LibraryError
 from nels.audio.decode import probe_duration
 from nels.ingest import reader, writer
 from nels.ingest.mapper import Work, process_item
@@ -38,6 +39,7 @@ class IngestOptions:
     rate_limit: float | None = None
     retries: int = 3
     progress: bool = True
+    in_place: bool = False  # local files are referenced where they are (verified by hash), not copied into media/
 
 
 @dataclass
@@ -49,9 +51,12 @@ class IngestReport:
     seconds_of_audio: float = 0.0
     wall_seconds: float = 0.0
     elsewhere: int = 0  # items another ingest (of the same library) was processing: left to it
+    in_place: int = 0  # of the added clips, those kept in place (the user's file referenced, not copied)
+    relinked: int = 0  # clips kept in place whose missing or changed original was found again at an input's path
 
     def to_dict(self) -> dict:
         return {"added": len(self.added), "clip_ids": self.added, "duplicates": self.duplicates,
+                "in_place": self.in_place, "relinked": self.relinked,
                 "in_progress_elsewhere": self.elsewhere,
                 "skipped": [{"uri": u, "reason": r} for u, r in self.skipped],
                 "failed": [{"uri": u, "error": e} for u, e in self.failed],
@@ -74,6 +79,7 @@ class IngestBuilder:
     max_duration: float | None = None
     progress_dir: str | None = None  # where workers report how far into an item they are (seconds of audio)
     catalogue: str | None = None  # the library's catalogue (a PostgreSQL URL or a file); None: <library>/nels.db
+    in_place: bool = False  # reference local files where they are (see IngestOptions)
 
     def __call__(self):
         encoders = build_encoders(self.model)
@@ -83,7 +89,8 @@ class IngestBuilder:
         def fn(task):
             work, source = task
             return process_item(work, source, encoders, workdir, self.max_duration, known=catalogue.clip_by_hash,
-                                on_audio=AudioReporter(self.progress_dir, work.item_id) if self.progress_dir else None)
+                                on_audio=AudioReporter(self.progress_dir, work.item_id) if self.progress_dir else None,
+                                in_place=self.in_place)
 
         return fn
 
@@ -96,6 +103,9 @@ def _local_duration(work: Work) -> float | None:
 def run(lib: Library, sources: Sequence[Source], model: str | None, options: IngestOptions,
         runner: Runner | None = None) -> IngestReport:
     """Discover every source's items, then process the due ones with `runner` and write them here."""
+    if options.in_place and lib.uri:
+        raise LibraryError(f"--in-place keeps files where they are on this machine; the library {lib.uri} is on"
+                           f" object storage, where every machine must read its media: ingest without --in-place")
     # checks (or fixes, on a new library) the model the library uses
     # (its note, that YAMNet is missing, shows with or without a progress bar: it says what the library will hear)
     library_encoders(lib, model, note=lambda m: print(f"note: {m}", file=sys.stderr))
@@ -115,7 +125,8 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
     if progress_dir is not None:
         progress_dir.mkdir()
     build = IngestBuilder(spec, str(lib.path), str(workdir), options.max_duration,
-                          str(progress_dir) if progress_dir else None, catalogue=str(lib.catalogue.location))
+                          str(progress_dir) if progress_dir else None, catalogue=str(lib.catalogue.location),
+                          in_place=options.in_place)
     full = lambda: options.max_items is not None and len(report.added) >= options.max_items  # noqa: E731
     failure: BaseException | None = None
     watcher = None
@@ -150,8 +161,11 @@ def run(lib: Library, sources: Sequence[Source], model: str | None, options: Ing
                 if got == "added":
                     report.added.append(out.clip_id)
                     report.seconds_of_audio += out.record.duration
+                    report.in_place += out.record.original is not None
                 elif got == "duplicate":
                     report.duplicates += 1
+                elif got == "relinked":
+                    report.relinked += 1
                 elif got == "skipped":
                     report.skipped.append((out.uri, out.error))
                 if got == "failed" and not out.permanent and _attempts(pending, out.item_id) + 1 < options.retries:

@@ -8,7 +8,8 @@ from nels.store.library import Library
 
 
 def write(lib: Library, out: Outcome, retries: int) -> str:
-    """Commit `out`. Returns what it became: added | duplicate | skipped | failed | retry."""
+    """Commit `out`. Returns what it became: added | duplicate | relinked (a clip kept in place whose original
+    was missing or changed references this item's file now) | skipped | failed | retry."""
     cat = lib.catalogue
     if out.status == "added":
         rec = out.record
@@ -22,9 +23,14 @@ def write(lib: Library, out: Outcome, retries: int) -> str:
             if rec.move_media and rec.media_file.exists():  # a duplicate's download: not moved in
                 rec.media_file.unlink(missing_ok=True)
         out.clip_id = clip_id
+        if not added and out.original is not None and lib.relink_original(clip_id, out.original[0], out.original[1:]):
+            return "relinked"
         return "added" if added else "duplicate"
     if out.status == "duplicate":  # the content is already stored (another URL or path): link it
         cat.mark_done(out.item_id, out.clip_id, out.content_hash)
+        # a clip kept in place whose original went missing or changed, found here: it references this file now
+        if out.original is not None and lib.relink_original(out.clip_id, out.original[0], out.original[1:]):
+            return "relinked"
         return "duplicate"
     if out.status == "skipped":
         cat.mark_skipped(out.item_id, out.error)

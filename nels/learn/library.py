@@ -30,8 +30,9 @@ def _library_pool(lib, enc, progress):
     from nels.audio.decode import decode
     from nels.learn.embed import embed_many
 
-    rows = lib.catalogue.clips(("id", "media_path", "query", "title"))
-    keys = [str(lib.media_file(r[1])) for r in rows]  # a library on object storage: its local copy
+    # a library on object storage: its local copy; an original kept in place that is missing or changed: left out
+    readable = list(lib.readable_media(lib.catalogue.clips(("id", "media_path", "query", "title"))))
+    rows, keys = [r for r, _ in readable], [str(p) for _, p in readable]
     X, clip = embed_many(enc, keys, lambda k: decode(k, max_seconds=600), "library", progress)
     texts = [((r[2] or "") + " | " + (r[3] or "")).strip(" |") for r in rows]
     return loop.Split(X, clip, np.full(len(rows), -1)), [r[0] for r in rows], texts

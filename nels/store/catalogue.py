@@ -189,10 +189,12 @@ class Catalogue:
         return self._one("SELECT id FROM clips WHERE content_hash=?", content_hash)
 
     def add_clip(self, content_hash: str, media_path: str, duration: float, provenance: dict, starts, ends,
-                 vectors: dict, probs, item_id: int | None = None) -> tuple[int, bool]:
+                 vectors: dict, probs, item_id: int | None = None,
+                 original: tuple[int, int] | None = None) -> tuple[int, bool]:
         """Store a clip with its segments, vectors, probabilities and top labels, and mark its crawl item
         done: all of it or nothing. The hash is checked inside the transaction, so two writers never
-        store one content twice. Returns (clip id, True when it was added; False: already stored)."""
+        store one content twice. Returns (clip id, True when it was added; False: already stored).
+        original : (size, mtime_ns) of a file kept in place (`media_path` is then its absolute path)."""
         prov = {k: provenance.get(k) for k in PROVENANCE_KEYS}
         extra = {k: v for k, v in provenance.items() if k not in PROVENANCE_KEYS}
         with self.transaction() as c:
@@ -200,11 +202,12 @@ class Catalogue:
             # commit, then stores nothing
             clip_id = self.dialect.insert_id(
                 c, "INSERT INTO clips(content_hash, media_path, source_uri, source_kind, title, uploader, licence, query,"
-                " webpage_url, fetched_at, duration, added_at, meta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(content_hash) DO NOTHING",
+                " webpage_url, fetched_at, duration, added_at, meta, media_size, media_mtime_ns)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(content_hash) DO NOTHING",
                 (content_hash, media_path, prov["source_uri"], prov["source_kind"], prov["title"], prov["uploader"],
                  prov["licence"], prov["query"], prov["webpage_url"], prov["fetched_at"], float(duration),
-                 time.time(), json.dumps(extra, default=str) if extra else None))
+                 time.time(), json.dumps(extra, default=str) if extra else None,
+                 *((int(original[0]), int(original[1])) if original else (None, None))))
             if clip_id is None:
                 existing = self.clip_by_hash(content_hash)
                 if item_id is not None:
@@ -268,6 +271,26 @@ class Catalogue:
     def media_in_use(self, media_path: str) -> bool:
         return self._one("SELECT 1 FROM clips WHERE media_path=?", media_path) is not None
 
+    # -- clips kept in place (`nels ingest --in-place`: media_path is the user's file, media_size is not NULL) --
+    def original(self, media_path: str) -> dict | None:
+        """{id, content_hash, size, mtime_ns} of the clip kept in place at `media_path`, or None."""
+        row = self.conn.execute("SELECT id, content_hash, media_size, media_mtime_ns FROM clips WHERE media_path=?"
+                                " AND media_size IS NOT NULL ORDER BY id LIMIT 1", (media_path,)).fetchone()
+        return None if row is None else {"id": row[0], "content_hash": row[1], "size": row[2], "mtime_ns": row[3]}
+
+    def originals(self) -> list[dict]:
+        """Every clip kept in place: {id, media_path, content_hash, size, mtime_ns}, in id order."""
+        return [{"id": r[0], "media_path": r[1], "content_hash": r[2], "size": r[3], "mtime_ns": r[4]}
+                for r in self.conn.execute("SELECT id, media_path, content_hash, media_size, media_mtime_ns FROM clips"
+                                           " WHERE media_size IS NOT NULL ORDER BY id")]
+
+    def set_original(self, clip_id: int, media_path: str, size: int, mtime_ns: int) -> bool:
+        """Point a clip kept in place at `media_path` (a moved original found again) or record its new size and
+        time (the same content, touched). Returns False when `clip_id` is not a clip kept in place."""
+        cur = self._write("UPDATE clips SET media_path=?, media_size=?, media_mtime_ns=? WHERE id=?"
+                          " AND media_size IS NOT NULL", (media_path, int(size), int(mtime_ns), int(clip_id)))
+        return (cur.rowcount or 0) > 0
+
     def clip_exists(self, clip_id: int) -> bool:
         return self._one("SELECT 1 FROM clips WHERE id=?", clip_id) is not None
 
@@ -321,6 +344,22 @@ class Catalogue:
                                  (clip_id,)).fetchall()
         rows = self.segment_rows([s[0] for s in segs])
         out["segments"] = [{"segment_id": s[0], "start": s[1], "end": s[2], "labels": rows[s[0]]["labels"]}
+                           for s in segs]
+        return out
+
+    def clip_timeline(self, clip_id: int) -> dict | None:
+        """`clip` with only each segment's top label ({segment_id, start, end, labels: [{label, prob}] or []}):
+        what a timeline needs, in one query (an hour's 3600 segments: ~10 ms, where `clip` takes ~80 ms)."""
+        row = self.conn.execute("SELECT * FROM clips WHERE id=?", (clip_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        segs = self.conn.execute(
+            "SELECT s.id, s.start, s.end, (SELECT l.label FROM labels l WHERE l.segment_id = s.id"
+            " ORDER BY l.prob DESC, l.label LIMIT 1), (SELECT MAX(l.prob) FROM labels l WHERE l.segment_id = s.id)"
+            " FROM segments s WHERE s.clip_id=? ORDER BY s.start, s.id", (clip_id,)).fetchall()
+        out["segments"] = [{"segment_id": s[0], "start": s[1], "end": s[2],
+                            "labels": [{"label": s[3], "prob": round(s[4], 4)}] if s[3] is not None else []}
                            for s in segs]
         return out
 

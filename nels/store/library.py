@@ -2,7 +2,8 @@
 
     library/
       nels.db          SQLite (WAL): items (crawl state), clips, segments, vectors, labels, models...
-      media/           the audio files, named by content hash
+      media/           the audio files, named by content hash (clips kept in place, `nels ingest --in-place`,
+                       are the user's own files instead: the catalogue has their absolute path, size and time)
       indexes/         <space>.faiss + <space>.json, derived from nels.db and re-synced on open
       catalogue.json   instead of nels.db: where the library's PostgreSQL catalogue is (its URL, no password)
 
@@ -11,12 +12,15 @@ and lance vector tables there, its catalogue and caches in a local folder keyed 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat as statmod
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,7 +28,7 @@ from nels.config import CATALOGUE, HNSW_THRESHOLD, VECTOR_STORE
 from nels.errors import LibraryError, disk_error
 from nels.store.catalogue import Catalogue
 from nels.store.dialect import is_postgres, without_password
-from nels.store.objectstore import MediaFiles, remember, resolve
+from nels.store.objectstore import MediaFiles, is_media_path, remember, resolve
 from nels.store.vectors import STORES, VectorStore, open_store
 
 
@@ -33,7 +37,7 @@ class ClipRecord:
     """Everything one clip contributes, written in one transaction by `Library.add_clip`."""
 
     content_hash: str
-    media_file: Path  # a local file to move/copy into media/
+    media_file: Path  # a local file to move/copy into media/ (or, kept in place, to reference)
     duration: float
     provenance: dict[str, Any]  # source_uri, source_kind, title, uploader, licence, query, webpage_url, fetched_at
     starts: np.ndarray  # (n,) seconds
@@ -42,8 +46,37 @@ class ClipRecord:
     probs: tuple[str, list[str], np.ndarray] | None = None  # (model name, labels, (n, C))
     move_media: bool = False  # True for downloads (a temp file we own), False for a user's file
     media_ext: str | None = None  # the extension of the format the decoder found (None: a safe guess)
+    original: tuple[int, int] | None = None  # kept in place: (size, mtime_ns) of media_file when it was hashed
 
 
+def content_hash(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (hex): a clip's identity, and how an original kept in place is verified."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_state(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime_ns) of a file: what tells, without reading it, that an original kept in place changed."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def is_in_place(media_path: str) -> bool:
+    """Whether a catalogue media path is an original kept in place (absolute) rather than a file in media/."""
+    return os.path.isabs(media_path)
+
+
+class MediaUnavailable(LibraryError):
+    """A clip's media cannot be read now. `reason`: missing (an original kept in place was moved or deleted),
+    changed (its content is no longer what was indexed), unregistered (an absolute path that is no clip's
+    original) or outside (a stored path that leaves the library's media folder)."""
+
+    def __init__(self, message: str, media_path: str, reason: str, clip_id: int | None = None):
+        super().__init__(message)
+        self.media_path, self.reason, self.clip_id = media_path, reason, clip_id
 
 
 # stored media keep the extension of the format decoded; anything else is stored as .bin (served as a download)
@@ -119,6 +152,7 @@ class Library:
         self._stores: dict[str, VectorStore] = {}
         self._memo: dict[str, Any] = {}
         self._generation = self.catalogue.generation()
+        self._verdicts: dict[tuple[str, int, int], str] = {}  # (original, size, mtime_ns) -> verdict after a re-hash
 
     @property
     def conn(self):
@@ -196,7 +230,9 @@ class Library:
         """
         existing = self.catalogue.clip_by_hash(rec.content_hash)
         placed = None
-        if existing is None:
+        if existing is None and rec.original is not None:  # kept in place: the user's file is referenced
+            rel = os.path.realpath(rec.media_file)
+        elif existing is None:
             rel = f"media/{rec.content_hash[:2]}/{rec.content_hash}{media_extension(rec)}"
             if not self.media.exists(rel):
                 try:
@@ -208,7 +244,7 @@ class Library:
             rel = ""
         try:
             return self.catalogue.add_clip(rec.content_hash, rel, rec.duration, rec.provenance, rec.starts, rec.ends,
-                                           rec.vectors, rec.probs, item_id)
+                                           rec.vectors, rec.probs, item_id, original=rec.original)
         except BaseException:
             if placed is not None and not self.catalogue.media_in_use(rel):  # not committed: no orphan file
                 self.media.delete(rel)
@@ -219,7 +255,8 @@ class Library:
         self.catalogue.replace_encodings(clip_id, vectors, probs, drop_spaces)
 
     def remove_clips(self, clip_ids: Sequence[int]) -> int:
-        """Delete clips (segments, vectors, labels cascade) and their media. Returns how many existed."""
+        """Delete clips (segments, vectors, labels cascade) and their media: the files in media/, never an
+        original kept in place (the user's file). Returns how many existed."""
         removed = []
         for cid in clip_ids:
             gone = self.catalogue.remove_clip(int(cid))
@@ -229,7 +266,7 @@ class Library:
             removed.append(int(cid))
             for store in self._stores.values():
                 store.remove(np.asarray(seg_ids, dtype=np.int64))
-            if media_path and not self.catalogue.media_in_use(media_path):
+            if media_path and is_media_path(media_path) and not self.catalogue.media_in_use(media_path):
                 self.media.delete(media_path)
         self.forget()
         return len(removed)
@@ -308,12 +345,119 @@ class Library:
         return val
 
     def media_file(self, media_path: str) -> Path:
-        """A local file with a clip's media (`media_path` as the catalogue has it): in the library folder, or
-        this machine's cached copy of the one on object storage (fetched when missing)."""
+        """A local file with a clip's media (`media_path` as the catalogue has it): in the library's media
+        folder, this machine's cached copy of the one on object storage (fetched when missing), or the
+        original of a clip kept in place once it is verified (its size and time as recorded, else its
+        SHA-256 again). Every reader of a clip's audio comes here.
+
+        Raises MediaUnavailable: an original that was moved, deleted or changed since it was ingested, an
+        absolute path that is no clip's original, a stored path that leaves the media folder. A file of
+        media/ that is missing is returned as a path that does not exist (callers say so).
+        """
+        if is_in_place(media_path):
+            rec = self.catalogue.original(media_path)
+            if rec is None:
+                raise MediaUnavailable(f"{media_path} is not the original of any clip in this library", media_path,
+                                       "unregistered")
+            verdict = self.verify_original({**rec, "media_path": media_path})
+            if verdict != "ok":
+                raise MediaUnavailable(unavailable_message(rec["id"], media_path, verdict), media_path, verdict,
+                                       rec["id"])
+            return Path(media_path)
+        root = (self.path / "media").resolve()
+        if not (self.path / media_path).resolve().is_relative_to(root):
+            raise MediaUnavailable(f"{media_path}: not inside the library's media folder", media_path, "outside")
         return self.media.local(media_path)
 
+    def verify_original(self, rec: dict, rehash: bool = False) -> str:
+        """ok | missing | changed, for a clip kept in place (`rec`: id, media_path, content_hash, size, mtime_ns,
+        as `Catalogue.originals` gives). Its size and modification time as recorded: ok without reading it;
+        otherwise (or with `rehash`) its SHA-256 decides, and an original that was only touched gets its new
+        time recorded. A path that now leads elsewhere through a link is changed."""
+        path = rec["media_path"]
+        try:
+            st = os.stat(path)
+        except OSError:  # deleted, moved, its disk unmounted, or no longer readable by us
+            return "missing"
+        if not statmod.S_ISREG(st.st_mode) or os.path.realpath(path) != path:
+            return "changed"
+        if not rehash and (st.st_size, st.st_mtime_ns) == (rec["size"], rec["mtime_ns"]):
+            return "ok"
+        key = (path, st.st_size, st.st_mtime_ns)
+        verdict = None if rehash else self._verdicts.get(key)
+        if verdict is None:
+            try:
+                verdict = "ok" if content_hash(path) == rec["content_hash"] else "changed"
+            except OSError:
+                return "missing"
+            self._verdicts[key] = verdict
+        if verdict == "ok" and (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
+            try:  # the same content: later checks need not read it again
+                self.catalogue.set_original(rec["id"], path, st.st_size, st.st_mtime_ns)
+            except self.catalogue.dialect.Error:  # a read-only catalogue: verified again next time
+                pass
+        return verdict
+
+    def check_originals(self, rehash: bool = False) -> dict:
+        """The clips kept in place: {clips: how many, missing: [{clip_id, path}], changed: [{clip_id, path}]}
+        (moved or deleted; content changed since ingest). Costs a stat per original, and a read of those whose
+        size or time changed (`rehash`: of every one)."""
+        out: dict[str, Any] = {"clips": 0, "missing": [], "changed": []}
+        for rec in self.catalogue.originals():
+            out["clips"] += 1
+            verdict = self.verify_original(rec, rehash)
+            if verdict != "ok":
+                out[verdict].append({"clip_id": rec["id"], "path": rec["media_path"]})
+        return out
+
+    def check_media(self, rehash: bool = False) -> dict:
+        """`check_originals` and the same for the files in media/: {clips, in_place: {...}, stored: {clips,
+        missing, changed}}; `rehash` reads every file and compares its SHA-256 with the clip's."""
+        stored: dict[str, Any] = {"clips": 0, "missing": [], "changed": []}
+        for cid, media_path, digest in self.catalogue.clips(("id", "media_path", "content_hash")):
+            if is_in_place(media_path):
+                continue
+            stored["clips"] += 1
+            try:  # on object storage, without `rehash`, asked there (not fetched)
+                path = self.media_file(media_path) if rehash or self.uri is None else None
+                there = path.is_file() if path is not None else self.media.exists(media_path)
+            except MediaUnavailable:
+                path, there = None, False
+            if not there:
+                stored["missing"].append({"clip_id": cid, "path": media_path})
+            elif rehash and content_hash(path) != digest:
+                stored["changed"].append({"clip_id": cid, "path": media_path})
+        in_place = self.check_originals(rehash)
+        return {"library": self.location, "clips": stored["clips"] + in_place["clips"], "in_place": in_place,
+                "stored": stored, "rehashed": rehash}
+
+    def relink_original(self, clip_id: int, path: str | os.PathLike, state: tuple[int, int]) -> bool:
+        """A clip kept in place whose original is missing or changed, found again at `path` (the same content:
+        the caller hashed it; `state` its (size, mtime_ns) then): the clip now references `path`. Returns
+        False, changing nothing, when the clip is not kept in place or its original is still there."""
+        row = self.catalogue.clip_media(clip_id)
+        rec = self.catalogue.original(row["media_path"]) if row and is_in_place(row["media_path"]) else None
+        if rec is None or self.verify_original({**rec, "media_path": row["media_path"]}) == "ok":
+            return False
+        return self.catalogue.set_original(clip_id, os.path.realpath(path), *state)
+
+    def readable_media(self, rows: Iterable[Sequence], on_skip: Callable[[int, MediaUnavailable], None] | None = None
+                       ) -> Iterator[tuple[Sequence, Path]]:
+        """(row, local file) for each clip row (id, media_path, ...) whose media can be read now. A clip whose
+        original kept in place is missing or changed is left out and handed to `on_skip(clip id, error)`
+        (default: a line on stderr), so a batch over the library (re-index, learning, evaluation) goes on."""
+        for row in rows:
+            try:
+                yield row, self.media_file(row[1])
+            except MediaUnavailable as exc:
+                if on_skip is None:
+                    print(f"clip {row[0]} skipped: {exc}", file=sys.stderr)
+                else:
+                    on_skip(int(row[0]), exc)
+
     def stats(self) -> dict:
-        return {"library": self.location, **self.catalogue.stats()}
+        """The catalogue's counts, and the clips kept in place with those whose original is missing or changed."""
+        return {"library": self.location, **self.catalogue.stats(), "in_place": self.check_originals()}
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to the catalogue (see Catalogue.data_version)."""
@@ -321,3 +465,12 @@ class Library:
 
     def newest_ids(self) -> dict:
         return self.catalogue.newest_ids()
+
+
+def unavailable_message(clip_id: int, path: str, verdict: str) -> str:
+    """What to tell a person about a clip kept in place whose original is `verdict` (missing | changed)."""
+    if verdict == "missing":
+        return (f"clip {clip_id}: its original {path} is missing (moved or deleted since it was ingested); ingest"
+                f" the file again with --in-place where it is now, or 'nels remove {clip_id}'")
+    return (f"clip {clip_id}: its original {path} changed since it was ingested (the audio indexed is not in it"
+            f" any more); 'nels remove {clip_id}' and ingest it again")

@@ -70,6 +70,12 @@ def remember(folder: Path, uri: str) -> None:
     os.replace(tmp, pointer)
 
 
+def is_media_path(rel: str) -> bool:
+    """Whether a catalogue media path names a file of the library's media folder ("media/ab/<hash>.flac"): not an
+    original kept in place (absolute), nor anything a `..` leads out to."""
+    return not os.path.isabs(rel) and ".." not in Path(rel).parts and rel.startswith("media/")
+
+
 class MediaFiles:
     """A library's media files: under the local folder (`uri` None), or on object storage through fsspec with
     a local read cache. Paths are the catalogue's, relative to the library ("media/ab/<hash>.flac")."""
@@ -145,7 +151,10 @@ class MediaFiles:
         return path
 
     def delete(self, rel: str) -> None:
-        """Remove the media (and this machine's cached copy); a missing file is no error."""
+        """Remove the media (and this machine's cached copy); a missing file is no error. Only a path inside
+        the media folder: never a user's original (a clip kept in place) or anything a `..` reaches."""
+        if not is_media_path(rel):
+            raise LibraryError(f"{rel}: not a file of the library's media folder; not deleted")
         (self.folder / rel).unlink(missing_ok=True)
         if self.uri is not None:
             try:

@@ -7,7 +7,7 @@ index file that lags behind is caught up (or rebuilt) on the next open.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each migration brings the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -144,6 +144,13 @@ MIGRATIONS: list[str] = [
         model TEXT NOT NULL, probs BLOB NOT NULL, PRIMARY KEY (target, segment_id, model)) WITHOUT ROWID;
     CREATE TABLE staged_labels (target TEXT NOT NULL, segment_id INTEGER NOT NULL REFERENCES segments(id) ON DELETE CASCADE,
         label TEXT NOT NULL, prob REAL NOT NULL, PRIMARY KEY (target, segment_id, label)) WITHOUT ROWID;
+    """,
+    # 7 -> 8: clips kept in place (`nels ingest --in-place`): media_path is then the original's absolute path, and
+    # its size and modification time when it was hashed tell a moved or changed original (NULL: a file in media/)
+    """
+    ALTER TABLE clips ADD COLUMN media_size INTEGER;
+    ALTER TABLE clips ADD COLUMN media_mtime_ns INTEGER;
+    CREATE INDEX clips_media ON clips(media_path);
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION

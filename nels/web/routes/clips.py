@@ -62,14 +62,23 @@ def attribution(c: dict) -> str:
 
 
 def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
-    """The clip's media file (inside the library's media folder, or 404) and its {media_path, duration}."""
+    """The clip's media file and its {media_path, duration}: a file inside the library's media folder, or the
+    original of a clip kept in place (`nels ingest --in-place`) as `Library.media_file` verified it (registered,
+    size and time as recorded, else the same SHA-256). 404 when missing, 409 when an original changed."""
+    from nels.store.library import MediaUnavailable, is_in_place
+
     lib = st.lib
     row = lib.catalogue.clip_media(clip_id)
     if row is None:
         raise ApiError(404, f"no clip {clip_id}")
-    root = (lib.path / "media").resolve()
-    path = lib.media_file(row["media_path"]).resolve()  # a cached copy when the media is on object storage
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = lib.media_file(row["media_path"]).resolve()  # a cached copy when the media is on object storage
+    except MediaUnavailable as exc:  # where a user's own file lives is not said here ('nels check' names it)
+        if exc.reason == "changed":
+            raise ApiError(409, f"the original file of clip {clip_id} changed since it was ingested") from None
+        raise ApiError(404, f"the media of clip {clip_id} is missing") from None
+    inside = is_in_place(row["media_path"]) or path.is_relative_to((lib.path / "media").resolve())
+    if not inside or not path.is_file():
         raise ApiError(404, f"the media of clip {clip_id} is missing")
     return path, row
 
@@ -78,10 +87,12 @@ def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
 def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state),
          segments: bool = Query(True, description="include every segment (an hour-long clip has 3600); the events,"
                                                   " grouped by label, are always there")):
-    c = _clip_with_events(st, clip_id)
+    c = _clip_with_events(st, clip_id, segments)
     if c is None:
         raise ApiError(404, f"no clip {clip_id}")
     c.pop("content_hash", None)
+    c["in_place"] = c.pop("media_size", None) is not None  # kept where the user's file is (--in-place)
+    c.pop("media_mtime_ns", None)
     c.pop("media_path", None)
     if c.get("meta"):
         try:
@@ -98,34 +109,37 @@ def clip(clip_id: ClipId, request: Request, st: AppState = Depends(app_state),
     c["similar_url"] = f"/api/clips/{clip_id}/similar"
     c["attribution"] = attribution(c)
     if not segments:
-        c.pop("segments")
+        c.pop("segments", None)
     # serialised here: FastAPI's generic encoder spends ~130 ms on an hour's 3600 segments
     return Response(json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
                     media_type="application/json")
 
 
-_CLIPS: dict = {}  # (library, clip id) -> (catalogue version, clip with its events): an hour-long clip's rows
+_CLIPS: dict = {}  # (library, clip id, with segments) -> (catalogue version, clip with its events)
 _CLIPS_LOCK = threading.Lock()
 _CLIPS_MAX = 32
 
 
-def _clip_with_events(st: AppState, clip_id: int) -> dict | None:
+def _clip_with_events(st: AppState, clip_id: int, segments: bool = True) -> dict | None:
     """The catalogue's clip with its events (runs), event groups and segment count, reused while the catalogue
-    is unchanged (a second visit to an hour-long clip skips reading 3600 segments). A fresh dict: callers may
-    change its top-level fields."""
+    is unchanged (a second visit to an hour-long clip skips reading 3600 segments). segments : also every
+    segment with its labels (else only what the timeline needs: each segment's top label, read in one query,
+    the clip page's first request). A fresh dict: callers may change its top-level fields."""
     from nels.search.tag import group_by_label
 
-    key, version = (str(st.lib.path), clip_id), st.lib.data_version()
+    key, version = (str(st.lib.path), clip_id, segments), st.lib.data_version()
     with _CLIPS_LOCK:
         hit = _CLIPS.get(key)
     if hit is not None and hit[0] == version:
         return dict(hit[1])
-    c = st.lib.clip(clip_id)
+    c = st.lib.clip(clip_id) if segments else st.lib.catalogue.clip_timeline(clip_id)
     if c is None:
         return None
     c["events"] = events(c["segments"])
     c["event_groups"] = [{k: g[k] for k in ("label", "count", "seconds")} for g in group_by_label(c["events"])]
     c["n_segments"] = len(c["segments"])
+    if not segments:
+        del c["segments"]
     with _CLIPS_LOCK:
         if len(_CLIPS) >= _CLIPS_MAX:
             _CLIPS.pop(next(iter(_CLIPS)))
@@ -359,6 +373,9 @@ def stats(request: Request, st: AppState = Depends(app_state)):
     if not is_admin(request):  # local paths and admin-submitted URLs are the admin's business
         s.pop("library", None)
         s.pop("failures", None)
+        if s.get("in_place"):  # clips kept in place: which are missing or changed, not where their files are
+            s["in_place"] = {k: [{"clip_id": p["clip_id"]} for p in v] if isinstance(v, list) else v
+                             for k, v in s["in_place"].items()}
     s["modes"] = st.modes()
     s["admin_enabled"] = bool(st.admin_token)
     return s
