@@ -11,6 +11,10 @@ with the default model into a library under `--work` (kept: a second run re-uses
   after clip.js has drawn the page (title, overview frame, timeline, controls, event list: `document.body.dataset
   .clip == "ready"`), then until the detail picture and the overview picture have loaded; the first run with a
   new server and an empty picture cache (cold), the others warm (median); a fresh browser context each run;
+  with where the time went (Resource Timing: the page, its scripts, the clip's JSON) and the server process's
+  CPU time until the first paint;
+* `--busy N`: N processes spin at this script's own priority while the browser loads the page (run it under
+  `nice -n 10`: they then take only CPU nobody else wants), a reproducible stand-in for a loaded machine;
 * the server side, in-process (FastAPI TestClient): GET /api/clips/ID?segments=false, a 60 s detail view and the
   whole-clip overview (GET /api/clips/ID/view.png), cold (new app, memo and picture cache emptied) and warm,
   wall and CPU time.
@@ -140,7 +144,34 @@ IMAGE = """(sel) => new Promise((resolve) => {
 })"""
 
 
-def browser(lib_dir: Path, clip_id: int, runs: int) -> dict:
+# where the first paint's time went: ms from navigation start to the end of the page, of the scripts, and the
+# clip's JSON (its request start and end)
+TIMINGS = """() => {
+  const nav = performance.getEntriesByType("navigation")[0], out = {html_end: nav.responseEnd,
+    dom_content_loaded: nav.domContentLoadedEventEnd};
+  for (const e of performance.getEntriesByType("resource")) {
+    const u = new URL(e.name);
+    if (u.pathname.startsWith("/static/")) out.scripts_end = Math.max(out.scripts_end || 0, e.responseEnd);
+    else if (u.pathname.startsWith("/api/clips/") && !u.pathname.endsWith(".png") && out.clip_json_start === undefined) {
+      out.clip_json_start = e.requestStart; out.clip_json_end = e.responseEnd; }
+  }
+  for (const k in out) out[k] = Math.round(out[k]);
+  return out;
+}"""
+
+
+def process_cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def browser(lib_dir: Path, clip_id: int, runs: int, busy: int = 0) -> dict:
     from devserver import CHROMIUM, CHROMIUM_ARGS, Server
     from playwright.sync_api import sync_playwright
 
@@ -150,8 +181,13 @@ def browser(lib_dir: Path, clip_id: int, runs: int) -> dict:
     from nels.web.routes import clips as clips_route
 
     clips_route._CLIPS.clear()
-    rows = []
+    rows, timings, server_cpu = [], [], []
     srv = Server(lib_dir).start(timeout=600)  # a loaded machine may take minutes to start a server
+    import multiprocessing
+
+    spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]
+    for sp in spinners:
+        sp.start()
     try:
         with sync_playwright() as pw:
             b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -159,15 +195,23 @@ def browser(lib_dir: Path, clip_id: int, runs: int) -> dict:
                 ctx = b.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser cache every run
                 page = ctx.new_page()
                 page.set_default_timeout(120000)
+                cpu0 = process_cpu_ms(srv.proc.pid)
                 page.goto(f"{srv.url}/clip/{clip_id}", wait_until="commit")
                 # ms since this navigation started: the page painted (title, timeline, events), then its pictures
-                rows.append((page.evaluate(PAINTED), page.evaluate(IMAGE, "#detail-img"),
-                             page.evaluate(IMAGE, "#ov-img")))
+                painted = page.evaluate(PAINTED)
+                server_cpu.append(round(process_cpu_ms(srv.proc.pid) - cpu0))
+                timings.append(page.evaluate(TIMINGS))
+                rows.append((painted, page.evaluate(IMAGE, "#detail-img"), page.evaluate(IMAGE, "#ov-img")))
                 ctx.close()
             b.close()
     finally:
+        for sp in spinners:
+            sp.terminate()
+            sp.join()
         srv.stop()
-    out = {"runs": runs}
+    out = {"runs": runs, "busy": busy, "load_average": [round(x, 1) for x in os.getloadavg()],
+           "cold_timings_ms": timings[0], "warm_timings_ms": timings[-1],
+           "server_cpu_to_first_paint_ms": {"cold": server_cpu[0], "warm_median": statistics.median(server_cpu[1:] or server_cpu)}}
     for j, name in enumerate(("first_paint", "detail_visible", "overview_visible")):
         ts = [r[j] for r in rows]
         out[name] = {"cold_ms": round(ts[0]), "warm_median_ms": round(statistics.median(ts[1:] or ts)),
@@ -190,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "nels-bench-clip"))
     p.add_argument("--runs", type=int, default=5, help="browser page loads (the first with a cold server cache)")
+    p.add_argument("--busy", type=int, default=0, help="processes spinning (at this script's priority) while the"
+                                                          " browser loads the page: a loaded machine")
     p.add_argument("--build-only", action="store_true")
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -199,10 +245,10 @@ def main(argv=None) -> int:
         print(f"library {lib_dir}, clip {clip_id}")
         return 0
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
-              "cores": os.cpu_count(), "hours": a.hours, "clip_id": clip_id,
-              "server": server_side(lib_dir, clip_id)}
+              "cores": os.cpu_count(), "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+              "hours": a.hours, "clip_id": clip_id, "server": server_side(lib_dir, clip_id)}
     if not a.no_browser:
-        report["browser"] = browser(lib_dir, clip_id, a.runs)
+        report["browser"] = browser(lib_dir, clip_id, a.runs, a.busy)
     print(json.dumps(report, indent=1))
     return 0
 
