@@ -32,6 +32,14 @@ PROVENANCE_KEYS = ("source_uri", "source_kind", "title", "uploader", "licence", 
 TOP_LABELS = 5  # labels kept per segment for display and filtering
 MAX_KEPT_JOBS = 100
 NEVER = 253402300799.0  # next_attempt_at of an item that failed for good (9999-12-31)
+# the weak-query log's own SQLite file (`Catalogue._log`): the catalogue's table `query_log` (schema.py), there
+QUERY_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS query_log (
+    query TEXT PRIMARY KEY, count INTEGER NOT NULL DEFAULT 0, best_score REAL, best_label TEXT,
+    first_at REAL NOT NULL, last_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'open'
+);
+CREATE INDEX IF NOT EXISTS query_log_status ON query_log(status, count)
+"""
 
 
 # -- connections and migrations ----------------------------------------------------------------------------
@@ -90,6 +98,8 @@ class Catalogue:
         self._lock = threading.RLock()  # one writer transaction at a time from this object's threads
         self._local = threading.local()
         self._conns: list = []
+        self._stamp_conn = None  # SQLite: the one connection `data_version` is read on
+        self._stamp_lock = threading.Lock()
         if not create and is_postgres(location):
             conn = self.dialect.connect(location)
             try:
@@ -123,6 +133,7 @@ class Catalogue:
             for c in self._conns:
                 c.close()
             self._conns.clear()
+            self._stamp_conn = None
         self._local = threading.local()
 
     @contextmanager
@@ -148,10 +159,11 @@ class Catalogue:
                     raise self.dialect.storage_error(exc) from exc
                 raise
 
-    def _write(self, sql: str, args: Sequence = ()):
-        """One write statement outside `transaction` (a full disk becomes DiskFullError)."""
+    def _write(self, sql: str, args: Sequence = (), conn=None):
+        """One write statement outside `transaction` (a full disk becomes DiskFullError); conn : another
+        connection than this thread's to the catalogue (the weak-query log's)."""
         try:
-            return self.conn.execute(sql, args)
+            return (conn or self.conn).execute(sql, args)
         except self.dialect.Error as exc:
             err = self.dialect.storage_error(exc)
             if err is exc:
@@ -167,9 +179,22 @@ class Catalogue:
         return schema_version(self.conn)
 
     def data_version(self) -> int:
-        """Changes whenever another connection (thread, process or command) commits: a cheap "has anything
-        changed since?" for caches of search answers."""
-        return self.dialect.data_version(self.conn)
+        """Changes whenever a connection (thread, process or command) commits to the catalogue: a cheap "has
+        anything changed since?" for caches of search answers. The weak-query log is not the catalogue (SQLite:
+        its own file, see `log_weak_query`), so logging a query changes nothing here.
+
+        SQLite's counter belongs to a connection (two threads' connections count differently: a value read in
+        one thread means nothing in another), so it is read on one connection of this object's, kept for that
+        and never written on: values read in any thread compare. PostgreSQL's is the server's, the same on every
+        connection."""
+        if isinstance(self.location, str):
+            return self.dialect.data_version(self.conn)
+        with self._stamp_lock:
+            if self._stamp_conn is None:
+                self._stamp_conn = self.dialect.connect(self.location, readonly=True)
+                with self._lock:
+                    self._conns.append(self._stamp_conn)
+            return self.dialect.data_version(self._stamp_conn)
 
     def newest_ids(self) -> dict:
         """The newest clip and segment ids (0 when empty): O(log n), where COUNT(*) would scan."""
@@ -668,6 +693,58 @@ class Catalogue:
                           (status, time.time(), json.dumps(result) if result is not None else None, error, job_id))
 
     # -- weakly covered text queries (the vocabulary grows from them) -----------------------------------
+    @property
+    def query_log_file(self) -> Path | None:
+        """The weak-query log's SQLite file, beside a SQLite catalogue (`<library>/nels.querylog.db`); None for
+        PostgreSQL (where the log is the catalogue's table `query_log`)."""
+        return None if isinstance(self.location, str) else self.location.with_suffix(".querylog.db")
+
+    @property
+    def _log(self):
+        """This thread's connection to the weak-query log. SQLite: a file of its own, so that counting a query
+        commits nothing to the catalogue: the web server's answer caches are keyed on the catalogue's
+        `data_version`, and a site where many people type words NELS has no class for lost every cached answer
+        at each such query. Every count is written at once (WAL), nothing is buffered. PostgreSQL: the
+        catalogue itself (its data_version changes on any commit anywhere in the server anyway)."""
+        if self.query_log_file is None:
+            return self.conn
+        c = getattr(self._local, "log_conn", None)
+        if c is None:
+            c = self.dialect.connect(self.query_log_file)
+            try:
+                for stmt in QUERY_LOG_SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                self._move_query_log(c)
+            except BaseException:
+                c.close()
+                raise
+            self._local.log_conn = c
+            with self._lock:
+                self._conns.append(c)
+        return c
+
+    def _move_query_log(self, log) -> None:
+        """Queries logged in the catalogue's own table (nels before the log had its file) move to the log file,
+        added to what it counts. (A crash between the two commits would count those queries twice: once.)"""
+        rows = [tuple(r) for r in self.conn.execute("SELECT query, count, best_score, best_label, first_at, last_at,"
+                                                    " status FROM query_log").fetchall()]
+        if not rows:
+            return
+        log.execute("BEGIN IMMEDIATE")
+        try:
+            log.executemany("INSERT INTO query_log(query, count, best_score, best_label, first_at, last_at, status) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(query) DO UPDATE SET count = count + excluded.count,"
+                            " first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
+                            rows)
+            log.execute("COMMIT")
+        except BaseException:
+            log.execute("ROLLBACK")
+            raise
+        with self.transaction() as c:  # only the rows moved (one counted again meanwhile moves next time)
+            c.executemany("DELETE FROM query_log WHERE query = ? AND count = ? AND last_at = ?",
+                          [(r[0], r[1], r[5]) for r in rows])
+
     def log_weak_query(self, query: str, score: float, label: str | None, now: float | None = None) -> None:
         """Count one asking of a text query whose best class match was weak (score: the coverage signal)."""
         q = " ".join(query.split()).lower()
@@ -677,12 +754,12 @@ class Catalogue:
         self._write("INSERT INTO query_log(query, count, best_score, best_label, first_at, last_at) "
                     "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT(query) DO UPDATE SET count = count + 1, "
                     "best_score = excluded.best_score, best_label = excluded.best_label, last_at = excluded.last_at",
-                    (q, float(score), label, t, t))
+                    (q, float(score), label, t, t), conn=self._log)
 
     def weak_queries(self, status: str | None = "open", limit: int = 100) -> list[dict]:
         """Logged weak queries, most asked first (status None: all)."""
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
-        rows = self.conn.execute(f"SELECT query, count, best_score, best_label, first_at, last_at, status "
+        rows = self._log.execute(f"SELECT query, count, best_score, best_label, first_at, last_at, status "
                                  f"FROM query_log {where} ORDER BY count DESC, last_at DESC LIMIT ?",
                                  (*args, int(limit))).fetchall()
         return [dict(r) for r in rows]
@@ -690,7 +767,7 @@ class Catalogue:
     def set_query_status(self, query: str, status: str) -> bool:
         """Mark a logged query accepted or dismissed; False when it was never logged."""
         q = " ".join(query.split()).lower()
-        return self._write("UPDATE query_log SET status = ? WHERE query = ?", (status, q)).rowcount > 0
+        return self._write("UPDATE query_log SET status = ? WHERE query = ?", (status, q), conn=self._log).rowcount > 0
 
     # == `nels run` (the unattended loop, nels/learn/run.py): steps, model versions, crawl queries, staged ======
     # == re-index. Everything the loop knows lives in these rows (and meta 'run.*'), so kill -9 loses nothing. ==

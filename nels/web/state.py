@@ -46,21 +46,27 @@ class ClientRateLimit:
 
 
 class LRU:
-    """A small thread-safe LRU map (text-search answers)."""
+    """A small thread-safe LRU map of answers per library state (text-search answers): an answer put with one
+    catalogue stamp (`Catalogue.data_version`) is only got back with the same stamp. `hits` and `misses` count."""
 
     def __init__(self, size: int = 512):
         self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+        self.hits = self.misses = 0
 
-    def get(self, key):
+    def get(self, key, stamp):
+        """The value put for `key` with `stamp`, else None (a miss)."""
         with self.lock:
             v = self.data.get(key)
-            if v is not None:
+            if v is not None and v[0] == stamp:
                 self.data.move_to_end(key)
-            return v
+                self.hits += 1
+                return v[1]
+            self.misses += 1
+            return None
 
-    def put(self, key, value) -> None:
+    def put(self, key, stamp, value) -> None:
         with self.lock:
-            self.data[key] = value
+            self.data[key] = (stamp, value)
             self.data.move_to_end(key)
             while len(self.data) > self.size:
                 self.data.popitem(last=False)
@@ -78,6 +84,9 @@ class AppState:
         self.lib = Library(library_path, create=False)
         self.max_upload_bytes = config.max_upload_bytes() if max_upload_bytes is None else max_upload_bytes
         self.results = LRU()
+        # weakly covered text queries are counted here, one thread, in the order asked (a cached answer is
+        # counted too); close() writes what is queued before the server stops
+        self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="nels-log")
         # searches run here, not in the 40-thread request pool: two at a time per process, the rest wait
         # in order, and the event loop stays free to answer cached queries and serve media meanwhile
         self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
@@ -126,7 +135,23 @@ class AppState:
         """At server start: jobs queued before a restart run now, not at the next submission."""
         self.jobs.resume()
 
+    def log_weak(self, text: str, coverage: dict | None) -> None:
+        """Count one asking of a text query in the library's weak-query log when `coverage` (a text answer's)
+        says no class covers it, without waiting for the write. The log is not the catalogue (see
+        `Catalogue._log`): counting changes no answer cache's stamp."""
+        if coverage is None or coverage.get("kind") != "text" or coverage.get("covered", True):
+            return
+        closest = coverage["closest"][0]["label"] if coverage.get("closest") else None
+        self.log_pool.submit(self._log_weak, text, float(coverage["score"]), closest)
+
+    def _log_weak(self, text: str, score: float, closest: str | None) -> None:
+        try:
+            self.lib.catalogue.log_weak_query(text, score, closest)
+        except Exception as exc:  # a library that cannot be written to still answers
+            log.warning("weak query not logged: %s", exc)
+
     def close(self) -> None:
+        self.log_pool.shutdown(wait=True)  # every query asked is counted (a clean stop loses none)
         self.search_pool.shutdown(wait=False, cancel_futures=True)
         self.text_batcher.close()
         self.jobs.stop()

@@ -77,22 +77,26 @@ async def search_text(q: str = Query(..., max_length=1000, description="what to 
     lib = st.lib
     key = (" ".join(q.split()).lower(), mode, k, page, label, source, min_duration, max_duration, sort)
     # any commit by anyone else (an ingest, a removal, a re-index, another server process) changes the
-    # catalogue's data_version as seen from this thread's connection, and retires every cached answer
+    # catalogue's data_version and retires every cached answer; counting a weak query does not (its log is
+    # not the catalogue), and is done for every asking, answered from the cache or not
     stamp = lib.data_version()
-    hit = st.results.get(key)
-    if hit is not None and hit[0] == stamp:
-        return Response(hit[1], media_type="application/json")
+    hit = st.results.get(key, stamp)
+    if hit is not None:
+        st.log_weak(q, hit[1])
+        return Response(hit[0], media_type="application/json")
     pending = st.inflight.get((key, stamp))
     if pending is not None:  # the same search is running for another client: share its answer
-        return Response(await asyncio.shield(pending), media_type="application/json")
+        body, coverage = await asyncio.shield(pending)
+        st.log_weak(q, coverage)
+        return Response(body, media_type="application/json")
 
-    def run() -> bytes:
+    def run() -> tuple[bytes, dict | None]:
         ask_k, ask_page = _pool(k, page, sort)
         res = lib.search(text=q, mode=mode, k=ask_k, page=ask_page, label=label, source=source,
-                         min_duration=min_duration, max_duration=max_duration)
-        return _json_bytes(_answer(res, q, k, page, sort))
+                         min_duration=min_duration, max_duration=max_duration, log_weak=False)  # counted below
+        return _json_bytes(_answer(res, q, k, page, sort)), res.coverage
 
-    async def prepare_then_run() -> bytes:
+    async def prepare_then_run() -> tuple[bytes, dict | None]:
         if st.text_ok(stamp):
             await st.text_batcher.prepare(" ".join(q.split()))
         return await asyncio.get_running_loop().run_in_executor(st.search_pool, run)
@@ -100,10 +104,11 @@ async def search_text(q: str = Query(..., max_length=1000, description="what to 
     fut = asyncio.ensure_future(prepare_then_run())
     st.inflight[(key, stamp)] = fut
     try:
-        body = await asyncio.shield(fut)
+        body, coverage = await asyncio.shield(fut)
     finally:
         st.inflight.pop((key, stamp), None)
-    st.results.put(key, (stamp, body))
+    st.results.put(key, stamp, (body, coverage))
+    st.log_weak(q, coverage)
     return Response(body, media_type="application/json")
 
 
