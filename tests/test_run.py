@@ -127,7 +127,8 @@ def test_run_crawls_learns_promotes_survives_kill_and_sigterm(tmp_path, site):
     Library(library).close()
     env = _env(site)
     args = ["--dataset", str(seed), "--format", "folders", "--heldout", str(held), "--allow-private",
-            "--learn-every", "0", "--pause", "0", "--rate", "100", "--per-cycle", "9", "--iterations", "1"]
+            "--learn-every", "0", "--pause", "0", "--rate", "100", "--per-cycle", "9", "--iterations", "1",
+            "--no-audioset-examples"]  # whistle and beep are AudioSet classes: no YouTube seeds in a test
     first = _nels(library, *args, env=env)
     # kill -9 in the middle of the learning step of cycle 1
     _wait_for(lambda: (_step(library, 1, "learn") or {}).get("status") == "running", first, "learning started")
@@ -297,7 +298,8 @@ def test_a_class_accepted_from_the_query_log_is_crawled_bootstrapped_learned_and
     lib.catalogue.log_weak_query("beep", 0.2, "whistle")  # asked, weakly covered
     accept_class(lib, "beep")
     run(lib, RunOptions(dataset=str(seed), fmt="folders", heldout=str(held), allow_private=True, learn_every=0.0,
-                        pause=0.0, rate=100.0, per_cycle=9, iterations=1), cycles=1, echo=False, install_signals=False)
+                        pause=0.0, rate=100.0, per_cycle=9, iterations=1, audioset_examples=False), cycles=1, echo=False,
+        install_signals=False)
     crawled = {q["query"]: q["runs"] for q in lib.catalogue.crawl_queries()}
     assert crawled["beep"] == 1  # the new class's query was crawled
     learn = lib.catalogue.step_detail(1, "learn")["detail"]

@@ -28,6 +28,10 @@ def add_run_parsers(sub) -> None:
     s.add_argument("--margin", type=float, default=0.05, help="the most held-out AP one class may lose (gate)")
     s.add_argument("--warm-start", action="store_true",
                    help="fine-tune the serving model's classifier head instead of re-training one from scratch")
+    s.add_argument("--no-audioset-examples", dest="audioset_examples", action="store_false",
+                   help="do not seed AudioSet classes with the ontology's positive-example videos (YouTube)")
+    s.add_argument("--seed-urls", default=None, metavar="FILE",
+                   help="a JSON file {class: [URL, ...]}: seed URLs crawled once each, from the class's budget")
     s.add_argument("--max-hours", type=float, default=None, help="stop crawling after this many hours of audio")
     s.add_argument("--max-gb", type=float, default=None, help="stop crawling when media take this many GB")
     s.add_argument("--quiet-hours", default=None, metavar="START-END", help="local hours without crawling, e.g. 22-6")
@@ -71,7 +75,8 @@ def _options(args):
                       per_cycle=args.per_cycle, per_query_max=args.per_query, margin=args.margin,
                       max_hours=args.max_hours, max_gb=args.max_gb, quiet_hours=args.quiet_hours, rate=args.rate,
                       retries=args.retries, max_duration=args.max_duration, allow_private=args.allow_private,
-                      pause=args.pause, runner=args.runner, warm_start=args.warm_start)
+                      pause=args.pause, runner=args.runner, warm_start=args.warm_start,
+                      audioset_examples=args.audioset_examples, seed_urls=args.seed_urls)
 
 
 def cli_run(args) -> int:
@@ -81,6 +86,8 @@ def cli_run(args) -> int:
 
     if args.quiet_hours:
         planner.parse_quiet_hours(args.quiet_hours)  # a bad value fails now, not at the first crawl
+    if args.seed_urls:
+        planner.read_seed_file(args.seed_urls)  # likewise
     lib = Library(args.library, create=False)
     if args.rollback:
         from nels.learn.run import rollback

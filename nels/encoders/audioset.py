@@ -9,8 +9,9 @@ Why a generated file inside the package rather than reading ontology.json at run
 YAMNet weights (`nels models fetch yamnet`) gets text search over its 521 classes with nothing else to fetch,
 and the text NELS embeds is reviewable and fixed (a phrase change changes search). The ontology is Google's,
 under CC BY-SA 4.0, so the generated file is too: nels/data/audioset/LICENSE.md credits it, says what was
-changed (a selection of fields, names split into synonyms) and keeps the share-alike terms; nothing else in
-NELS derives from it. `tests/test_vocabulary_audioset.py` checks the shipped file against a fresh build from
+changed (a selection of fields, names split into synonyms) and keeps the share-alike terms; the only other
+file derived from it is examples.json (its positive-example videos, nels.learn.planner).
+`tests/test_vocabulary_audioset.py` checks the shipped file against a fresh build from
 `../shared/datasets/audioset-ontology` (skipped without it).
 
 Each entry: "name" (the display name), "synonyms" (the comma-separated parts of the name, and each part

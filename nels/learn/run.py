@@ -61,6 +61,8 @@ class RunOptions:
     allow_private : crawl local addresses (a loopback test site); else only public ones (the SSRF guard).
     pause : seconds between cycles. runner : the ingest runner (None: NELS_RUNNER).
     warm_start : fine-tune the serving model's head (WARM_STEPS at WARM_LR) instead of re-training one from scratch.
+    audioset_examples : seed AudioSet classes with the ontology's positive-example videos (nels.learn.planner).
+    seed_urls : a JSON file {class: [URL, ...]} of the user's own seed URLs.
     """
 
     dataset: str | None = None
@@ -84,6 +86,8 @@ class RunOptions:
     pause: float = 60.0
     runner: str | None = None
     warm_start: bool = False
+    audioset_examples: bool = True
+    seed_urls: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunOptions":
@@ -315,9 +319,14 @@ def step_plan(ctx: Context, cycle: int) -> tuple[str, dict]:
     for name, spec in new.items():
         for q in spec.get("queries", []):
             lib.catalogue.add_crawl_query(" ".join(q.lower().split()), name, "vocabulary")
+    o = ctx.opts
+    extra = planner.read_seed_file(o.seed_urls) if o.seed_urls else {}
+    seeds = planner.seed_urls(classes, None if o.audioset_examples else {}, extra=extra)
+    planner.ensure_seeds(lib.catalogue, seeds)
     ap = (cur or {}).get("per_class") or {}
-    planned = planner.plan(lib.catalogue, classes, ap, ctx.opts.per_cycle, ctx.opts.per_query_max)
-    return "done", {"queries": [p.to_list() for p in planned], "classes": len(classes)}
+    planned = planner.plan(lib.catalogue, classes, ap, o.per_cycle, o.per_query_max, seeds)
+    return "done", {"queries": [p.to_list() for p in planned], "classes": len(classes),
+                    "seed_urls": sum(p.kind == "url" for p in planned)}
 
 
 def _caps_reached(ctx: Context) -> str | None:
@@ -337,6 +346,7 @@ def _caps_reached(ctx: Context) -> str | None:
 
 def step_crawl(ctx: Context, cycle: int) -> tuple[str, dict]:
     from nels.errors import SourceError
+    from nels.sources.source import Item
     from nels.sources.ytdlp import YtDlpSource, search_target
 
     why = _caps_reached(ctx)
@@ -345,9 +355,18 @@ def step_crawl(ctx: Context, cycle: int) -> tuple[str, dict]:
     cat = ctx.lib.catalogue
     planned = ((cat.step_detail(cycle, "plan") or {}).get("detail") or {}).get("queries", [])
     limiter = ctx.cache.setdefault("limiter", planner.HostLimiter(ctx.opts.rate))
-    listed = new = 0
+    listed = new = seeds = 0
     errors = []
-    for query, label, n in planned:
+    primary = planner.primary_queries(cat)
+    for query, label, n, *kind in planned:
+        if kind == ["url"]:  # a seed URL: registered as it is; fetched (or failing, with retries) at ingest
+            limiter.wait(query)
+            before = {r["uri"] for r in cat.pending_crawl_items(ctx.opts.retries)}
+            cat.register_items([Item(query, "ytdlp", query=primary.get(label), webpage_url=query)])
+            new += query in {r["uri"] for r in cat.pending_crawl_items(ctx.opts.retries)} - before
+            seeds += 1
+            cat.note_crawl(query, 1)
+            continue
         limiter.wait(search_target(query, n))
         src = YtDlpSource(searches=[query], per_query=n, allow_private=ctx.opts.allow_private,
                           max_duration=ctx.opts.max_duration)
@@ -361,7 +380,8 @@ def step_crawl(ctx: Context, cycle: int) -> tuple[str, dict]:
         new += len({r["uri"] for r in cat.pending_crawl_items(ctx.opts.retries)} - before)
         listed += len(items)
         cat.note_crawl(query, len(items))
-    return "done", {"queries": len(planned), "listed": listed, "new_items": new, "errors": errors[:5]}
+    return "done", {"queries": len(planned), "listed": listed, "seed_urls": seeds, "new_items": new,
+                    "errors": errors[:5]}
 
 
 class CrawledItems:
