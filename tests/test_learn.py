@@ -128,3 +128,38 @@ def test_nels_learn_on_a_library_with_feedback_and_a_new_class(tmp_path, http_se
     again = learn(lib, str(esc), "esc50", test_fold=1, strategy="clarity", iterations=2, patience=5, run="r1",
                   progress=False)
     assert again["map"] == res["map"]
+
+
+def test_embeddings_cached_per_file_and_shared_by_head_only_versions(tmp_path, monkeypatch):
+    """`nels run` embeds its seed, held-out and pool clips once: cached on disk per file (path, size, time) or per
+    content hash, keyed by the backbone's weights, which a head-only version (save_with_head) shares with its parent."""
+    from conftest import synth, write_wav
+    from nels.audio.decode import decode
+    from nels.encoders.base import create_encoder
+    from nels.learn import embed
+    from nels.learn.heads import save_with_head
+    from nels.learn.run import load_head
+
+    monkeypatch.setattr(embed, "CACHE", tmp_path / "cache")
+    files = [str(write_wav(tmp_path / f"{k}.wav", synth(k, 2.5))) for k in ("tone", "clicks")]
+    enc = create_encoder("default")
+    loads = []
+
+    def load(p):
+        loads.append(p)
+        return decode(p)
+
+    X, clip = embed.embed_files(enc, files, load)
+    assert len(loads) == 2 and set(clip) == {0, 1} and X.shape[1] == enc.dim
+    again = embed.embed_files(enc, files, load)  # from the cache: nothing decoded
+    assert len(loads) == 2 and np.array_equal(again[0], X) and np.array_equal(again[1], clip)
+    write_wav(Path(files[1]), synth("chirp", 3.5))  # a changed file is encoded again
+    X2, clip2 = embed.embed_files(enc, files, load)
+    assert loads[2:] == [files[1]] and np.array_equal(X2[clip2 == 0], X[clip == 0])
+
+    W, b, labels = load_head(enc.path)
+    child = create_encoder(str(save_with_head(Path(enc.path), tmp_path / "v2", W * 0.5, b, labels, "child")))
+    assert embed.encoder_key(child) == embed.encoder_key(enc)  # the same layers below the head
+    e = embed.embed_cached(child, "somehash", lambda: decode(files[0]))
+    assert np.allclose(e, X[clip == 0], atol=1e-5)  # the child's raw embeddings are its parent's
+    assert embed.embed_cached(enc, "somehash", lambda: pytest.fail("cached")).shape == e.shape

@@ -25,8 +25,9 @@ def save_with_head(base: Path, out: Path, W: np.ndarray, b: np.ndarray, labels: 
     tmp = out / "weights.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, out / "weights.pt")
+    backbone = meta.get("backbone_sha256") or meta.get("weights_sha256")  # the layers below the head: unchanged
     meta.update({"name": name, "labels": list(labels), "weights": "weights.pt", "parent": meta.get("name"),
-                 "created_at": time.time(),
+                 "created_at": time.time(), "backbone_sha256": backbone,
                  "weights_sha256": hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest(), **(extra or {})})
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

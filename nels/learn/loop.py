@@ -137,6 +137,7 @@ def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: i
     selected: dict[int, int] = {}
     for row in history:
         selected.update({int(k): v for k, v in row["selected"].items()})
+    head = None
     if not history:  # iteration 0: the seed alone
         t = time.time()
         head = fit_head(data, {}, pseudo_weight, seed, init, steps, lr)
@@ -146,7 +147,8 @@ def run(data: LoopData, strategy, iterations: int = 5, cap: int = 5, patience: i
         history.append(row)
         if record:
             record(row)
-    head = fit_head(data, selected, pseudo_weight, seed, init, steps, lr)
+    if head is None or selected:  # resumed: the head of the selections replayed (else iteration 0's is it)
+        head = fit_head(data, selected, pseudo_weight, seed, init, steps, lr)
     best = np.asarray(history[0]["per_class"])
     for row in history[1:]:
         best = np.fmax(best, np.asarray(row["per_class"]))

@@ -239,9 +239,10 @@ def run_labels(lib, opts: RunOptions, dataset_labels: list[str]) -> list[str]:
 
 
 def labelled_splits(ctx: Context, enc, labels: list[str]):
-    """(seed Split, held-out Split, held-out keys) from the options' dataset, embedded once (cached)."""
+    """(seed Split, held-out Split, held-out keys) from the options' dataset, each file embedded once (cached on
+    disk per file: another seed set or another library over the same files costs no encoding)."""
     from nels.audio.decode import decode
-    from nels.learn.embed import embed_many
+    from nels.learn.embed import embed_files
     from nels.training.datasets import load_dataset
 
     o = ctx.opts
@@ -262,7 +263,7 @@ def labelled_splits(ctx: Context, enc, labels: list[str]):
     def split(pairs, tag):
         key = (tag, enc.name)
         if key not in ctx.cache:
-            X, clip = embed_many(enc, [str(it.path) for it, _ in pairs], lambda k: decode(k), tag, False)
+            X, clip = embed_files(enc, [str(it.path) for it, _ in pairs], lambda k: decode(k))
             ctx.cache[key] = (X, clip)
         X, clip = ctx.cache[key]
         return loop.Split(X, clip, np.array([labels.index(n) if n in labels else -1 for _, n in pairs]))
@@ -274,17 +275,18 @@ def labelled_splits(ctx: Context, enc, labels: list[str]):
 
 def library_pool(ctx: Context, enc) -> tuple[loop.Split, list[int], list[str]]:
     """(Split of every library clip, clip ids, crawl texts), each clip embedded once per process (the pool grows
-    by a few clips a cycle; re-embedding all of them every cycle cost most of a learning step)."""
+    by a few clips a cycle; re-embedding all of them every cycle cost most of a learning step) and cached on disk
+    by its content hash (the same audio in another library, or after a restart, is not encoded again)."""
     from nels.audio.decode import decode
-    from nels.learn.embed import embed_audio
+    from nels.learn.embed import embed_cached
 
     memo = ctx.cache.setdefault(("pool", enc.name), {})
-    rows = ctx.lib.catalogue.clips(("id", "media_path", "query", "title"))
+    rows = ctx.lib.catalogue.clips(("id", "media_path", "query", "title", "content_hash"))
     X, clip, ids, texts = [], [], [], []
     for r in rows:
         if r[0] not in memo:
             try:
-                memo[r[0]] = embed_audio(enc, decode(str(ctx.lib.media_file(r[1])), max_seconds=600))
+                memo[r[0]] = embed_cached(enc, r[4], lambda: decode(str(ctx.lib.media_file(r[1])), max_seconds=600))
             except Exception as exc:  # noqa: BLE001 - a damaged media file: left out of the pool, said so
                 print(f"pool: clip {r[0]} skipped: {exc}", file=sys.stderr)
                 memo[r[0]] = np.zeros((0, enc.dim), np.float32)
