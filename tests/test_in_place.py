@@ -243,3 +243,56 @@ def test_in_place_is_refused_for_a_library_on_object_storage(tmp_path, recording
         assert lib.stats()["clips"] == 0
     finally:
         lib.close()
+
+
+# -- the store's part, on both catalogues ---------------------------------------------------------------------------
+from test_catalogue_postgres import pg_server, pg_url  # noqa: E402,F401 - fixtures: a PostgreSQL for this module
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_at(request, tmp_path) -> str:
+    """Where a library's catalogue is: its own nels.db, or a fresh schema on a PostgreSQL server."""
+    return str(tmp_path / "lib" / "nels.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def _record(path: Path):
+    import numpy as np
+
+    from nels.store.library import ClipRecord, content_hash, file_state
+
+    v = np.eye(2, 4, dtype=np.float32)
+    return ClipRecord(content_hash(path), path, 2.0, {"source_uri": str(path), "title": path.name}, np.array([0.0, 1.0]),
+                      np.array([2.0, 3.0]), {"s": ("m", v)}, ("m", ["a", "b"], np.array([[0.9, 0.1], [0.2, 0.8]])),
+                      original=file_state(path))
+
+
+def test_originals_in_the_catalogue_on_sqlite_and_postgresql(tmp_path, catalogue_at):
+    from nels.library import Library
+    from nels.store.library import MediaUnavailable
+
+    f = write_wav(tmp_path / "user" / "rain.wav", synth("noise", seconds=2.0))
+    with Library(tmp_path / "lib", catalogue=catalogue_at) as lib:
+        cid, added = lib.store_clip(_record(f))
+        assert added and lib.catalogue.clip_media(cid)["media_path"] == str(f.resolve())
+        assert lib.store_clip(_record(f)) == (cid, False)  # the same content: already in the library
+        assert not any((tmp_path / "lib" / "media").rglob("*.*"))
+        assert lib.media_file(str(f)) == f
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: verified by its hash, time recorded
+        assert lib.media_file(str(f)) == f
+        assert lib.catalogue.originals()[0]["mtime_ns"] == st.st_mtime_ns + 10**9
+        moved = f.rename(tmp_path / "user" / "moved.wav")
+        with pytest.raises(MediaUnavailable) as err:
+            lib.media_file(str(f))
+        assert err.value.reason == "missing" and err.value.clip_id == cid
+        assert lib.stats()["in_place"]["missing"] == [{"clip_id": cid, "path": str(f)}]
+        assert lib.relink_original(cid, moved, (moved.stat().st_size, moved.stat().st_mtime_ns))
+        assert lib.media_file(str(moved)) == moved and lib.check_originals()["missing"] == []
+        assert not lib.relink_original(cid, moved, (1, 1))  # its original is there: nothing to relink
+        moved.write_bytes(moved.read_bytes()[:-2] + b"\x01\x02")  # edited in place
+        with pytest.raises(MediaUnavailable, match="changed since it was ingested"):
+            lib.media_file(str(moved))
+        with pytest.raises(MediaUnavailable, match="not the original of any clip"):
+            lib.media_file(str(tmp_path / "user" / "other.wav"))
+        assert lib.remove_clips([cid]) == 1 and moved.exists()
+        assert lib.check_originals() == {"clips": 0, "missing": [], "changed": []}
