@@ -580,7 +580,14 @@ def swap_in(lib, model_path: str, version: str | None = None, runner: str | None
     while True:
         rounds += 1
         done = cat.staged_clip_ids(target)
-        todo = [(r[0], str(lib.media_file(r[1]))) for r in cat.clips(("id", "media_path")) if r[0] not in done]
+        def unreadable(cid: int, exc) -> None:  # an original kept in place, missing or changed: keeps its encodings
+            nonlocal kept
+            print(f"{exc}: kept as it is", file=sys.stderr)
+            cat.stage_current(target, cid)
+            kept += 1
+
+        todo = [(row[0], str(path)) for row, path in lib.readable_media(
+            [r for r in cat.clips(("id", "media_path")) if r[0] not in done], on_skip=unreadable)]
         for cid, out, error in (make_runner(runner) if runner else make_runner()).run(iter(todo), ReindexBuilder(spec)):
             if error is None and len(out[1]) == len(cat.segment_ids(cid)):
                 _, starts, ends, vectors, probs = out
