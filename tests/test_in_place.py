@@ -294,5 +294,9 @@ def test_originals_in_the_catalogue_on_sqlite_and_postgresql(tmp_path, catalogue
             lib.media_file(str(moved))
         with pytest.raises(MediaUnavailable, match="not the original of any clip"):
             lib.media_file(str(tmp_path / "user" / "other.wav"))
+        skipped = []  # what a batch over the library (learning pool, evaluations) gets: the clip left out, said why
+        rows = lib.catalogue.clips(("id", "media_path"))
+        assert list(lib.readable_media(rows, on_skip=lambda i, e: skipped.append((i, e.reason)))) == []
+        assert skipped == [(cid, "changed")]
         assert lib.remove_clips([cid]) == 1 and moved.exists()
         assert lib.check_originals() == {"clips": 0, "missing": [], "changed": []}

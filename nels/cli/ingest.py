@@ -26,8 +26,10 @@ def _print_report(rep, as_json: bool, problems: list[tuple[str, str]] = ()) -> i
         if d["duplicates"]:
             parts.append(f"{d['duplicates']} already in the library (the same audio)")
         if d.get("relinked"):
-            parts.append(f"{d['relinked']} already in the library, whose original had moved or changed: it is"
-                         f" referenced here now")
+            parts.append(f"{d['relinked']} already in the library with a moved or changed original: referenced"
+                         f" here now")
+            if not d["added"]:
+                parts.pop(0)  # not "added 0 clips, ..."
         if d.get("in_progress_elsewhere"):
             parts.append(f"{d['in_progress_elsewhere']} being ingested by another run")
         if d["skipped"]:
