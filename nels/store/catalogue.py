@@ -297,10 +297,13 @@ class Catalogue:
         return self._one("SELECT 1 FROM clips WHERE media_path=?", media_path) is not None
 
     # -- clips kept in place (`nels ingest --in-place`: media_path is the user's file, media_size is not NULL) --
-    def original(self, media_path: str) -> dict | None:
-        """{id, content_hash, size, mtime_ns} of the clip kept in place at `media_path`, or None."""
-        row = self.conn.execute("SELECT id, content_hash, media_size, media_mtime_ns FROM clips WHERE media_path=?"
-                                " AND media_size IS NOT NULL ORDER BY id LIMIT 1", (media_path,)).fetchone()
+    def original(self, media_path: str, clip_id: int | None = None) -> dict | None:
+        """{id, content_hash, size, mtime_ns} of the clip kept in place at `media_path` (that clip: `clip_id`;
+        else the first one: two clips share a path only when one of them changed), or None."""
+        sql = ("SELECT id, content_hash, media_size, media_mtime_ns FROM clips WHERE media_path=?"
+               " AND media_size IS NOT NULL")
+        row = (self.conn.execute(sql + " ORDER BY id LIMIT 1", (media_path,)) if clip_id is None else
+               self.conn.execute(sql + " AND id=?", (media_path, int(clip_id)))).fetchone()
         return None if row is None else {"id": row[0], "content_hash": row[1], "size": row[2], "mtime_ns": row[3]}
 
     def originals(self) -> list[dict]:
@@ -726,24 +729,26 @@ class Catalogue:
 
     def _move_query_log(self, log) -> None:
         """Queries logged in the catalogue's own table (nels before the log had its file) move to the log file,
-        added to what it counts. (A crash between the two commits would count those queries twice: once.)"""
-        rows = [tuple(r) for r in self.conn.execute("SELECT query, count, best_score, best_label, first_at, last_at,"
-                                                    " status FROM query_log").fetchall()]
-        if not rows:
+        added to what it counts, under the catalogue's write lock (several processes opening the library at once
+        move them once). A crash between the log's commit and the catalogue's would count them twice, once."""
+        if self.conn.execute("SELECT 1 FROM query_log LIMIT 1").fetchone() is None:
             return
-        log.execute("BEGIN IMMEDIATE")
-        try:
-            log.executemany("INSERT INTO query_log(query, count, best_score, best_label, first_at, last_at, status) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(query) DO UPDATE SET count = count + excluded.count,"
-                            " first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
-                            rows)
-            log.execute("COMMIT")
-        except BaseException:
-            log.execute("ROLLBACK")
-            raise
-        with self.transaction() as c:  # only the rows moved (one counted again meanwhile moves next time)
-            c.executemany("DELETE FROM query_log WHERE query = ? AND count = ? AND last_at = ?",
-                          [(r[0], r[1], r[5]) for r in rows])
+        with self.transaction() as c:
+            rows = [tuple(r) for r in c.execute("SELECT query, count, best_score, best_label, first_at, last_at,"
+                                                " status FROM query_log").fetchall()]
+            if not rows:  # another process moved them meanwhile
+                return
+            log.execute("BEGIN IMMEDIATE")
+            try:
+                log.executemany("INSERT INTO query_log(query, count, best_score, best_label, first_at, last_at,"
+                                " status) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(query) DO UPDATE SET"
+                                " count = count + excluded.count, first_at = MIN(first_at, excluded.first_at),"
+                                " last_at = MAX(last_at, excluded.last_at)", rows)
+                log.execute("COMMIT")
+            except BaseException:
+                log.execute("ROLLBACK")
+                raise
+            c.execute("DELETE FROM query_log")
 
     def log_weak_query(self, query: str, score: float, label: str | None, now: float | None = None) -> None:
         """Count one asking of a text query whose best class match was weak (score: the coverage signal)."""

@@ -344,18 +344,19 @@ class Library:
         self._memo["probs"] = (stamp, val)
         return val
 
-    def media_file(self, media_path: str) -> Path:
+    def media_file(self, media_path: str, clip_id: int | None = None) -> Path:
         """A local file with a clip's media (`media_path` as the catalogue has it): in the library's media
         folder, this machine's cached copy of the one on object storage (fetched when missing), or the
         original of a clip kept in place once it is verified (its size and time as recorded, else its
-        SHA-256 again). Every reader of a clip's audio comes here.
+        SHA-256 again) against what the clip `clip_id` recorded (None: the clip registered at that path).
+        Every reader of a clip's audio comes here.
 
         Raises MediaUnavailable: an original that was moved, deleted or changed since it was ingested, an
         absolute path that is no clip's original, a stored path that leaves the media folder. A file of
         media/ that is missing is returned as a path that does not exist (callers say so).
         """
         if is_in_place(media_path):
-            rec = self.catalogue.original(media_path)
+            rec = self.catalogue.original(media_path, clip_id)
             if rec is None:
                 raise MediaUnavailable(f"{media_path} is not the original of any clip in this library", media_path,
                                        "unregistered")
@@ -436,7 +437,7 @@ class Library:
         the caller hashed it; `state` its (size, mtime_ns) then): the clip now references `path`. Returns
         False, changing nothing, when the clip is not kept in place or its original is still there."""
         row = self.catalogue.clip_media(clip_id)
-        rec = self.catalogue.original(row["media_path"]) if row and is_in_place(row["media_path"]) else None
+        rec = self.catalogue.original(row["media_path"], clip_id) if row and is_in_place(row["media_path"]) else None
         if rec is None or self.verify_original({**rec, "media_path": row["media_path"]}) == "ok":
             return False
         return self.catalogue.set_original(clip_id, os.path.realpath(path), *state)
@@ -448,7 +449,7 @@ class Library:
         (default: a line on stderr), so a batch over the library (re-index, learning, evaluation) goes on."""
         for row in rows:
             try:
-                yield row, self.media_file(row[1])
+                yield row, self.media_file(row[1], int(row[0]))
             except MediaUnavailable as exc:
                 if on_skip is None:
                     print(f"clip {row[0]} skipped: {exc}", file=sys.stderr)

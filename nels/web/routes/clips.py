@@ -72,7 +72,7 @@ def _media_file(st: AppState, clip_id: int) -> tuple[Path, dict]:
     if row is None:
         raise ApiError(404, f"no clip {clip_id}")
     try:
-        path = lib.media_file(row["media_path"]).resolve()  # a cached copy when the media is on object storage
+        path = lib.media_file(row["media_path"], clip_id).resolve()  # a cached copy when on object storage
     except MediaUnavailable as exc:  # where a user's own file lives is not said here ('nels check' names it)
         if exc.reason == "changed":
             raise ApiError(409, f"the original file of clip {clip_id} changed since it was ingested") from None
