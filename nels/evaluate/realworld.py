@@ -104,7 +104,8 @@ def evaluate_retrieval_realworld(dataset: str, model: str | None = None, workdir
     has_joint = joint.library_has_joint(lib)
     has_probs = bool(lib.prob_matrices())
     modes_text = modes_text or ((["linguistic"] if has_probs else []) + (["joint", "fused"] if has_joint else []))
-    modes_audio = modes_audio or (["acoustic", "joint", "fused"] if has_joint else ["acoustic"])
+    if modes_audio is None:  # [] measures text only (a change that touches text search alone)
+        modes_audio = ["acoustic", "joint", "fused"] if has_joint else ["acoustic"]
     present = sorted(set(esc_truth.values()))
     out = {"dataset": str(dataset), "format": "realworld", "model": lib.get_meta("model_name"),
            "spec": lib.get_meta("model"), "clips": n,

@@ -14,6 +14,10 @@ classifier or space kind ("softmax" for a classifier whose probabilities sum to 
 sigmoid scores; the vector space's name for acoustic). A set of features without a fitted model falls back to
 the per-feature models of those fitted (the most confident one speaks), then to the plain score clipped to
 [0, 1] (said in `Results.calibration`).
+
+Several classifiers answering one text query (the own CNN and YAMNet): each one's P(covered) of the query
+(`nels.search.coverage`) weights its say, `covered_relevance`, so a classifier without a class for the query
+cannot lift its nearest wrong class (the exponent `coverage_gamma` chosen by bench/fit_fusion_coverage.py).
 """
 from __future__ import annotations
 
@@ -71,6 +75,47 @@ def relevance(values: dict[str, float], model: dict | None) -> float:
     return sigmoid(z)
 
 
+def coverage_gamma() -> float | None:
+    """The exponent on P(covered) in `covered_relevance` (chosen on validation by bench/fit_fusion_coverage.py;
+    None when not fitted: classifiers are then fused as if each covered the query)."""
+    g = (calibration().get("relevance") or {}).get("coverage_gamma")
+    return float(g) if g is not None else None
+
+
+def covered_relevance(values: dict[str, float], covers: dict[str, float], gamma: float = 1.0) -> float:
+    """P(relevant) of a result that several classifiers scored, each weighted by how well it covers the query.
+
+    values : {feature: raw score} (every feature of the query's set).
+    covers : {feature: P(the classifier behind that feature covers the query)} for the classifiers' features
+        (`nels.search.coverage.text_coverage`'s per-model scores); features not in `covers` (a joint space, an
+        acoustic space) are in every term.
+    gamma : q = P(covered) ** gamma; > 1 trusts a classifier only where coverage is clearly high.
+    Mixture over which classifiers cover the query: sum over non-empty sets S of the classifiers of
+    prod_{f in S} q_f prod_{f not in S} (1 - q_f) * relevance(values of S and the other features, model(S)),
+    normalised over the non-empty sets. "guitar" on a library of the ESC-50 CNN and YAMNet: the CNN's
+    P(covered) is ~0, so the result's relevance is YAMNet's model alone, whatever mass the CNN put on its
+    nearest wrong class; "dog barking" (both cover it): the two-classifier model.
+    """
+    from itertools import combinations
+
+    cov = [f for f in values if f in covers]
+    rest = [f for f in values if f not in covers]
+    q = {f: min(1.0, max(0.0, float(covers[f]))) ** gamma for f in cov}
+    total, acc = 0.0, 0.0
+    for r in range(1, len(cov) + 1):
+        for subset in combinations(cov, r):
+            pi = math.prod(q[f] if f in subset else 1.0 - q[f] for f in cov)
+            if pi <= 0:
+                continue
+            feats = list(subset) + rest
+            model, _ = relevance_model(feats)
+            acc += pi * relevance({f: values[f] for f in feats}, model)
+            total += pi
+    if total <= 0:  # no classifier covers it at all: every classifier's view, as without coverage
+        return relevance(values, relevance_model(list(values))[0])
+    return acc / total
+
+
 def fuse_by_relevance(kind: str) -> bool:
     """Whether fused rankings of `kind` ("text", "audio") are ordered by the fitted relevance rather than by
     reciprocal rank: chosen on validation by bench/fit_calibration.py (fusion_on_validation in the data file)."""
@@ -83,15 +128,20 @@ def fill_values(lists: dict[str, list], n: int) -> dict[str, float]:
     return {f: (float(c[-1].score) if c and len(c) >= n else 0.0) for f, c in lists.items()}
 
 
-def attach(cands, part_features: dict[str, str], fills: dict[str, float]) -> str:
+def attach(cands, part_features: dict[str, str], fills: dict[str, float],
+           covers: dict[str, float] | None = None) -> str:
     """Set `c.relevance` on every candidate from its parts (`c.parts`: part key -> raw score).
 
     part_features : part key -> feature name (several keys may share a feature: the best score counts).
     fills : per feature, the score of a result that mode did not return (`fill_values`).
+    covers : {feature: P(covered)} of the classifiers behind two or more features, with a fitted
+        `coverage_gamma`: relevance is `covered_relevance` (a classifier that does not cover the query
+        does not speak); else the one model of the whole set.
     Returns how the model was found (see `relevance_model`).
     """
     feats = sorted(set(part_features.values()))
     model, how = relevance_model(feats)
+    gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
     for c in cands:
         values = {f: fills.get(f, 0.0) for f in feats}
         seen: set[str] = set()
@@ -101,5 +151,5 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float]) -> str
                 values[f] = max(float(v), values[f]) if f in seen else float(v)
                 seen.add(f)
         c.values = values
-        c.relevance = relevance(values, model)
+        c.relevance = covered_relevance(values, covers, gamma) if gamma is not None else relevance(values, model)
     return how

@@ -155,24 +155,33 @@ def _text_spaces(lib, text: str) -> list[tuple]:
     encoders = {e.name: e for e in library_primaries(lib)}
     per = []
     for ids, probs, labels, model in mats:
-        vocab = model_vocabulary(encoders.get(model))
-        space = label_space(labels, vocab)
-        vec = space.encoder.encode([text])
-        sims, matched = space.similarity(vec)
-        known = coverage_mod.known_space(vocab)
-        ksims, _ = known.similarity(vec)
-        feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels)
-        per.append((model, ids, probs, labels, space, sims[0], matched[0], {"model": model, **feats}))
+        space, sims, matched, feats = classifier_text_view(text, labels, model_vocabulary(encoders.get(model)))
+        per.append((model, ids, probs, labels, space, sims, matched, {"model": model, **feats}))
     return per
 
 
-def _linguistic(lib, text: str, n: int, per: list | None = None) -> tuple[list[Candidate], float, dict[str, float]]:
+def classifier_text_view(text: str, labels, vocab: str | None) -> tuple:
+    """One classifier's view of a text query: (its label space, similarity per concept group, the phrase
+    matched per group, its coverage features for `coverage.text_coverage`)."""
+    space = label_space(labels, vocab)
+    vec = space.encoder.encode([text])
+    sims, matched = space.similarity(vec)
+    known = coverage_mod.known_space(vocab)
+    ksims, _ = known.similarity(vec)
+    feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels)
+    return space, sims[0], matched[0], feats
+
+
+def _linguistic(lib, text: str, n: int, per: list | None = None,
+                covers: dict[str, float] | None = None) -> tuple[list[Candidate], float, dict[str, float]]:
     """Segments ranked by the probability their classifier puts on the labels the query means.
 
     With several classifiers (the own CNN, a pretrained backbone), each one's *coverage* of the query is
     its best label similarity; only the classifiers within COVERAGE_MARGIN of the best coverage rank
-    ("guitar" is YAMNet's alone, "dog" both models'), fused by reciprocal rank. Returns (candidates, best
-    label similarity, coverage per model). per : `_text_spaces(lib, text)`, when the caller has it.
+    ("guitar" is YAMNet's alone, "dog" both models'). Those left are fused by the fitted relevance weighted
+    by each classifier's P(covered) (`calibration.covered_relevance`, with `covers` = {model: P(covered)}
+    from `coverage.text_coverage`), else by reciprocal rank. Returns (candidates, best label similarity,
+    coverage per model). per : `_text_spaces(lib, text)`, when the caller has it.
     """
     per = _text_spaces(lib, text) if per is None else per
     if not per:
@@ -196,10 +205,27 @@ def _linguistic(lib, text: str, n: int, per: list | None = None) -> tuple[list[C
         lists[model] = out
     if len(lists) == 1:
         return next(iter(lists.values())), best, coverage
-    fused = sorted(rrf(lists), key=lambda c: -c.score)
+    fused = rrf(lists)
     for c in fused:  # a fused candidate's own score: the best probability mass any model gave it
         c.mass = max(c.parts.values())
-    return fused, best, coverage
+    part_features, feat_covers = _linguistic_features(per, covers)
+    if feat_covers and calibration_mod.attach(fused, part_features, {f: 0.0 for f in part_features.values()},
+                                              feat_covers) == "fitted" and calibration_mod.coverage_gamma():
+        for c in fused:  # the classifiers that cover the query speak (a model left out above has mass 0)
+            c.score = c.relevance
+    return sorted(fused, key=lambda c: -c.score), best, coverage
+
+
+def _linguistic_features(per: list, covers: dict[str, float] | None) -> tuple[dict[str, str], dict[str, float]]:
+    """Part key -> calibration feature of each classifier's linguistic score, and {feature: P(covered)} of
+    the classifiers behind them (the best one's where two classifiers share a kind); {} without `covers`."""
+    part_features, feat_covers = {}, {}
+    for model, _, _, labels, *_ in per:
+        feat = calibration_mod.feature_name("linguistic", calibration_mod.classifier_kind(labels))
+        part_features["linguistic" if len(per) == 1 else f"linguistic:{model}"] = feat
+        if covers and model in covers:
+            feat_covers[feat] = max(feat_covers.get(feat, 0.0), float(covers[model]))
+    return part_features, feat_covers
 
 
 def _explain(text, sims, matched, probs_row, labels, space, tag: str) -> str:
@@ -283,6 +309,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     part_features: dict[str, str] = {}  # part key -> calibration feature (nels.search.calibration)
     feature_lists: dict[str, list[Candidate]] = {}  # each single mode's own list, for the fill values
     cov_text = cov_audio = None
+    text_covers: dict[str, float] = {}  # linguistic feature -> P(covered) of its classifier
     if audio is not None:
         encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
         acoustic: dict[str, list[Candidate]] = {}
@@ -318,7 +345,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             cov_text = coverage_mod.text_coverage(text, [p[7] for p in per])
     if text is not None and mode in ("linguistic", "fused"):
         try:
-            cands, best_sim, coverage = _linguistic(lib, text, n, per)
+            cands, best_sim, coverage = _linguistic(lib, text, n, per, (cov_text or {}).get("models"))
         except QueryError:
             if mode == "linguistic" or has_joint:
                 raise
@@ -331,9 +358,9 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             notice = (f"nothing in the library is clearly recognised as {text!r} (best p={top:.2f});"
                       " these are only the closest")
         lists["linguistic"] = cands
-        for model, _, _, labels, *_ in per:
-            feat = calibration_mod.feature_name("linguistic", calibration_mod.classifier_kind(labels))
-            part_features["linguistic" if len(per) == 1 else f"linguistic:{model}"] = feat
+        ling_features, text_covers = _linguistic_features(per, (cov_text or {}).get("models"))
+        part_features.update(ling_features)
+        for feat in ling_features.values():
             feature_lists.setdefault(feat, [])  # a result no classifier scored has mass 0
     if cov_text is not None and not cov_text["covered"]:
         weak = coverage_mod.text_notice(text, cov_text)
@@ -372,7 +399,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         w = text_fusion.get("weights") or {}
         weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
-    how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n))
+    how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n),
+                                 text_covers if text is not None else None)
     if cov_text is not None and not cov_text["covered"]:
         # relevance was fitted on queries the vocabulary covers: P(relevant) = P(relevant | covered) x P(covered)
         # (an uncovered query's ranking follows the nearest wrong class), so "guitar" on an ESC-50 library
