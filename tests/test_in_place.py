@@ -300,3 +300,22 @@ def test_originals_in_the_catalogue_on_sqlite_and_postgresql(tmp_path, catalogue
         assert skipped == [(cid, "changed")]
         assert lib.remove_clips([cid]) == 1 and moved.exists()
         assert lib.check_originals() == {"clips": 0, "missing": [], "changed": []}
+
+
+def test_check_update_indexes_a_changed_original_again_and_forget_missing(tmp_path, recordings, capsys):
+    lib = tmp_path / "lib"
+    ingest_in_place(capsys, lib, recordings)
+    ids = clip_ids(lib)
+    write_wav(recordings / "high.wav", synth("chirp", seconds=3.0, seed=9))  # edited: other audio, other length
+    (recordings / "clicks.wav").unlink()
+    rc, out, err = nels(capsys, "--library", str(lib), "check", "--update", "--forget-missing")
+    assert rc == 0, (out, err)
+    assert f"clip {ids['clicks.wav']}: forgotten" in out and f"clip {ids['high.wav']}: changed original" in out
+    now = clip_ids(lib)
+    assert set(now) == {"tone.wav", "high.wav", "noise.wav"} and now["high.wav"] not in ids.values()
+    rc, out, err = nels(capsys, "--library", str(lib), "check", "--hash")
+    assert rc == 0 and "every clip's media is there and unchanged" in out
+    with client(lib) as c:
+        assert c.get(f"/media/{now['high.wav']}").content == (recordings / "high.wav").read_bytes()
+        assert c.get(f"/api/clips/{now['high.wav']}").json()["duration"] == pytest.approx(3.0, abs=0.01)
+        assert c.get(f"/media/{ids['high.wav']}").status_code == 404  # the old clip is gone

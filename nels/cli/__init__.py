@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hash", action="store_true",
                    help="read every file and compare its SHA-256 with the clip's (default: a file whose size and"
                         " time are as recorded is taken as unchanged)")
+    s.add_argument("--update", action="store_true",
+                   help="index each changed original again, as it is now (a new clip; the old one is removed)")
+    s.add_argument("--forget-missing", action="store_true",
+                   help="remove the clips whose original is missing (after a move, prefer 'nels ingest --in-place"
+                        " NEW_PATH', which keeps the clip)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func="nels.cli.check:cli_check")
 
