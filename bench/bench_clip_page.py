@@ -11,6 +11,7 @@ with the default model into a library under `--work` (kept: a second run re-uses
   after clip.js has drawn the page (title, overview frame, timeline, controls, event list: `document.body.dataset
   .clip == "ready"`), then until the detail picture and the overview picture have loaded; the first run with a
   new server and an empty picture cache (cold), the others warm (median); a fresh browser context each run;
+  the browser has shown one page (a data: URL) before, unless `--cold-browser`;
   with where the time went (Resource Timing: the page, its scripts, the clip's JSON) and the server process's
   CPU time until the first paint;
 * `--busy N`: N processes spin at this script's own priority while the browser loads the page (run it under
@@ -171,7 +172,7 @@ def spin() -> None:
         pass
 
 
-def browser(lib_dir: Path, clip_id: int, runs: int, busy: int = 0) -> dict:
+def browser(lib_dir: Path, clip_id: int, runs: int, busy: int = 0, warm_browser: bool = True) -> dict:
     from devserver import CHROMIUM, CHROMIUM_ARGS, Server
     from playwright.sync_api import sync_playwright
 
@@ -191,6 +192,10 @@ def browser(lib_dir: Path, clip_id: int, runs: int, busy: int = 0) -> dict:
     try:
         with sync_playwright() as pw:
             b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            if warm_browser:  # a browser that has shown a page before (a user's), not one starting with this page
+                ctx = b.new_context()
+                ctx.new_page().goto("data:text/html,<p>warm</p><script>document.title = 'warm'</script>")
+                ctx.close()
             for i in range(runs):
                 ctx = b.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser cache every run
                 page = ctx.new_page()
@@ -209,7 +214,7 @@ def browser(lib_dir: Path, clip_id: int, runs: int, busy: int = 0) -> dict:
             sp.terminate()
             sp.join()
         srv.stop()
-    out = {"runs": runs, "busy": busy, "load_average": [round(x, 1) for x in os.getloadavg()],
+    out = {"runs": runs, "busy": busy, "browser_warmed": warm_browser, "load_average": [round(x, 1) for x in os.getloadavg()],
            "cold_timings_ms": timings[0], "warm_timings_ms": timings[-1],
            "server_cpu_to_first_paint_ms": {"cold": server_cpu[0], "warm_median": statistics.median(server_cpu[1:] or server_cpu)}}
     for j, name in enumerate(("first_paint", "detail_visible", "overview_visible")):
@@ -236,6 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5, help="browser page loads (the first with a cold server cache)")
     p.add_argument("--busy", type=int, default=0, help="processes spinning (at this script's priority) while the"
                                                           " browser loads the page: a loaded machine")
+    p.add_argument("--cold-browser", action="store_true",
+                   help="the first load is also the browser's first page (by default it has shown one page first:"
+                        " the server is cold, not the user's browser)")
     p.add_argument("--build-only", action="store_true")
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -248,7 +256,7 @@ def main(argv=None) -> int:
               "cores": os.cpu_count(), "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
               "hours": a.hours, "clip_id": clip_id, "server": server_side(lib_dir, clip_id)}
     if not a.no_browser:
-        report["browser"] = browser(lib_dir, clip_id, a.runs, a.busy)
+        report["browser"] = browser(lib_dir, clip_id, a.runs, a.busy, warm_browser=not a.cold_browser)
     print(json.dumps(report, indent=1))
     return 0
 
