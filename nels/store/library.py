@@ -152,7 +152,7 @@ class Library:
         self._stores: dict[str, VectorStore] = {}
         self._memo: dict[str, Any] = {}
         self._generation = self.catalogue.generation()
-        self._verdicts: dict[tuple[str, int, int], str] = {}  # (original, size, mtime_ns) -> verdict after a re-hash
+        self._verdicts: dict[tuple, str] = {}  # (original, size, mtime_ns, expected hash) -> verdict after a re-hash
 
     @property
     def conn(self):
@@ -384,7 +384,7 @@ class Library:
             return "changed"
         if not rehash and (st.st_size, st.st_mtime_ns) == (rec["size"], rec["mtime_ns"]):
             return "ok"
-        key = (path, st.st_size, st.st_mtime_ns)
+        key = (path, st.st_size, st.st_mtime_ns, rec["content_hash"])
         verdict = None if rehash else self._verdicts.get(key)
         if verdict is None:
             try:
