@@ -103,3 +103,15 @@ def test_queries_logged_in_the_catalogue_move_to_the_log_file(tones_library):  #
         assert new.catalogue.query_log_file.is_file()
     with Library(path) as again:  # moved once: opening again adds nothing
         assert {r["query"]: r["count"] for r in again.catalogue.weak_queries()} == {"zither": 5, "kazoo": 2}
+
+
+def test_a_weak_query_answered_while_the_server_stops_is_still_counted(tones_library):  # noqa: F811
+    from nels.web.state import AppState
+
+    st = AppState(tones_library.path)
+    res = st.lib.search(text="guitar", k=3, log_weak=False)
+    st.close()  # its log thread is done
+    st.log_weak("guitar", res.coverage)
+    st.log_weak("low tone", st.lib.search(text="low tone", k=3, log_weak=False).coverage)  # covered: not logged
+    assert [(r["query"], r["count"]) for r in tones_library.catalogue.weak_queries()] == [("guitar", 1)]
+    st.lib.close()

@@ -142,7 +142,10 @@ class AppState:
         if coverage is None or coverage.get("kind") != "text" or coverage.get("covered", True):
             return
         closest = coverage["closest"][0]["label"] if coverage.get("closest") else None
-        self.log_pool.submit(self._log_weak, text, float(coverage["score"]), closest)
+        try:
+            self.log_pool.submit(self._log_weak, text, float(coverage["score"]), closest)
+        except RuntimeError:  # the server is stopping (its log thread is done): written here, not lost
+            self._log_weak(text, float(coverage["score"]), closest)
 
     def _log_weak(self, text: str, score: float, closest: str | None) -> None:
         try:
