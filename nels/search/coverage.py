@@ -1,18 +1,23 @@
 """How well a library's vocabulary covers a query: a calibrated probability, and a notice when it does not.
 
-Text. For each classifier of the library, two similarities of the query (all-MiniLM-L6-v2 cosines, as in
+Text. For each classifier of the library, three similarities of the query (all-MiniLM-L6-v2 cosines, as in
 linguistic search): `covered`, its best similarity to a concept that stands for some class of the model
-(`ConceptSpace`: the model's labels, and the AudioSet/ESC-50 classes above or below them), and `known`,
-its best similarity to any sound concept of the search vocabulary (the 632 AudioSet classes, the ESC-50
-classes, the model's own), whether or not the model has a class for it. "guitar" is close to AudioSet's
-"Guitar" (known 1.0) but only to "keyboard typing" among the ESC-50 CNN's classes (covered 0.4): a sound
-the model was never taught. "asdfgh qwerty" is close to nothing at all (known low). With YAMNet in the
-library, "Guitar" is one of its classes, so the same query is covered: the signal depends on the models.
-A logistic model of (covered, known - covered), fitted by `bench/fit_calibration.py` on validation
-queries (ESC-50 and AudioSet class names and training phrasings vs AudioSet classes the model lacks and
-generated gibberish; never fold 1's paraphrases, never realworld-dev), turns them into P(covered); the
-library covers a query when any of its classifiers does. Below the threshold chosen there, search says
-"NELS has no class for 'guitar'; closest: ..." and logs the query (`Catalogue.log_weak_query`).
+(`ConceptSpace`: the model's labels, and the AudioSet/ESC-50 classes above or below them); `phrasing`, its
+best similarity to a written phrasing of a class the model covers (the joint space's training phrasings,
+nels/data/joint_phrases*.json: "the miaow of a house pet" is far from the name "cat" but near "a house cat
+meowing"); and `known`, its best similarity to a sound concept of the search vocabulary (the 632 AudioSet
+classes, the ESC-50 classes) that the model does *not* cover (`covered_concepts`: outside its concept space,
+and not a kind of sound one of its classes is (Meow under the ESC-50 cat's Cat, Police car (siren) under
+Siren)). "guitar" is close to AudioSet's "Guitar" (known 1.0) but only to "keyboard typing" among the ESC-50
+CNN's classes (covered 0.4): a sound the model was never taught. "asdfgh qwerty" is close to nothing at all.
+With YAMNet in the library, "Guitar" is one of its classes, so the same query is covered: the signal depends
+on the models. A logistic model of (covered, known - covered, phrasing - covered), fitted by
+`bench/fit_calibration.py` on validation queries (ESC-50 names and the training phrasings, each one left
+out of the phrasing bank it is compared with, and AudioSet class names, vs AudioSet classes the model does
+not cover, generated gibberish and words that name no sound; never fold 1's paraphrases, never
+realworld-dev), turns them into P(covered); the library covers a query when any of its classifiers does.
+Below the threshold chosen there, search says "NELS has no class for 'guitar' ...; closest: ..." and logs
+the query (`Catalogue.log_weak_query`).
 
 Audio. A query sound is explained when a classifier puts enough probability on one class: its largest class
 probability above chance ((p - 1/C) / (1 - 1/C)), through a logistic model fitted on ESC-50 fold-2 clips (a CNN
@@ -26,14 +31,23 @@ The fitted numbers live in `nels/data/calibration.json` (with how they were fitt
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration.json"
+from nels import config
+from nels.encoders.base import l2_normalize
+from nels.errors import NelsError
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CALIBRATION = DATA / "calibration.json"
+PHRASING_FILES = (DATA / "joint_phrases.json", DATA / "joint_phrases_styles.json")
+PHRASING_VECTORS = DATA / "coverage_phrasings.npz"  # their MiniLM vectors (float16), keyed by a hash of them
 NAMED_SIMILARITY = 0.6  # a notice names the vocabulary concept the query matches only from this similarity
 _lock = threading.Lock()
 
@@ -72,18 +86,160 @@ def known_space(vocabulary: str | None):
         return _known_space(vocabulary)
 
 
-def text_features(covered: float, known: float) -> list[float]:
-    """The coverage model's inputs: the best covered similarity, and how much better the query matches a
-    sound concept the model has no class for (0 when none)."""
-    return [float(covered), max(0.0, float(known) - float(covered))]
+@functools.lru_cache(maxsize=16)
+def _covered_concepts(space) -> frozenset:
+    from nels.encoders.audioset import load_links
+
+    try:
+        links = load_links()
+    except NelsError:
+        links = {}
+    voc = space.vocabulary
+    kept = set(space.concepts)
+    # what the model's classes are kinds of: its labels, and the AudioSet classes an ESC-50 class it covers
+    # is a kind of (nels/data/audioset/esc50_links.json: dog -> Dog, Bark)
+    anchors = set(space.labels) | {t for label, targets in links.items() if label in kept for t in targets}
+    out = kept | anchors
+    parents = voc.parents if voc is not None else {}
+    for entry in (voc.classes if voc is not None else ()):
+        if entry in out:
+            continue
+        seen, stack = set(), list(parents.get(entry, ()))
+        while stack:
+            a = stack.pop()
+            if a in seen:
+                continue
+            seen.add(a)
+            if a in anchors:
+                out.add(entry)
+                break
+            stack.extend(parents.get(a, ()))
+    return frozenset(out)
 
 
-def text_coverage_probability(covered: float, known: float, params: dict | None = None) -> float:
-    """P(the model's classes cover the query) from its two similarities (see the module docstring)."""
+def covered_concepts(space) -> frozenset:
+    """The vocabulary entries a model's classes cover in meaning (`space`: its ConceptSpace): the concepts of
+    its space, what its classes are a kind of (its labels; the AudioSet classes the ESC-50 links name for
+    them), and every entry below one of those on some line of the ontology (Meow under Cat, Police car
+    (siren) under Siren, Raindrop under Rain). The rest of the vocabulary is what the model was never taught."""
+    with _lock:
+        return _covered_concepts(space)
+
+
+@functools.lru_cache(maxsize=16)
+def _outside_mask(space, known_labels: tuple) -> np.ndarray:
+    inside = _covered_concepts(space)
+    return np.array([label not in inside for label in known_labels], dtype=bool)
+
+
+def outside_mask(space, known_labels) -> np.ndarray:
+    """Over `known_labels` (the search vocabulary): True where the model does not cover the entry."""
+    with _lock:
+        return _outside_mask(space, tuple(known_labels))
+
+
+def _phrasing_texts() -> tuple[list[str], list[str]]:
+    texts, owners = [], []
+    for f in PHRASING_FILES:
+        try:
+            classes = json.loads(f.read_text(encoding="utf-8"))["classes"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for label, phrases in classes.items():
+            texts += [str(t) for t in phrases]
+            owners += [label] * len(phrases)
+    return texts, owners
+
+
+def phrasings_sha256(texts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _phrasing_bank() -> tuple[list[str], np.ndarray, np.ndarray]:
+    texts, owners = _phrasing_texts()
+    if not texts:
+        return [], np.zeros(0, dtype=object), np.zeros((0, 384), dtype=np.float32)
+    sha = phrasings_sha256(texts)
+    vecs = None
+    cached = config.cache_dir() / "text" / f"coverage-phrasings-{sha[:32]}.npz"
+    for f in (PHRASING_VECTORS, cached):
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if str(z["sha256"]) == sha and z["vectors"].shape[0] == len(texts):
+                    vecs = z["vectors"].astype(np.float32)
+                    break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if vecs is None:  # the shipped vectors are of other phrasings: encode them once (~30 s) and cache
+        from nels.encoders.text import shared_text_encoder
+
+        vecs = shared_text_encoder().encode(texts).astype(np.float32)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, vectors=vecs.astype(np.float16), sha256=np.array(sha))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only cache only costs the time
+    return texts, np.array(owners, dtype=object), l2_normalize(vecs)
+
+
+def phrasing_bank() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(phrasings, their class label, L2-normalised MiniLM vectors) of nels/data/joint_phrases*.json; the
+    vectors ship in nels/data/coverage_phrasings.npz (written by `bench/fit_calibration.py text`)."""
+    with _lock:
+        return _phrasing_bank()
+
+
+@functools.lru_cache(maxsize=16)
+def _phrasing_rows(space) -> np.ndarray:
+    _, owners, _ = _phrasing_bank()
+    if not len(owners):
+        return np.zeros(0, dtype=int)
+    inside = _covered_concepts(space)
+    return np.flatnonzero([o in inside for o in owners])
+
+
+def phrasing_similarity(space, query_vec: np.ndarray | None, leave_out: str | None = None) -> float | None:
+    """The query's best cosine to a phrasing of a class the model covers; None when it covers none (a model
+    of other classes than ESC-50's) or without a query vector. leave_out : a phrasing not to compare with
+    (the fitting compares each training phrasing with the others only)."""
+    if query_vec is None:
+        return None
+    if not _has_phrasing_classes(space):
+        return None
+    texts, _, vecs = phrasing_bank()
+    rows = _phrasing_rows(space)
+    sims = vecs[rows] @ np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    if leave_out is not None:
+        sims = np.where(np.array([texts[i] == leave_out for i in rows]), -1.0, sims)
+    return float(sims.max()) if len(sims) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _has_phrasing_classes(space) -> bool:
+    """Whether some class the phrasings describe is covered (cheap: no vectors loaded for other models)."""
+    _, owners = _phrasing_texts()
+    inside = covered_concepts(space)
+    return any(o in inside for o in set(owners))
+
+
+def text_features(covered: float, known: float, phrasing: float | None = None) -> list[float]:
+    """The coverage model's inputs: the best covered similarity, how much better the query matches a sound
+    concept the model does not cover (0 when none), and how much better it matches a phrasing of a class
+    the model covers (0 when none, or no phrasings)."""
+    c = float(covered)
+    return [c, max(0.0, float(known) - c), max(0.0, float(phrasing) - c) if phrasing is not None else 0.0]
+
+
+def text_coverage_probability(covered: float, known: float, phrasing: float | None = None,
+                              params: dict | None = None) -> float:
+    """P(the model's classes cover the query) from its three similarities (see the module docstring)."""
     p = params if params is not None else (calibration().get("text_coverage") or {})
-    w = p.get("weights") or [12.0, -12.0]  # unfitted fallback: similarity 0.5 is the edge, a better
+    w = p.get("weights") or [12.0, -12.0, 12.0]  # unfitted fallback: similarity 0.5 is the edge, a better
     b = p.get("bias", -6.0)  # match elsewhere in the vocabulary counts against
-    x = text_features(covered, known)
+    x = text_features(covered, known, phrasing)
     return sigmoid(b + sum(wi * xi for wi, xi in zip(w, x)))
 
 
@@ -95,15 +251,17 @@ def text_threshold(params: dict | None = None) -> float:
 def text_coverage(text: str, per_model: list[dict]) -> dict:
     """The library's coverage of a text query.
 
-    per_model : one dict per classifier: {"model", "covered" (best similarity to a concept covering its
-        classes), "known" (best similarity to any vocabulary concept), "closest" [(name, similarity)],
-        "nearest_known" (name of the best vocabulary concept)}.
+    per_model : one dict per classifier (`model_text_features` plus "model"): {"model", "covered" (best
+        similarity to a concept covering its classes), "known" (best similarity to a vocabulary concept it
+        does not cover), "phrasing" (best similarity to a phrasing of a class it covers, or None),
+        "closest" [(name, similarity)], "nearest_known" (that uncovered concept's name)}.
     Returns {"score" (P(covered), the best model's), "covered" (score >= threshold), "threshold",
     "best_similarity", "model", "closest": [{"label", "similarity"}], "nearest_concept", "models":
     {model: score}}.
     """
     thr = text_threshold()
-    scores = {m["model"]: text_coverage_probability(m["covered"], m["known"]) for m in per_model}
+    scores = {m["model"]: text_coverage_probability(m["covered"], m["known"], m.get("phrasing"))
+              for m in per_model}
     best = max(per_model, key=lambda m: (scores[m["model"]], m["covered"]))
     score = scores[best["model"]]
     return {"kind": "text", "score": round(score, 4), "covered": bool(score >= thr), "threshold": round(thr, 4),
@@ -115,26 +273,33 @@ def text_coverage(text: str, per_model: list[dict]) -> dict:
 
 
 def text_notice(text: str, cov: dict) -> str:
+    """One sentence: "NELS has no class for 'guitar' (it is AudioSet's 'Guitar', which no model here was
+    taught); closest: keyboard typing (0.42), ...". It replaces search's weaker notices ("no known sound
+    matches", "nothing is clearly recognised"), which say less well that no class means the query."""
     closest = ", ".join(f"{c['label']} ({c['similarity']:.2f})" for c in cov["closest"][:3])
-    out = f"NELS has no class for {text!r}; closest: {closest or 'none'}"
     nearest = cov.get("nearest_concept")
     # name the sound the query means when it clearly means one (MiniLM puts a query near its own label at
     # 0.5-0.8, see nels.search.linguistic): "gunshot" is AudioSet's "Gunshot, gunfire"; gibberish means none
+    named = ""
     if nearest and cov.get("nearest_concept_similarity", 0.0) >= NAMED_SIMILARITY \
             and nearest.lower() not in {c["label"].lower() for c in cov["closest"]}:
-        out += f" (it matches the AudioSet class {nearest!r}, which no model here was taught)"
-    return out
+        named = f" (it is AudioSet's {nearest!r}, which no model here was taught)"
+    return f"NELS has no class for {text!r}{named}; closest: {closest or 'none'}."
 
 
-def model_text_features(space, sims_row: np.ndarray, known_sims_row: np.ndarray, known_labels) -> dict:
+def model_text_features(space, sims_row: np.ndarray, known_sims_row: np.ndarray, known_labels,
+                        query_vec: np.ndarray | None = None, leave_out: str | None = None) -> dict:
     """The per-model inputs of `text_coverage` from one query's ConceptSpace similarities (`sims_row`, per
-    group) and its similarities to every vocabulary entry (`known_sims_row`, `known_labels`)."""
+    group), its similarities to every vocabulary entry (`known_sims_row`, `known_labels`) and its MiniLM
+    vector (`query_vec`, for the phrasings; None: not used). leave_out : see `phrasing_similarity`."""
     s = np.asarray(sims_row, dtype=np.float32)
     order = [int(i) for i in np.argsort(-np.where(np.isfinite(s), s, -9.0))[:3]]
-    k = int(np.argmax(known_sims_row))
-    return {"covered": float(np.nanmax(np.where(np.isfinite(s), s, -1.0))), "known": float(known_sims_row[k]),
+    ks = np.where(outside_mask(space, known_labels), np.asarray(known_sims_row, dtype=np.float32), -1.0)
+    k = int(np.argmax(ks))
+    return {"covered": float(np.nanmax(np.where(np.isfinite(s), s, -1.0))), "known": float(ks[k]),
+            "phrasing": phrasing_similarity(space, query_vec, leave_out),
             "closest": [(space.names[i], float(s[i])) for i in order if np.isfinite(s[i])],
-            "nearest_known": known_labels[k]}
+            "nearest_known": known_labels[k] if ks[k] > -1.0 else None}
 
 
 # -- audio --------------------------------------------------------------------------------------------------

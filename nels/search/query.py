@@ -168,7 +168,7 @@ def classifier_text_view(text: str, labels, vocab: str | None) -> tuple:
     sims, matched = space.similarity(vec)
     known = coverage_mod.known_space(vocab)
     ksims, _ = known.similarity(vec)
-    feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels)
+    feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels, vec[0])
     return space, sims[0], matched[0], feats
 
 
@@ -363,8 +363,10 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         for feat in ling_features.values():
             feature_lists.setdefault(feat, [])  # a result no classifier scored has mass 0
     if cov_text is not None and not cov_text["covered"]:
-        weak = coverage_mod.text_notice(text, cov_text)
-        notice = weak + (f" ({notice})" if notice else "")
+        # one sentence, in place of the weaker notices above (they say less well that no class means the query)
+        notice = coverage_mod.text_notice(text, cov_text)
+        if cov_audio is not None and not cov_audio["covered"]:
+            notice = notice[:-1] + "; and " + coverage_mod.audio_notice(cov_audio)
         if log_weak:
             _log_weak(lib, text, cov_text)
     if mode == "linguistic" and text is not None and not lists.get("linguistic"):
