@@ -127,8 +127,8 @@ class Searcher:
     """Text searches back to back against `nels serve` (one at a time), each logged (start, end, HTTP status;
     0 = no answer); every 40th request also reads /api/stats' classifier (what the server serves now)."""
 
-    def __init__(self, url: str):
-        self.url, self.log, self.classifiers = url, [], []
+    def __init__(self, url: str, unique: bool = False):
+        self.url, self.log, self.classifiers, self.unique = url, [], [], unique
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -137,7 +137,9 @@ class Searcher:
         names = list(CLASSES)
         while not self.stop.is_set():
             i += 1
-            q = urllib.parse.urlencode({"q": names[i % len(names)], "k": 1 + i % 30})
+            # unique: a number makes every query new, so none is answered from the server's answer cache
+            text = f"{names[i % len(names)]} {i}" if self.unique else names[i % len(names)]
+            q = urllib.parse.urlencode({"q": text, "k": 1 + i % 30})
             t0 = time.time()
             try:
                 with urllib.request.urlopen(f"{self.url}/api/search?{q}", timeout=120) as r:
@@ -291,6 +293,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0, help="noise amplitude of the tones (1: as loud as the tone)")
     ap.add_argument("--kill-at", type=float, default=0.35, help="kill -9 at this fraction of the wall time")
     ap.add_argument("--term-at", type=float, default=0.65, help="SIGTERM (and restart) at this fraction")
+    ap.add_argument("--unique-queries", action="store_true",
+                    help="every search a new query (none answered from nels serve's answer cache)")
     ap.add_argument("--out", default=None, help="JSON record (default bench/results/bench-run-DATE.json)")
     a = ap.parse_args()
     if (a.minutes is None) == (a.cycles is None):
@@ -308,7 +312,7 @@ def main() -> None:
     with Library(lib) as L:  # a served library needs something in it: the seed clips of one class
         ingest(L, [str(work / "seed" / "low hum")], model="default")
     srv = Server(lib).start(timeout=900)
-    searcher = Searcher(srv.url)
+    searcher = Searcher(srv.url, a.unique_queries)
     searcher.thread.start()
     load = []
     t0 = time.time()
@@ -354,6 +358,7 @@ def main() -> None:
     log = read_log(lib)
     with Library(lib, create=False) as L:
         versions = L.catalogue.model_versions()
+        failures = L.stats()["failures"]
     cycles = per_cycle(log, searcher, versions)
     spans = [(r["t"] - r["seconds"], r["t"]) for r in log if r.get("step") == "reindex" and r["status"] == "done"]
     during = [searcher.count(x, y) for x, y in spans]
@@ -388,6 +393,8 @@ def main() -> None:
                      "swaps": len(spans)},
         "served_classifiers_seen": [c for _, c in searcher.classifiers], "served_classifier_at_end": served,
         "kill9": kills, "sigterm": terms, "steps_done_twice": done_twice,
+        "seed_urls": {"planned": sum(r.get("seed_urls") or 0 for r in log if r.get("step") == "plan"),
+                      "failed_items": [{k: f[k] for k in ("uri", "attempts", "error")} for f in failures]},
         "integrity": integrity(lib), "library": str(lib),
     }
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"bench-run-{time.strftime('%Y-%m-%d', time.gmtime(t0))}.json"
@@ -425,6 +432,10 @@ def summary(r: dict) -> None:
           f"{i['distinct_content_hashes']}) vectors={i['catalogue_vectors']} index on disk={i['index_on_disk']}"
           f" after sync={i['index_after_sync']} serving={i['serving_versions']} items={i['items']}")
     print(f"steps done twice: {r['steps_done_twice']}")
+    if r.get("seed_urls", {}).get("planned"):
+        f = r["seed_urls"]["failed_items"]
+        print(f"seed URLs planned: {r['seed_urls']['planned']}, failed items: {len(f)}"
+              + (f" (attempts {sorted({x['attempts'] for x in f})}, e.g. {f[0]['error'][:100]})" if f else ""))
 
 
 if __name__ == "__main__":
