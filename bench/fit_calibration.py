@@ -2,6 +2,7 @@
 
     python3 bench/fit_calibration.py text       # vocabulary coverage of text queries (no audio needed)
     python3 bench/fit_calibration.py audio      # whether some class explains a query sound
+    python3 bench/fit_calibration.py audio-study  # could the class probabilities say it better? (prints only)
     python3 bench/fit_calibration.py relevance  # one calibrated relevance per result, from the per-mode scores
     python3 bench/fit_calibration.py report     # reliability of `relevance` on ESC-50 fold 1 (never fitted on)
 
@@ -270,7 +271,7 @@ def write_section(name: str, value: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["text", "audio", "relevance", "report"])
+    ap.add_argument("part", choices=["text", "audio", "audio-study", "relevance", "report"])
     args, rest = ap.parse_known_args()
     if args.part == "text":
         out = fit_text()
