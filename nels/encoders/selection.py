@@ -50,12 +50,14 @@ def split_spec(spec: str) -> list[str]:
 
 def encoders_for(spec: str) -> list[Encoder]:
     """The encoders of a spec, in ingest order: each acoustic encoder, then its joint space if it has one
-    (a derived encoder maps the output of the acoustic encoder just before it)."""
+    (a derived encoder maps the output of the acoustic encoder just before it). A library has one joint space,
+    the primary's (search maps queries through `joint_encoder_for(primary)`): another encoder's joint space
+    (a head on YAMNet carries one too) would write the same "joint" vectors from other towers, so it is left out."""
     out: list[Encoder] = []
-    for part in split_spec(spec):
+    for i, part in enumerate(split_spec(spec)):
         enc = create_encoder(part)
         out.append(enc)
-        joint = joint_encoder_for(enc)
+        joint = joint_encoder_for(enc) if i == 0 else None
         if joint is not None:
             out.append(joint)
     return out

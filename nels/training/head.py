@@ -66,6 +66,10 @@ def default_head_hparams() -> dict:
         "pooling": "validation",  # 'validation', or fixed: 'windows-mean-prob' / 'windows-mean-logit'
         "fuse_cnn": None,  # a NELS CNN folder (same --exclude-fold and seed) to fuse with, weight chosen on validation
         "fuse_weights": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+        # the cross-modal joint space on the head's segment vectors (the backbone's), trained after the head into
+        # <head>/joint exactly as `nels train-joint --model <head>` does: false, true, or train_joint's options
+        # {"epochs", "loss", "vocabulary", "phrases"} (the vocabulary must describe every class)
+        "joint": False,
     }
 
 
@@ -368,6 +372,8 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
         raise DatasetError(f"unknown head hyper-parameter(s) {sorted(unknown)}; known: {sorted(default_head_hparams())}")
     if hp["select"] not in ("accuracy", "nll"):
         raise DatasetError(f"select must be 'accuracy' or 'nll', not {hp['select']!r}")
+    if hp["joint"] not in (True, False, None) and (not isinstance(hp["joint"], dict) or set(hp["joint"]) - set(JOINT_OPTIONS)):
+        raise DatasetError(f"joint must be true, false or an object with some of {list(JOINT_OPTIONS)}, not {hp['joint']!r}")
     if hp["pooling"] not in ("validation", *POOLINGS):
         raise DatasetError(f"pooling must be 'validation' or one of {list(POOLINGS)}, not {hp['pooling']!r}")
     if epochs is not None:
@@ -522,8 +528,35 @@ def train_head(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None
     save_head(out, net, ds.labels, bb, pooling, name, extra)
     write_head_card(out, name, ds, fmt, exclude_fold, cmd, metrics, hp, pooling, bb, backbone, licence, fusion)
     log(f"head written to {out} ({train_seconds:.0f} s training, {feat_seconds:.0f} s backbone windows)")
-    return {"model": str(out), "out": str(out), "pooling": pooling, "metrics": metrics,
-            "best_val_acc": metrics["validation_accuracy"], "train_seconds": round(train_seconds, 1)}
+    summary = {"model": str(out), "out": str(out), "pooling": pooling, "metrics": metrics,
+               "best_val_acc": metrics["validation_accuracy"], "train_seconds": round(train_seconds, 1)}
+    if hp["joint"]:
+        summary["joint"] = train_head_joint(dataset, fmt, exclude_fold, out, hp["joint"], seed, log, progress and not quiet,
+                                            windows=W)
+    return summary
+
+
+JOINT_OPTIONS = ("epochs", "loss", "vocabulary", "phrases")
+
+
+def train_head_joint(dataset: str, fmt: str, exclude_fold, head: Path, options, seed: int, log, progress: bool,
+                     windows=None) -> dict:
+    """The joint space of a just-written head folder (`<head>/joint`), trained on its segment vectors as `nels
+    train-joint --model <head>` does (hparams "joint": true, or a dict of JOINT_OPTIONS); `windows`: the backbone
+    windows the head was trained on (its segment vectors are pooled from them). Returns train_joint's report."""
+    from nels.training.joint import train_joint
+
+    opts = {} if options is True else options
+    if not isinstance(opts, dict) or set(opts) - set(JOINT_OPTIONS):
+        raise DatasetError(f"joint must be true, false or an object with some of {list(JOINT_OPTIONS)}, not {options!r}")
+    log(f"joint space on the head's segment vectors ({json.dumps(opts) if opts else 'train-joint defaults'})")
+    rep = train_joint(dataset, fmt, exclude_fold, str(head), loss=opts.get("loss", "both"), epochs=int(opts.get("epochs", 80)),
+                      seed=seed, vocabulary=opts.get("vocabulary"), progress=progress, phrases=opts.get("phrases"),
+                      windows=windows)
+    f = rep["fusion"]["text"]
+    log(f"joint space written to {rep['out']}: kept {rep['loss']}/{rep['text_tower']}; text search on validation"
+        f" linguistic {f['linguistic']:.3f}, joint {f['joint']:.3f}, fused {f['fused']:.3f} ({rep['train_seconds']:.0f} s)")
+    return rep
 
 
 def write_head_card(out: Path, name, ds, fmt, exclude_fold, cmd, metrics, hp, pooling, bb, backbone, licence,

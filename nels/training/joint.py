@@ -67,6 +67,79 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
     return (emb, clip, label, prob) if with_probs else (emb, clip, label)
 
 
+def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path = CACHE, windows=None, progress: bool = True):
+    """`segment_embeddings` (with probabilities) of a head on a backbone (`nels train --backbone`), from the
+    backbone windows its training cached (`nels.training.head.window_embeddings`, computed here if absent), so the
+    backbone runs once for the head and its joint space. A segment's vector is the head's: the mean of the grid
+    windows inside it, L2-normalised. Exact for every clip whose windows map onto its segments (the backbone's
+    one grid per clip); any other clip, and every validation clip (`val`: their probabilities fit the fusion
+    weight, and the head's late-fused CNN needs the audio), is encoded by the head itself. Only the clips of
+    `keep` are returned; probabilities only for `val`'s (zeros elsewhere: training reads none)."""
+    from nels.audio.decode import decode
+    from nels.audio.segment import SegmentConfig, segment_array
+    from nels.encoders.base import l2_normalize
+    from nels.training.head import window_embeddings
+
+    bb = enc.backbone
+    sha = getattr(enc, "meta", {}).get("weights_sha256")
+    key = hashlib.sha256(json.dumps([enc.name, sha, str(ds.root), len(ds.items), sorted(map(int, keep)),
+                                     sorted(map(int, val)), "windows", 1]).encode()).hexdigest()[:20]
+    f = cache_dir / f"{key}.npz"
+    if f.exists():
+        z = np.load(f)
+        return z["emb"], z["clip"], z["label"], z["probs"]
+    W = windows if windows is not None else window_embeddings(ds, bb, None, (0.0, 0.0), log=lambda m: None,
+                                                              progress=progress)
+    rows_of = {str(it.path): W.of(i) for i, it in enumerate(W.items)}
+    grid = getattr(bb, "grid_windows", None)
+    if grid is None:
+        from nels.encoders.yamnet import grid_windows as grid
+    vset = set(map(int, val))
+    embs, probs, clips, labels = [], [], [], []
+    exact = encoded = 0
+    n_labels = len(enc.labels)
+    for ci in sorted(map(int, keep)):
+        it = ds.items[ci]
+        seg_emb = None
+        try:
+            x = decode(it.path, sr=bb.sample_rate)
+        except Exception as exc:  # noqa: BLE001 - reported, never a silent wrong label
+            print(f"skipped {it.path}: {exc}", file=sys.stderr)
+            continue
+        mine = rows_of.get(str(it.path))
+        if ci in vset or mine is None:
+            r = enc.encode(x, bb.sample_rate)
+            seg_emb, seg_p = r.embeddings, r.probs
+            encoded += 1
+        else:
+            segs = segment_array(x, SegmentConfig(window=enc.window, hop=enc.hop), bb.sample_rate)
+            ks = [list(grid(int(round(sg.start * bb.sample_rate)), sg.audio.size)) for sg in segs]
+            order: dict[int, int] = {}
+            for k in (k for row in ks for k in row):
+                order.setdefault(k, len(order))
+            if segs and all(ks) and len(order) == len(mine):
+                seg_emb = l2_normalize(np.stack([W.emb[mine[[order[k] for k in row]]].mean(axis=0) for row in ks])
+                                       .astype(np.float32))
+                seg_p = np.zeros((len(segs), n_labels), np.float32)
+                exact += 1
+            else:  # framed otherwise (a segment shorter than a window, a silent stretch): the head itself
+                r = enc.encode(x, bb.sample_rate)
+                seg_emb, seg_p = r.embeddings, r.probs
+                encoded += 1
+        if seg_emb is None or not len(seg_emb):
+            continue
+        embs.append(seg_emb)
+        probs.append(seg_p if seg_p is not None else np.zeros((len(seg_emb), n_labels), np.float32))
+        clips += [ci] * len(seg_emb)
+        labels += [it.label] * len(seg_emb)
+    if progress:
+        print(f"segment vectors: {exact} clips from the cached backbone windows, {encoded} encoded", file=sys.stderr)
+    emb, clip, label, prob = np.concatenate(embs), np.asarray(clips), np.asarray(labels), np.concatenate(probs)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(f, emb=emb, clip=clip, label=label, probs=prob)
+    return emb, clip, label, prob
+
+
 def class_phrases(labels: list[str], vocabulary_path=None) -> tuple[list[str], np.ndarray]:
     """Every phrase of every class (name, description, synonyms), and its class id. A class the
     vocabulary lacks is an error: its text side would be only its file-system name."""
@@ -255,11 +328,13 @@ def fit(loss_name: str, emb, label, clip_ids, train_clips, val_clips, t_vecs, t_
 
 def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, model: str | None = None,
                 loss: str = "both", out: str | None = None, epochs: int = 80, seed: int = 0,
-                vocabulary: str | None = None, progress: bool = True, phrases: str | None = None) -> dict:
+                vocabulary: str | None = None, progress: bool = True, phrases: str | None = None,
+                windows=None) -> dict:
     """Train the towers (see the module docstring); returns joint.json's content plus "out".
 
     phrases: extra training phrasings (None: the shipped nels/data/joint_phrases.json; "none": only the
-    vocabulary)."""
+    vocabulary). windows: a head's backbone windows of `dataset` (`nels.training.head.Windows`), already in
+    memory (else read from the window cache; see `head_segment_embeddings`)."""
     from nels.training.datasets import load_dataset
     from nels.encoders.base import load_encoder
     from nels.encoders.text import TextEncoder
@@ -279,12 +354,6 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     keep = [i for i, it in enumerate(ds.items) if exclude_fold is None or it.fold != exclude_fold]
     if not keep:
         raise DatasetError("no training clips left after --exclude-fold")
-    emb, clip, label, probs = segment_embeddings(ds, enc, progress=progress, with_probs=True)
-    m = np.isin(clip, keep)
-    emb, clip, label, probs = emb[m], clip[m], label[m], probs[m]
-    missing = sorted(set(range(len(labels))) - set(label.tolist()))
-    if missing:
-        raise DatasetError("no audio for class(es): " + ", ".join(labels[i] for i in missing))
     te = TextEncoder()
     rng = np.random.default_rng(seed)
     # held out for validation: the last 2 synonyms of each class and a quarter of its training phrasings
@@ -302,6 +371,16 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     t_all = te.encode(all_phrases)
     t_vecs, t_train_owner = t_all[~held], owner[~held]
     val = validation_clips(enc, ds, keep, rng)
+    if hasattr(enc, "net") and hasattr(getattr(enc, "backbone", None), "window_outputs"):
+        # a head on a backbone: its segment vectors from the backbone windows its training cached
+        emb, clip, label, probs = head_segment_embeddings(ds, enc, keep, val, progress=progress, windows=windows)
+    else:
+        emb, clip, label, probs = segment_embeddings(ds, enc, progress=progress, with_probs=True)
+    m = np.isin(clip, keep)
+    emb, clip, label, probs = emb[m], clip[m], label[m], probs[m]
+    missing = sorted(set(range(len(labels))) - set(label.tolist()))
+    if missing:
+        raise DatasetError("no audio for class(es): " + ", ".join(labels[i] for i in missing))
     train = np.setdiff1d(np.unique(clip), val)
     results = {}
     losses = ["contrastive", "infonce"] if loss == "both" else [loss]
@@ -346,7 +425,7 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
             "validation_clips": int(len(np.unique(clip[va]))),
             "fusion": {"text": fusion},
             "command": "nels " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("nels") else None,
-            "feature_config": enc.feature_config.to_dict()}
+            **({"feature_config": enc.feature_config.to_dict()} if hasattr(enc, "feature_config") else {})}
     from nels.encoders.text import DEFAULT_VOCABULARY
 
     save_joint(out_dir, towers, meta, Path(vocabulary) if vocabulary else DEFAULT_VOCABULARY)
