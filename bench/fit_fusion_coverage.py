@@ -12,7 +12,8 @@ over the classes it keeps, its label space built from those): queries for the hi
 vocabulary (YAMNet, with 521 AudioSet classes, still covers them), the rest are in both. Queries: every class
 name and 4 joint training phrasings per class (nels/data/joint_phrases.json; never nels/data/eval/); relevant =
 the clips of that class; mAP over the fold's clips (a clip ranks by its best segment, as search ranks), per
-kind (in vocabulary / hidden from the CNN). Methods, each through the code search uses for a query's scores
+kind (in vocabulary / hidden from the CNN). A query's coverage features never compare it with itself among
+the training phrasings (`coverage.phrasing_similarity`'s leave_out, as the coverage fit does). Methods, each through the code search uses for a query's scores
 (label spaces, `label_weights`, the coverage model, the fitted relevance models):
 
 * YAMNet alone, CNN alone;
@@ -84,7 +85,7 @@ def view(texts, labels, probs, vocab) -> dict:
     """Per query: segment scores (as `linguistic.score`), best group similarity, coverage features."""
     S, best, feats = [], [], []
     for t in texts:
-        space, sims, _, f = classifier_text_view(t, labels, vocab)
+        space, sims, _, f = classifier_text_view(t, labels, vocab, leave_out=t)  # never its own phrasing
         w = linguistic.label_weights(sims)
         S.append(linguistic.score(w, probs, space.members))
         best.append(float(np.nanmax(np.where(np.isfinite(sims), sims, -1.0))))

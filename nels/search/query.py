@@ -160,15 +160,16 @@ def _text_spaces(lib, text: str) -> list[tuple]:
     return per
 
 
-def classifier_text_view(text: str, labels, vocab: str | None) -> tuple:
+def classifier_text_view(text: str, labels, vocab: str | None, leave_out: str | None = None) -> tuple:
     """One classifier's view of a text query: (its label space, similarity per concept group, the phrase
-    matched per group, its coverage features for `coverage.text_coverage`)."""
+    matched per group, its coverage features for `coverage.text_coverage`). leave_out : a training phrasing
+    the coverage features do not compare with (validation queries drawn from those phrasings)."""
     space = label_space(labels, vocab)
     vec = space.encoder.encode([text])
     sims, matched = space.similarity(vec)
     known = coverage_mod.known_space(vocab)
     ksims, _ = known.similarity(vec)
-    feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels, vec[0])
+    feats = coverage_mod.model_text_features(space, sims[0], ksims[0], known.labels, vec[0], leave_out)
     return space, sims[0], matched[0], feats
 
 
