@@ -106,3 +106,29 @@ def test_a_bad_joint_option_is_refused_before_training(tmp_path):
             train_head(str(tmp_path / "nowhere"), "folders", None, str(tmp_path / "head"), "yamnet",
                        hparams={"joint": bad}, quiet=True, progress=False)
     assert not (tmp_path / "head").exists()
+
+
+def test_segment_vectors_pooled_from_cached_windows_are_the_heads_own(head_with_joint, tmp_path, capsys):
+    """The joint space trains on the head's segment vectors rebuilt from the backbone windows its training cached:
+    they are the vectors the head gives at ingest (the backbone's one grid of windows per clip)."""
+    import numpy as np
+
+    from nels.audio.decode import decode
+    from nels.encoders.base import create_encoder
+    from nels.training.datasets import load_dataset
+    from nels.training.head import window_embeddings
+    from nels.training.joint import head_segment_embeddings
+
+    ds_dir, head, _ = head_with_joint
+    ds = load_dataset(str(ds_dir), "folders")
+    enc = create_encoder(str(head))
+    W = window_embeddings(ds, enc.backbone, tmp_path / "windows", (0.0, 0.0), log=lambda m: None)
+    keep = list(range(len(ds.items)))
+    emb, clip, label, probs = head_segment_embeddings(ds, enc, keep, [0], cache_dir=tmp_path / "j", windows=W)
+    assert f"{len(keep) - 1} clips from the cached backbone windows, 1 encoded" in capsys.readouterr().err
+    assert sorted(set(clip.tolist())) == keep and emb.shape[1] == 1024
+    for ci in keep:
+        r = enc.encode(decode(ds.items[ci].path, sr=SR), SR)
+        assert np.allclose(emb[clip == ci], r.embeddings, atol=1e-5), ds.items[ci].path
+        assert (label[clip == ci] == ds.items[ci].label).all()
+    assert np.allclose(probs[clip == 0].sum(1), 1, atol=1e-4)  # a validation clip's probabilities are the head's
