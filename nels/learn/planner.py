@@ -42,8 +42,8 @@ DEFAULT_VOCABULARY = DATA / "vocabulary.json"
 AUDIOSET_EXAMPLES = DATA / "audioset" / "examples.json"
 SEED = "example"  # crawl_queries.origin of a seed URL
 EXAMPLES_LICENCE = ("CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/): derived from the AudioSet ontology"
-                    " by Google Inc.; changes: of each class only its name and positive examples are kept (as the ontology"
-                    " writes them). Share alike: see nels/data/audioset/LICENSE.md")
+                    " by Google Inc.; changes: of each class only its name and positive examples are kept (as the"
+                    " ontology writes them). Share alike: see nels/data/audioset/LICENSE.md")
 
 
 def vocabulary_entries(path: Path | None = None) -> dict[str, dict]:
