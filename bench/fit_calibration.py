@@ -1,6 +1,7 @@
 """Fit what makes search honest and readable, on validation data only, and write nels/data/calibration.json.
 
     python3 bench/fit_calibration.py text       # vocabulary coverage of text queries (no audio needed)
+    python3 bench/fit_calibration.py text-joint-study  # would the joint space's confidence help? (prints only)
     python3 bench/fit_calibration.py audio      # whether some class explains a query sound
     python3 bench/fit_calibration.py audio-study  # could the class probabilities say it better? (prints only)
     python3 bench/fit_calibration.py relevance  # one calibrated relevance per result, from the per-mode scores
@@ -260,6 +261,52 @@ def fit_text() -> dict:
             "held_out": held, "checks (never fitted on)": checks, "date": time.strftime("%Y-%m-%d")}
 
 
+def study_joint() -> dict:
+    """Would the joint space's confidence help as a fourth feature? CNN only (the joint space is its): the best
+    cosine of the query's joint-space text vector to the joint space's phrase bank. Positives: the style
+    phrasings (nels/data/joint_phrases_styles.json, which the shipped joint space was not trained on) and
+    ESC-50 names; negatives as in `fit_text`; the same 80 % split. Fitted with and without it, measured on
+    fold 1's and the independent paraphrases and on held-out uncovered AudioSet names. Prints only."""
+    from sklearn.linear_model import LogisticRegression
+
+    from nels.encoders.base import create_encoder
+    from nels.encoders.joint import joint_encoder_for
+    from nels.search.query import label_space
+
+    kind, labels, vocab = model_specs()[0]
+    jenc = joint_encoder_for(create_encoder("default"))
+    _, _, bank = jenc.phrase_bank()
+    styles = {t for ps in json.loads((DATA / "joint_phrases_styles.json").read_text())["classes"].values() for t in ps}
+    space, qs = text_queries(labels, vocab)
+    qs = [q for q in qs if q[3] != "esc50 phrasings" or q[0] in styles]
+
+    def joint_conf(texts):
+        return (jenc.text(texts) @ bank.T).max(axis=1)
+
+    X3 = features(space, [q[0] for q in qs], vocab, leave_out=[q[4] for q in qs])
+    X4 = np.c_[X3, joint_conf([q[0] for q in qs])]
+    y = np.array([q[1] for q in qs])
+    fit = np.array([in_fit(f"{kind}:{q[2]}") for q in qs])
+
+    def load(name):
+        return [q["text"] for q in json.loads((DATA / "eval" / name).read_text())["queries"]]
+
+    checks = {"fold-1 paraphrases": load("paraphrases.json"), "independent paraphrases": load("paraphrases_independent.json")}
+    F3 = {k: features(space, v, vocab) for k, v in checks.items()}
+    F4 = {k: np.c_[F3[k], joint_conf(v)] for k, v in checks.items()}
+    audioset = np.array([q[3] == "audioset names" and q[1] == 0 for q in qs])
+    out = {}
+    for name, X, F in (("3 features", X3, F3), ("3 features + joint confidence", X4, F4)):
+        lr = LogisticRegression(C=10.0, class_weight="balanced", max_iter=2000).fit(X[fit], y[fit])
+        p = lr.predict_proba(X)[:, 1]
+        thr = balanced_threshold(p[fit], y[fit])
+        row = {f"{k}: false notices": round(float(np.mean(lr.predict_proba(F[k])[:, 1] < thr)), 4) for k in checks}
+        row["uncovered AudioSet names, held out: detected"] = round(float(np.mean(p[audioset & ~fit] < thr)), 4)
+        row["weights"] = [round(float(w), 3) for w in lr.coef_[0]]
+        out[name] = row
+    return out
+
+
 def write_section(name: str, value: dict) -> None:
     cur = json.loads(CALIBRATION.read_text()) if CALIBRATION.exists() else {"version": 1}
     cur[name] = value
@@ -271,12 +318,14 @@ def write_section(name: str, value: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["text", "audio", "audio-study", "relevance", "report"])
+    ap.add_argument("part", choices=["text", "text-joint-study", "audio", "audio-study", "relevance", "report"])
     args, rest = ap.parse_known_args()
     if args.part == "text":
         out = fit_text()
         write_section("text_coverage", out)
         print(json.dumps(out, indent=1))
+    elif args.part == "text-joint-study":
+        print(json.dumps(study_joint(), indent=1))
     else:
         import fit_calibration_audio as more  # the parts that need audio and models
 

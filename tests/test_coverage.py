@@ -96,3 +96,14 @@ def test_api_answers_carry_coverage_relevance_and_log(tones_library):  # noqa: F
         d = c.get("/api/search", params={"q": "low tone", "k": 2}).json()
         assert d["notice"] is None and d["coverage"]["covered"] is True
     assert [r["query"] for r in lib.catalogue.weak_queries()] == ["guitar"]
+
+
+def test_normalised_entropy_reads_how_spread_a_distribution_is():
+    from nels.search.coverage import normalised_entropy
+
+    assert normalised_entropy(np.full(50, 0.02)) == pytest.approx(1.0)
+    assert normalised_entropy(np.eye(50)[3]) == pytest.approx(0.0, abs=1e-6)
+    two = np.zeros(50)
+    two[[1, 2]] = 0.5
+    assert normalised_entropy(two) == pytest.approx(np.log(2) / np.log(50))
+    assert normalised_entropy(two * 3) == pytest.approx(normalised_entropy(two))  # renormalised

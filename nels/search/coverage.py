@@ -19,10 +19,11 @@ realworld-dev), turns them into P(covered); the library covers a query when any 
 Below the threshold chosen there, search says "NELS has no class for 'guitar' ...; closest: ..." and logs
 the query (`Catalogue.log_weak_query`).
 
-Audio. A query sound is explained when a classifier puts enough probability on one class: its largest class
-probability above chance ((p - 1/C) / (1 - 1/C)), through a logistic model fitted on ESC-50 fold-2 clips (a CNN
-that never saw them) vs synthesised sounds no ESC-50 class describes. A weak signal (a CNN is sure of many
-sounds it was never taught: 74 % of the synthetic sounds pass) but it flags only 2 % of real ESC-50 clips.
+Audio. A query sound is explained when a classifier concentrates its probability on few classes: the normalised
+entropy of its class probabilities (`normalised_entropy`; chosen over the largest probability by
+`bench/fit_calibration.py audio-study` on the fitted sounds), through a logistic model fitted on ESC-50 fold-2
+clips (a CNN that never saw them) vs synthesised sounds no ESC-50 class describes. A weak signal (a CNN is sure
+of many sounds it was never taught: most synthetic sounds pass) but it flags few real ESC-50 clips.
 Only for softmax classifiers: YAMNet has classes for synthetic sounds (sine waves, noise) and its fit came
 out reversed, so its queries are never flagged (calibration.json says why).
 
@@ -313,13 +314,24 @@ def audio_kind(labels) -> str:
     return "yamnet" if labels and sum(l in known for l in labels) >= 0.9 * len(labels) else "softmax"
 
 
+def normalised_entropy(probs) -> float:
+    """The entropy of a class distribution over log C, in [0, 1]: 0 when one class has it all, 1 when it is
+    spread evenly (C = the number of classes; the probabilities are renormalised to sum to 1)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), 1e-12, None)
+    if p.size < 2:
+        return 0.0
+    p = p / p.sum()
+    return float(-(p * np.log(p)).sum() / np.log(p.size))
+
+
 def audio_coverage(query_probs: list[tuple[str, list[str], np.ndarray]]) -> dict | None:
     """Whether some class explains a query sound.
 
     query_probs : per classifier (model name, labels, the query's mean class probabilities).
     Returns {"kind": "audio", "score", "covered", "threshold", "model", "closest": [{"label", "prob"}],
-    "models"} or None without classifiers. P(explained) of a classifier is a logistic function of its
-    largest class probability, fitted per kind (`audio_kind`); the library explains the sound when any does.
+    "models"} or None without classifiers. P(explained) of a classifier is a logistic function of one feature
+    of its class probabilities (the fit's "feature": their normalised entropy, or the largest above chance),
+    fitted per kind (`audio_kind`); the library explains the sound when any does.
     """
     if not query_probs:
         return None
@@ -332,8 +344,11 @@ def audio_coverage(query_probs: list[tuple[str, list[str], np.ndarray]]) -> dict
             scores[model] = (1.0, 0.0, False)
         else:
             c = len(labels)
-            above = (top - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else top  # above chance, so C does not matter
-            scores[model] = (sigmoid(p["bias"] + p["weights"][0] * above), float(p.get("threshold", 0.5)), True)
+            if p.get("feature") == "entropy":
+                x = normalised_entropy(probs)
+            else:
+                x = (top - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else top  # above chance, so C does not matter
+            scores[model] = (sigmoid(p["bias"] + p["weights"][0] * x), float(p.get("threshold", 0.5)), True)
         if best is None or scores[model][0] - scores[model][1] > scores[best[0]][0] - scores[best[0]][1]:
             best = (model, labels, probs)
     model, labels, probs = best
