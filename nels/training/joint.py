@@ -32,9 +32,11 @@ from nels.encoders.joint import build_towers, contrastive_loss, infonce_loss, sa
 CACHE = config.cache_dir() / "joint"
 
 
-def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = True, with_probs: bool = False):
+def segment_embeddings(ds, encoder, cache_dir: Path | None = None, progress: bool = True, with_probs: bool = False):
     """(embeddings (n, d), clip index (n,), label id (n,)) for every segment of every dataset clip;
-    with_probs: also the class probabilities (n, C)."""
+    with_probs: also the class probabilities (n, C). cache_dir None: `CACHE` (read when called, so a test can
+    point it elsewhere)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else CACHE
     from tqdm import tqdm
 
     from nels.audio.decode import decode
@@ -67,7 +69,7 @@ def segment_embeddings(ds, encoder, cache_dir: Path = CACHE, progress: bool = Tr
     return (emb, clip, label, prob) if with_probs else (emb, clip, label)
 
 
-def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path = CACHE, windows=None, progress: bool = True):
+def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path | None = None, windows=None, progress: bool = True):
     """`segment_embeddings` (with probabilities) of a head on a backbone (`nels train --backbone`), from the
     backbone windows its training cached (`nels.training.head.window_embeddings`, computed here if absent), so the
     backbone runs once for the head and its joint space. A segment's vector is the head's: the mean of the grid
@@ -80,6 +82,7 @@ def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path = CACHE, windows
     from nels.encoders.base import l2_normalize
     from nels.training.head import window_embeddings
 
+    cache_dir = Path(cache_dir) if cache_dir is not None else CACHE
     bb = enc.backbone
     sha = getattr(enc, "meta", {}).get("weights_sha256")
     key = hashlib.sha256(json.dumps([enc.name, sha, str(ds.root), len(ds.items), sorted(map(int, keep)),
