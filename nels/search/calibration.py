@@ -96,24 +96,33 @@ def covered_relevance(values: dict[str, float], covers: dict[str, float], gamma:
     P(covered) is ~0, so the result's relevance is YAMNet's model alone, whatever mass the CNN put on its
     nearest wrong class; "dog barking" (both cover it): the two-classifier model.
     """
+    return mixture_relevance(values, coverage_terms(list(values), covers, gamma))
+
+
+def coverage_terms(features, covers: dict[str, float], gamma: float) -> list[tuple[float, dict | None, list[str]]]:
+    """The terms of `covered_relevance` for a set of features: [(weight, relevance model, its features)] per
+    set of covering classifiers, the weights summing to 1. They depend on the query, not on the result: `attach`
+    computes them once per query."""
     from itertools import combinations
 
-    cov = [f for f in values if f in covers]
-    rest = [f for f in values if f not in covers]
+    cov = [f for f in features if f in covers]
+    rest = [f for f in features if f not in covers]
     q = {f: min(1.0, max(0.0, float(covers[f]))) ** gamma for f in cov}
-    total, acc = 0.0, 0.0
+    terms = []
     for r in range(1, len(cov) + 1):
         for subset in combinations(cov, r):
             pi = math.prod(q[f] if f in subset else 1.0 - q[f] for f in cov)
-            if pi <= 0:
-                continue
-            feats = list(subset) + rest
-            model, _ = relevance_model(feats)
-            acc += pi * relevance({f: values[f] for f in feats}, model)
-            total += pi
+            if pi > 0:
+                terms.append((pi, relevance_model(list(subset) + rest)[0], list(subset) + rest))
+    total = sum(t[0] for t in terms)
     if total <= 0:  # no classifier covers it at all: every classifier's view, as without coverage
-        return relevance(values, relevance_model(list(values))[0])
-    return acc / total
+        return [(1.0, relevance_model(list(features))[0], list(features))]
+    return [(pi / total, m, fs) for pi, m, fs in terms]
+
+
+def mixture_relevance(values: dict[str, float], terms) -> float:
+    """P(relevant) of one result from its raw scores and a query's `coverage_terms`."""
+    return sum(pi * relevance({f: values[f] for f in fs}, m) for pi, m, fs in terms)
 
 
 def fuse_by_relevance(kind: str) -> bool:
@@ -142,6 +151,7 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
     feats = sorted(set(part_features.values()))
     model, how = relevance_model(feats)
     gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
+    terms = coverage_terms(feats, covers, gamma) if gamma is not None else None
     for c in cands:
         values = {f: fills.get(f, 0.0) for f in feats}
         seen: set[str] = set()
@@ -151,5 +161,5 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
                 values[f] = max(float(v), values[f]) if f in seen else float(v)
                 seen.add(f)
         c.values = values
-        c.relevance = covered_relevance(values, covers, gamma) if gamma is not None else relevance(values, model)
+        c.relevance = mixture_relevance(values, terms) if terms is not None else relevance(values, model)
     return how
