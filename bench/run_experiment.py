@@ -132,7 +132,7 @@ def site_videos(seed: int, distractors: int) -> list[Video]:
 
 def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, work: Path, distractors: int,
             seed_dir: Path | None = None, warm_start: bool = False, model: Path | None = None,
-            iterations: int = 1, per_query_max: int = 5, tag: str = "") -> dict:
+            iterations: int = 1, per_query_max: int = 5, tag: str = "", margin: float = 0.05) -> dict:
     """One `nels run` of `cycles` cycles on a fresh library (or the rest of them, on the library an interrupted
     invocation left). model: the library's (served seed) model; None: the shipped CNN."""
     from nels.encoders.base import create_encoder
@@ -154,7 +154,7 @@ def one_run(seed: int, strategy: str, cycles: int, per_cycle: int, held: Path, w
             run(lib, RunOptions(dataset=str(seed_dir or ESC50), fmt="folders" if seed_dir else "esc50",
                                 heldout=str(held), heldout_fold=1, strategy=strategy, iterations=iterations, cap=5,
                                 learn_every=0.0, per_cycle=per_cycle, per_query_max=per_query_max, rate=100.0,
-                                allow_private=True, pause=0.0, warm_start=warm_start, **offline),
+                                allow_private=True, pause=0.0, warm_start=warm_start, margin=margin, **offline),
                 cycles=left, echo=False, install_signals=False)
         return collect(lib, site, seed, strategy, time.time() - t0, time.process_time() - c0)
     finally:
@@ -281,7 +281,8 @@ def report(rows: list[dict], out: Path, cmd: str) -> None:
     design = rows[0].get("design", "shipped")
     warm = rows[0].get("warm_start", False)
     about = {"seedhead": "served seed model = the shipped CNN's layers with an output layer trained on the labelled"
-                         " seed set alone (a random draw of N clips per class of folds 2-5 per seed,"
+                         " seed set alone (a random draw of"
+                         f" {str(rows[0].get('seed_set', 'seed-N')).split('-')[1]} clips per class of folds 2-5 per seed,"
                          f" `{rows[0].get('seed_set', '?')}` for seed {rows[0]['seed']})",
              "shipped": "served seed model = the shipped CNN itself (output layer trained on all of folds 2-5)"}[design]
     head = ("fine-tuned from the serving head (`--warm-start`)" if warm else "re-trained from scratch on the seed set +"
@@ -290,7 +291,8 @@ def report(rows: list[dict], out: Path, cmd: str) -> None:
     lines = ["# `nels run` on the loopback site: acoustic vs acoustic+semantic selection, with the gate", "",
              f"Command: `{cmd}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
              "CPU: Intel Xeon, family 6 model 167, 2 cores, AVX512-BF16/AMX (shared with other jobs), `nice -n 10`", "",
-             f"Design `{design}`: {about}; candidate heads {head}. The site serves one half of ESC-50 fold 1 (titles"
+             f"Design `{design}`: {about}; candidate heads {head}; the gate's per-class margin"
+             f" {rows[0].get('margin', 0.05)} (`nels run --margin`; 0.05 the default). The site serves one half of ESC-50 fold 1 (titles"
              " right 70 % of the time) plus noise distractors; the held-out set is the other half of fold 1 (never"
              " crawled, never trained on). Changes are in mAP points against the seed model, mean ± sd over seeds.", "",
              "| strategy | runs | seed model mAP | served model after the last cycle | lowest served (any cycle) "
@@ -385,6 +387,8 @@ def main() -> None:
     ap.add_argument("--per-query-max", type=int, default=5, help="results per crawl query")
     ap.add_argument("--iterations", type=int, default=1, help="selection iterations per learning step")
     ap.add_argument("--distractors", type=int, default=20)
+    ap.add_argument("--margin", type=float, default=0.05,
+                    help="the gate: the most held-out AP one class may lose (nels run --margin)")
     ap.add_argument("--warm-start", action="store_true", help="fine-tune the serving head (nels run --warm-start)")
     ap.add_argument("--seed-per-class", type=int, default=None, metavar="N",
                     help="the labelled seed: N clips per class of folds 2-5 (seedhead: default 8, a random draw"
@@ -442,8 +446,8 @@ def main() -> None:
             if f.exists():
                 continue  # done by an earlier (interrupted) invocation
             r = one_run(seed, strategy, a.cycles, a.per_cycle, held, work, a.distractors, seed_dir, a.warm_start,
-                        model, a.iterations, a.per_query_max, f"-{a.design}")
-            r.update(design=a.design, warm_start=a.warm_start, seed_set=seed_dir.name if seed_dir else "folds 2-5")
+                        model, a.iterations, a.per_query_max, f"-{a.design}", a.margin)
+            r.update(design=a.design, warm_start=a.warm_start, margin=a.margin, seed_set=seed_dir.name if seed_dir else "folds 2-5")
             tmp = f.with_suffix(".tmp")
             tmp.write_text(json.dumps(r, indent=1) + "\n")
             os.replace(tmp, f)
