@@ -161,5 +161,36 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
                 values[f] = max(float(v), values[f]) if f in seen else float(v)
                 seen.add(f)
         c.values = values
-        c.relevance = mixture_relevance(values, terms) if terms is not None else relevance(values, model)
+        if terms is None:
+            c.relevance = relevance(values, model)
+    if terms is not None and cands:  # one product per term over every candidate (a few ms at 400 results)
+        col = {f: i for i, f in enumerate(feats)}
+        V = np.array([[c.values[f] for f in feats] for c in cands], dtype=np.float64)
+        rel = sum(pi * _relevance_rows(V[:, [col[f] for f in fs]], fs, m) for pi, m, fs in terms)
+        for c, r in zip(cands, rel.tolist()):
+            c.relevance = r
     return how
+
+
+def _relevance_rows(V: np.ndarray, feats: list[str], model: dict | None) -> np.ndarray:
+    """`relevance` of many results at once: V (n, len(feats)) raw scores, columns in the order of `feats`."""
+    if model is None:
+        return np.clip(V.max(axis=1), 0.0, 1.0) if V.shape[1] else np.zeros(len(V))
+    X = np.empty_like(V)
+    for j, f in enumerate(feats):
+        if f.split(":")[0] == "linguistic":
+            pj = np.clip(V[:, j], EPS, 1 - EPS)
+            X[:, j] = np.log(pj / (1 - pj))
+        else:
+            X[:, j] = V[:, j]
+    if "per_feature" in model:
+        idx = {f: j for j, f in enumerate(feats)}
+        zs = [p["bias"] + p["weight"] * (X[:, idx[f]] if f in idx else transform(f.split(":")[0], 0.0))
+              for f, p in model["per_feature"].items()]
+        return np.max([_sigmoid(z) for z in zs], axis=0)
+    z = model["bias"] + sum(w * X[:, feats.index(f)] for f, w in model["weights"].items())
+    return _sigmoid(z)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
