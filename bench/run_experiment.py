@@ -315,7 +315,8 @@ def report(rows: list[dict], out: Path, cmd: str) -> None:
             lines += ["", f"Paired by seed (same seed set, seed model and site): clarity+semantic minus clarity, mean"
                       f" candidate mAP over the cycles: {d.mean():+.2f} ± {d.std():.2f} points; higher in"
                       f" {int((d > 0).sum())} of {len(d)} seeds ({', '.join(f'{x:+.2f}' for x in d)})."]
-    if all("serving_change_pts_mean_only_gate" in m for m in S.values()):
+    if not warm and all("serving_change_pts_mean_only_gate" in m for m in S.values()):  # warm: no replay (each
+        # candidate was fine-tuned from the head serving then, which another gate would have changed)
         lines += ["", "Replayed on the recorded candidates, a gate on the mean alone (no per-class margin; held-out"
                   " classes have ~4 clips here, so one clip moves a class's AP by 0.1-0.2) would serve: "
                   + "; ".join(f"{k} {_ms(m['serving_change_pts_mean_only_gate'])} points" for k, m in S.items())
