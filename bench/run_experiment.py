@@ -3,17 +3,24 @@ similarity only (strategy `clarity`) or by acoustic and semantic similarity (`cl
 promotion gate, over several seeds and cycles.
 
 Setup (needs ESC-50 at ../shared/datasets/esc50; the shipped CNN was trained on folds 2-5):
-  * the site serves half of ESC-50 fold 1 (clips the seed model never saw), titled with their class 70 % of the
+  * the site serves half of ESC-50 fold 1 (clips the shipped CNN never saw), titled with their class 70 % of the
     time (else another class), plus synthesised noise "distractors" titled as some class;
-  * the held-out set is the other half of fold 1 (never crawled, never trained on); the seed is folds 2-5;
-  * each (seed, strategy) is a fresh library and a fresh site (the seed draws the titles), `nels run` for
-    --cycles cycles (one learning step per cycle, head-only re-training of the CNN's output layer).
+  * the held-out set is the other half of fold 1 (never crawled, never trained on);
+  * --design seedhead (default): the served seed model is the shipped CNN's layers with an output layer trained on
+    --seed-per-class N clips per class of folds 2-5 (default 8, a random draw per seed), and that seed set is the
+    labelled data candidates are re-trained on; --design shipped: the shipped CNN itself is served (its output
+    layer trained on all of folds 2-5; the seed is folds 2-5, or --seed-per-class N of them);
+  * each (seed, strategy) is a fresh library and a fresh site (the seed draws the titles, distractors and seed
+    set), `nels run` for --cycles cycles (one learning step per cycle, head-only: from scratch, or --warm-start).
 
 Reported per run: the serving model's held-out mAP after each cycle (the gate keeps it >= the seed model's),
-each candidate's mAP and the gate's decision, the precision of the selected clips (truth known from the site),
-and which true classes were selected as which (drift). Writes results.json, report.md and report.png to --out.
+each candidate's mAP, per-class AP and the gate's decision, the precision of the selected clips (truth known from
+the site), and which true classes were selected as which (drift). Each finished run is a file in --out/runs/
+(invocations on other seeds may share --out; an interrupted one resumes its library); results.json, summary.json,
+report.md and report.png gather them.
 
-    nice -n 10 python3 bench/run_experiment.py --seeds 0 1 2 --cycles 5 --out bench/results/run-experiment
+    nice -n 10 python3 bench/run_experiment.py --design seedhead --seeds 0 1 2 3 4 --cycles 5 --per-cycle 150 \
+        --per-query-max 10 --iterations 2 [--warm-start] [--margin 0.25] --out bench/results/run-experiment/seedhead-cold
 """
 from __future__ import annotations
 
