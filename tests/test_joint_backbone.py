@@ -7,7 +7,6 @@ Needs the YAMNet weights (installed, or ../shared/models/yamnet) and ai-edge-lit
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -116,7 +115,7 @@ def test_segment_vectors_pooled_from_cached_windows_are_the_heads_own(head_with_
     from nels.audio.decode import decode
     from nels.encoders.base import create_encoder
     from nels.training.datasets import load_dataset
-    from nels.training.head import window_embeddings
+    from nels.training.windows import window_embeddings
     from nels.training.joint import head_segment_embeddings
 
     ds_dir, head, _ = head_with_joint

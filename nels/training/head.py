@@ -22,23 +22,20 @@ window embeddings (YAMNet: 1024-d, one per 0.975 s window), the clip's label on 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shlex
 import shutil
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from nels import config
-from nels.errors import DatasetError, ModelError, NelsError
+from nels.errors import DatasetError, ModelError
+from nels.training.windows import window_embeddings
 
 HEAD_VERSION = "1"
-CACHE_VERSION = 2  # bump when the framing or the content of the cached windows changes
 
 
 def default_head_hparams() -> dict:
@@ -71,123 +68,6 @@ def default_head_hparams() -> dict:
         # {"epochs", "loss", "vocabulary", "phrases"} (the vocabulary must describe every class)
         "joint": False,
     }
-
-
-# ----------------------------------------------------------------------------------------------- window cache
-@dataclass
-class Windows:
-    """Backbone window embeddings of the clips of a dataset that decoded: window j belongs to clip owner[j]
-    (an index into `items`), its level (RMS, dB) is level[j]."""
-
-    items: list
-    emb: np.ndarray  # (m, d) float32
-    owner: np.ndarray  # (m,) int
-    level: np.ndarray  # (m,) float32
-    skipped: list
-    scores: np.ndarray | None = None  # (m, n_labels) the backbone's class scores, where it has classes
-
-    def of(self, clip: int) -> np.ndarray:
-        return np.flatnonzero(self.owner == clip)
-
-
-def _cache_key(ds, backbone, view) -> str:
-    h = hashlib.sha1()
-    sha = getattr(backbone, "meta", {}).get("weights_sha256") or ""
-    h.update(json.dumps([CACHE_VERSION, backbone.name, sha, backbone.window, backbone.hop, list(view),
-                         ds.format, ds.expected_seconds]).encode())
-    for it in ds.items:
-        st = it.path.stat()
-        h.update(f"{it.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{it.label}|{it.fold}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, progress: bool = False) -> Windows:
-    """The backbone windows of every clip of `ds` (cached; see the module docstring). `view` = (offset seconds,
-    gain dB): the clip is cut at the offset and scaled before framing. Undecodable / wrong-length clips are
-    skipped and reported (a class left without clips is a DatasetError)."""
-    from nels.audio.decode import decode
-    from nels.encoders.head import clip_windows
-
-    cache_dir = Path(cache_dir) if cache_dir else config.cache_dir() / "backbone"
-    key = _cache_key(ds, backbone, view)
-    f = cache_dir / f"{ds.root.resolve().name}-{ds.format}-{backbone.space}-{key}.npz"
-    by_path = {str(it.path): it for it in ds.items}
-    if f.exists():
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                items = [by_path[p] for p in meta["paths"]]
-                out = Windows(items, z["emb"].astype(np.float32), z["owner"].astype(int), z["level"].astype(np.float32),
-                              [tuple(s) for s in meta["skipped"]], z["scores"] if "scores" in z.files else None)
-            for p, why in out.skipped:
-                log(f"skipped {p}: {why}")
-            out.skipped = list(ds.skipped) + out.skipped
-            return out
-        except Exception as exc:  # noqa: BLE001 - a broken cache is recomputed, never trusted
-            log(f"window cache {f} unreadable ({exc}); recomputing")
-    offset, gain = float(view[0]), float(view[1])
-    items, embs, owners, levels, scores, skipped = [], [], [], [], [], []
-    sr = backbone.sample_rate
-    it_iter = ds.items
-    if progress:
-        from tqdm import tqdm
-
-        it_iter = tqdm(ds.items, desc=f"{backbone.space} windows", unit="clip", leave=False)
-    t0 = time.time()
-    for it in it_iter:
-        try:
-            x = decode(it.path, sr=sr)
-        except NelsError as exc:
-            skipped.append((str(it.path), f"cannot decode ({exc})"))
-            continue
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped clip
-            skipped.append((str(it.path), f"cannot decode ({exc.__class__.__name__}: {exc})"))
-            continue
-        secs = x.size / sr
-        if ds.expected_seconds is not None and abs(secs - ds.expected_seconds) > 0.1:
-            skipped.append((str(it.path), f"wrong length {secs:.2f} s (expected {ds.expected_seconds:g} s)"))
-            continue
-        if secs < 0.25:
-            skipped.append((str(it.path), f"too short ({secs:.3f} s)"))
-            continue
-        if offset > 0:
-            x = x[int(round(offset * sr)):]
-        if gain:
-            x = np.clip(x * np.float32(10 ** (gain / 20)), -1.0, 1.0)
-        cw = clip_windows(backbone, x, sr)
-        emb, lev = cw.emb, cw.level
-        if not len(emb):
-            skipped.append((str(it.path), "no window holds sound"))
-            continue
-        if cw.scores is not None:
-            scores.append(np.asarray(cw.scores, np.float32))
-        owners.append(np.full(len(emb), len(items)))
-        items.append(it)
-        embs.append(emb.astype(np.float32))
-        levels.append(lev)
-    for p, why in skipped:
-        log(f"skipped {p}: {why}")
-    if not items:
-        raise DatasetError(f"{ds.root}: no clip could be decoded ({len(skipped)} skipped)")
-    present = {it.label for it in items}
-    lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
-    if lost:
-        raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
-    out = Windows(items, np.concatenate(embs), np.concatenate(owners), np.concatenate(levels), skipped,
-                  np.concatenate(scores) if len(scores) == len(embs) else None)
-    log(f"{backbone.space} windows of {len(items)} clips (view offset {offset:g} s, gain {gain:+g} dB): "
-        f"{len(out.emb)} windows in {time.time() - t0:.0f} s")
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f.name + ".tmp.npz")
-        extra = {} if out.scores is None else {"scores": out.scores}
-        np.savez(tmp, emb=out.emb, owner=out.owner.astype(np.int32), level=out.level, **extra,
-                 meta=np.array(json.dumps({"paths": [str(i.path) for i in items], "skipped": skipped})))
-        tmp.replace(f)
-    except OSError as exc:
-        log(f"could not write the window cache under {cache_dir} ({exc}); continuing without it")
-    out.skipped = list(ds.skipped) + skipped
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- training

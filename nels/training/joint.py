@@ -71,7 +71,7 @@ def segment_embeddings(ds, encoder, cache_dir: Path | None = None, progress: boo
 
 def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path | None = None, windows=None, progress: bool = True):
     """`segment_embeddings` (with probabilities) of a head on a backbone (`nels train --backbone`), from the
-    backbone windows its training cached (`nels.training.head.window_embeddings`, computed here if absent), so the
+    backbone windows its training cached (`nels.training.windows.window_embeddings`, computed here if absent), so the
     backbone runs once for the head and its joint space. A segment's vector is the head's: the mean of the grid
     windows inside it, L2-normalised. Exact for every clip whose windows map onto its segments (the backbone's
     one grid per clip); any other clip, and every validation clip (`val`: their probabilities fit the fusion
@@ -80,7 +80,7 @@ def head_segment_embeddings(ds, enc, keep, val, cache_dir: Path | None = None, w
     from nels.audio.decode import decode
     from nels.audio.segment import SegmentConfig, segment_array
     from nels.encoders.base import l2_normalize
-    from nels.training.head import window_embeddings
+    from nels.training.windows import window_embeddings
 
     cache_dir = Path(cache_dir) if cache_dir is not None else CACHE
     bb = enc.backbone
@@ -336,7 +336,7 @@ def train_joint(dataset: str, fmt: str = "esc50", exclude_fold: int | None = Non
     """Train the towers (see the module docstring); returns joint.json's content plus "out".
 
     phrases: extra training phrasings (None: the shipped nels/data/joint_phrases.json; "none": only the
-    vocabulary). windows: a head's backbone windows of `dataset` (`nels.training.head.Windows`), already in
+    vocabulary). windows: a head's backbone windows of `dataset` (`nels.training.windows.Windows`), already in
     memory (else read from the window cache; see `head_segment_embeddings`)."""
     from nels.training.datasets import load_dataset
     from nels.encoders.base import load_encoder
