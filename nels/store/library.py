@@ -2,6 +2,7 @@
 
     library/
       nels.db          SQLite (WAL): items (crawl state), clips, segments, vectors, labels, models...
+      nels.querylog.db the weak-query log (its own file: counting a query does not touch nels.db's data_version)
       media/           the audio files, named by content hash (clips kept in place, `nels ingest --in-place`,
                        are the user's own files instead: the catalogue has their absolute path, size and time)
       indexes/         <space>.faiss + <space>.json, derived from nels.db and re-synced on open
