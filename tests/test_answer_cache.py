@@ -115,3 +115,20 @@ def test_a_weak_query_answered_while_the_server_stops_is_still_counted(tones_lib
     st.log_weak("low tone", st.lib.search(text="low tone", k=3, log_weak=False).coverage)  # covered: not logged
     assert [(r["query"], r["count"]) for r in tones_library.catalogue.weak_queries()] == [("guitar", 1)]
     st.lib.close()
+
+
+def test_an_app_served_again_after_a_stop_still_answers(tones_library):  # noqa: F811
+    """A stopped app's worker threads are shut down; serving the same app again (a test client after another,
+    an embedding server's restart) must open them again, not answer 500 'cannot schedule new futures'."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nels.web.app import create_app
+
+    app = create_app(tones_library.path)
+    for q in ("low tone", "guitar"):  # served, stopped, served again; the second one a weak (logged) query
+        with TestClient(app) as c:
+            r = c.get("/api/search", params={"q": q, "k": 3})
+            assert r.status_code == 200, r.text
+    logged = {r["query"]: r["count"] for r in tones_library.catalogue.weak_queries()}
+    assert logged == {"guitar": 1}

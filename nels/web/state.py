@@ -84,14 +84,8 @@ class AppState:
         self.lib = Library(library_path, create=False)
         self.max_upload_bytes = config.max_upload_bytes() if max_upload_bytes is None else max_upload_bytes
         self.results = LRU()
-        # weakly covered text queries are counted here, one thread, in the order asked (a cached answer is
-        # counted too); close() writes what is queued before the server stops
-        self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="nels-log")
-        # searches run here, not in the 40-thread request pool: two at a time per process, the rest wait
-        # in order, and the event loop stays free to answer cached queries and serve media meanwhile
-        self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
+        self._open_pools()
         self.inflight: dict = {}  # answer-cache key -> asyncio.Future: identical concurrent misses run once
-        self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
         self.jobs = JobRunner(self.lib.path)
         self.feedback_limit = ClientRateLimit(config.FEEDBACK_PER_MINUTE, config.FEEDBACK_BURST)
         self.stats_cache: tuple | None = None  # (catalogue stamp, time, Library.stats()) for /api/stats
@@ -131,8 +125,23 @@ class AppState:
         except NelsError as exc:  # a library that cannot be searched still serves its pages
             log.warning("warm-up search failed: %s", exc)
 
+    def _open_pools(self) -> None:
+        """The threads the served app works in; opened again when an app that was stopped is served again
+        (one app under one test client after another, an embedding server's restart)."""
+        # weakly covered text queries are counted here, one thread, in the order asked (a cached answer is
+        # counted too); close() writes what is queued before the server stops
+        self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="nels-log")
+        # searches run here, not in the 40-thread request pool: two at a time per process, the rest wait
+        # in order, and the event loop stays free to answer cached queries and serve media meanwhile
+        self.search_pool = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="nels-search")
+        self.text_batcher = TextBatcher(shared_text_encoder())  # concurrent misses share MiniLM batches
+        self._closed = False
+
     def start(self) -> None:
-        """At server start: jobs queued before a restart run now, not at the next submission."""
+        """At server start: the worker threads (again, after a stop), and jobs queued before a restart run now,
+        not at the next submission."""
+        if self._closed:
+            self._open_pools()
         self.jobs.resume()
 
     def log_weak(self, text: str, coverage: dict | None) -> None:
@@ -154,6 +163,7 @@ class AppState:
             log.warning("weak query not logged: %s", exc)
 
     def close(self) -> None:
+        self._closed = True
         self.log_pool.shutdown(wait=True)  # every query asked is counted (a clean stop loses none)
         self.search_pool.shutdown(wait=False, cancel_futures=True)
         self.text_batcher.close()
