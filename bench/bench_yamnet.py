@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from nels.audio.decode import decode  # noqa: E402
 from nels.audio.segment import segment_array  # noqa: E402
 from nels.encoders.base import create_encoder, encode_segments  # noqa: E402
-from nels.encoders.yamnet import EMBEDDING_TENSOR, WINDOW, YAMNetEncoder, reference_windows  # noqa: E402
+from nels.encoders.yamnet import EMBEDDING_TENSOR, YAMNetEncoder, reference_windows  # noqa: E402
 from nels.ingest.runner import IngestOptions, ingest  # noqa: E402
 from nels.library import Library  # noqa: E402
 

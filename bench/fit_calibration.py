@@ -18,8 +18,7 @@ against queries they do not (AudioSet classes it does not cover, generated gibbe
 sound). Features: `nels.search.coverage.text_features`. Split by class (and by item for gibberish) 80/20
 with a fixed seed: fitted on 80 %, measured on 20 %; also measured, per library (the CNN alone; the CNN and
 YAMNet), on fold 1's paraphrases, the independent paraphrases and out-of-vocabulary wordings (all describe
-ESC-50 classes) and on AudioSet names no model of the library covers and fresh gibberish. Also writes the
-phrasings' vectors (nels/data/coverage_phrasings.npz).
+ESC-50 classes) and on AudioSet names no model of the library covers and fresh gibberish.
 """
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ import random
 import string
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -159,19 +157,6 @@ def rates(p, y, thr) -> dict:
             if (y == 1).any() and (y == 0).any() else None}
 
 
-def write_phrasing_vectors() -> None:
-    """nels/data/coverage_phrasings.npz: the phrasings' MiniLM vectors (float16) and the hash of the phrasings
-    they are of, so that a first search does not spend ~30 s encoding them."""
-    from nels.encoders.text import shared_text_encoder
-
-    texts, _ = coverage._phrasing_texts()
-    vecs = shared_text_encoder().encode(texts)
-    np.savez_compressed(coverage.PHRASING_VECTORS, vectors=vecs.astype(np.float16),
-                        sha256=np.array(coverage.phrasings_sha256(texts)))
-    coverage._phrasing_bank.cache_clear()
-    print(f"wrote {len(texts)} phrasing vectors to {coverage.PHRASING_VECTORS}", file=sys.stderr)
-
-
 def library_checks(params: dict, thr: float) -> dict:
     """False notices and true out-of-vocabulary detection per library (the CNN alone; the CNN + YAMNet, as
     `nels demo` + `nels reindex --add yamnet` builds it: covered when either model covers the query), on
@@ -224,7 +209,6 @@ def fit_text() -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    write_phrasing_vectors()
     rows, Xs = [], []
     for kind, labels, vocab in model_specs():
         space, qs = text_queries(labels, vocab)
@@ -271,7 +255,6 @@ def study_joint() -> dict:
 
     from nels.encoders.base import create_encoder
     from nels.encoders.joint import joint_encoder_for
-    from nels.search.query import label_space
 
     kind, labels, vocab = model_specs()[0]
     jenc = joint_encoder_for(create_encoder("default"))

@@ -79,12 +79,12 @@ def test_the_guitar_notice_is_one_sentence_in_api_json_and_cli(cnn_library, caps
 
 
 def test_the_fitted_model_uses_the_phrasings_it_ships():
-    """The shipped phrasing vectors are those of the shipped phrasings (else a first search spends ~30 s
-    encoding them), and the fitted model has a weight for each of the three features."""
+    """The phrasing vectors are those of the shipped phrasings, cached after the first use (keyed by their
+    hash), and the fitted model has a weight for each of the three features."""
     texts, owners, vecs = coverage.phrasing_bank()
     assert len(texts) == len(owners) == vecs.shape[0] > 1000
-    with np.load(coverage.PHRASING_VECTORS) as z:
-        assert str(z["sha256"]) == coverage.phrasings_sha256(texts)
+    with np.load(coverage.phrasing_vectors_file(coverage.phrasings_sha256(texts))) as z:
+        assert str(z["sha256"]) == coverage.phrasings_sha256(texts) and z["vectors"].shape == vecs.shape
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
     p = coverage.calibration()["text_coverage"]
     assert len(p["weights"]) == len(coverage.text_features(0.5, 0.5, 0.5)) == 3

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import synth, write_wav

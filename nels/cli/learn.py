@@ -10,9 +10,6 @@ from nels.library import Library
 
 
 def cli_learn(args) -> int:
-    from nels.cli import print_json
-    from nels.store.library import Library
-
     if (args.add_class is None) != (args.query is None):
         raise NelsError("--add-class and --query go together")
     lib = Library(args.library, create=False)

@@ -100,7 +100,7 @@ def _confirmed(plan, yes: bool) -> bool:
         print(f"note: this re-index {loss} (confirmed by --yes)", file=sys.stderr)
         return True
     warning = (f"warning: re-indexing with '{plan.target}' {loss}."
-               + (f" To keep them and add classes, train a head beside the existing ones: 'nels train --add'."
+               + (" To keep them and add classes, train a head beside the existing ones: 'nels train --add'."
                   if plan.drop_labels else ""))
     if not sys.stdin.isatty():
         print(f"{warning}\nnels: refused without confirmation: re-run with --yes to go ahead", file=sys.stderr)

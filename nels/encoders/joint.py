@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from nels.errors import ModelError
-from nels.encoders.base import Encoded, l2_normalize
+from nels.encoders.base import Encoded
 
 FORMAT = "nels-joint"
 WEIGHTS = "weights.pt"

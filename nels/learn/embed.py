@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np

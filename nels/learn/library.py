@@ -12,7 +12,6 @@ query), and brings the new class into the loop.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 

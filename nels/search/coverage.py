@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -48,7 +49,6 @@ from nels.errors import NelsError
 DATA = Path(__file__).resolve().parent.parent / "data"
 CALIBRATION = DATA / "calibration.json"
 PHRASING_FILES = (DATA / "joint_phrases.json", DATA / "joint_phrases_styles.json")
-PHRASING_VECTORS = DATA / "coverage_phrasings.npz"  # their MiniLM vectors (float16), keyed by a hash of them
 NAMED_SIMILARITY = 0.6  # a notice names the vocabulary concept the query matches only from this similarity
 _lock = threading.Lock()
 
@@ -163,18 +163,18 @@ def _phrasing_bank() -> tuple[list[str], np.ndarray, np.ndarray]:
         return [], np.zeros(0, dtype=object), np.zeros((0, 384), dtype=np.float32)
     sha = phrasings_sha256(texts)
     vecs = None
-    cached = config.cache_dir() / "text" / f"coverage-phrasings-{sha[:32]}.npz"
-    for f in (PHRASING_VECTORS, cached):
-        try:
-            with np.load(f, allow_pickle=False) as z:
-                if str(z["sha256"]) == sha and z["vectors"].shape[0] == len(texts):
-                    vecs = z["vectors"].astype(np.float32)
-                    break
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    if vecs is None:  # the shipped vectors are of other phrasings: encode them once (~30 s) and cache
+    cached = phrasing_vectors_file(sha)
+    try:
+        with np.load(cached, allow_pickle=False) as z:
+            if str(z["sha256"]) == sha and z["vectors"].shape[0] == len(texts):
+                vecs = z["vectors"].astype(np.float32)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if vecs is None:  # first use on this machine (or other phrasings): encode them once (~5 s, 2 cores) and cache
         from nels.encoders.text import shared_text_encoder
 
+        print(f"encoding the {len(texts)} class phrasings of the coverage signal, once (cached in {cached.parent})",
+              file=sys.stderr, flush=True)
         vecs = shared_text_encoder().encode(texts).astype(np.float32)
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -186,9 +186,14 @@ def _phrasing_bank() -> tuple[list[str], np.ndarray, np.ndarray]:
     return texts, np.array(owners, dtype=object), l2_normalize(vecs)
 
 
+def phrasing_vectors_file(sha: str) -> Path:
+    """Where the phrasings' MiniLM vectors (float16) are cached, keyed by a hash of the phrasings."""
+    return config.cache_dir() / "text" / f"coverage-phrasings-{sha[:32]}.npz"
+
+
 def phrasing_bank() -> tuple[list[str], np.ndarray, np.ndarray]:
     """(phrasings, their class label, L2-normalised MiniLM vectors) of nels/data/joint_phrases*.json; the
-    vectors ship in nels/data/coverage_phrasings.npz (written by `bench/fit_calibration.py text`)."""
+    vectors are encoded on first use and cached under $NELS_CACHE/text (derived data: not shipped)."""
     with _lock:
         return _phrasing_bank()
 

@@ -268,6 +268,18 @@ def _cache_key(ds: Dataset, config: FeatureConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def check_decoded(ds, items: list, skipped: list, log) -> None:
+    """Log each clip of `ds` that was skipped ((path, why) pairs); a DatasetError when no clip decoded or
+    every clip of some class was skipped (`items`: the clips that decoded)."""
+    for p, why in skipped:
+        log(f"skipped {p}: {why}")
+    if not items:
+        raise DatasetError(f"{ds.root}: no clip could be decoded ({len(skipped)} skipped)")
+    present = {it.label for it in items}
+    lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
+    if lost:
+        raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
+
 def compute_features(ds: Dataset, config: FeatureConfig = FeatureConfig(), cache_dir=None,
                      log: Callable[[str], None] = print, progress: bool = True) -> Features:
     """Log-mel every clip of `ds` (or read them from the cache). Undecodable / wrong-length clips are skipped
@@ -316,14 +328,7 @@ def compute_features(ds: Dataset, config: FeatureConfig = FeatureConfig(), cache
             continue
         items.append(it)
         mels.append(logmel(audio, config))
-    for p, why in skipped:
-        log(f"skipped {p}: {why}")
-    if not items:
-        raise DatasetError(f"{ds.root}: no clip could be decoded ({len(skipped)} skipped)")
-    present = {it.label for it in items}
-    lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
-    if lost:
-        raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
+    check_decoded(ds, items, skipped, log)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         offs = np.cumsum([0] + [m.shape[0] for m in mels]).tolist()

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from nels import config
-from nels.errors import DatasetError, NelsError
+from nels.errors import NelsError
+from nels.training.datasets import check_decoded
 
 CACHE_VERSION = 2  # bump when the framing or the content of the cached windows changes
 
@@ -112,14 +113,7 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
         items.append(it)
         embs.append(emb.astype(np.float32))
         levels.append(lev)
-    for p, why in skipped:
-        log(f"skipped {p}: {why}")
-    if not items:
-        raise DatasetError(f"{ds.root}: no clip could be decoded ({len(skipped)} skipped)")
-    present = {it.label for it in items}
-    lost = [ds.labels[i] for i in range(len(ds.labels)) if i not in present]
-    if lost:
-        raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
+    check_decoded(ds, items, skipped, log)
     out = Windows(items, np.concatenate(embs), np.concatenate(owners), np.concatenate(levels), skipped,
                   np.concatenate(scores) if len(scores) == len(embs) else None)
     log(f"{backbone.space} windows of {len(items)} clips (view offset {offset:g} s, gain {gain:+g} dB): "
