@@ -52,11 +52,8 @@ class ClipRecord:
 
 def content_hash(path: str | os.PathLike) -> str:
     """The SHA-256 of a file (hex): a clip's identity, and how an original kept in place is verified."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_state(path: str | os.PathLike) -> tuple[int, int]:
