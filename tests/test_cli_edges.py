@@ -112,3 +112,15 @@ def test_a_fusion_of_fused_rankings_keeps_every_reason():
     text = outer[0].explain()
     assert not text.startswith(";") and "; ;" not in text
     assert text == "matches 'glass' [cnn]; matches 'Glass' [yamnet]; close to the words in the joint space"
+
+
+def test_the_labels_column_never_cuts_a_probability():
+    """The search table's labels column keeps whole "label prob" entries: cutting at the column's edge showed
+    "water_drops 0.73, chirping_birds 0" for chirping_birds 0.31."""
+    from nels.cli.search import label_cell
+
+    two = [{"label": "water_drops", "prob": 0.73}, {"label": "chirping_birds", "prob": 0.31}]
+    assert label_cell(two) == "water_drops 0.73"
+    assert label_cell(two, width=40) == "water_drops 0.73, chirping_birds 0.31"
+    long = label_cell([{"label": "x" * 60, "prob": 0.5}])
+    assert len(long) == 34 and long.endswith("… 0.50")

@@ -74,8 +74,10 @@ def test_the_guitar_notice_is_one_sentence_in_api_json_and_cli(cnn_library, caps
     d = json.loads(capsys.readouterr().out)
     assert d["notice"] == res.notice and d["coverage"]["covered"] is False
     assert main(["--library", path, "search", "guitar"]) == 0
-    notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith("note: ")]
+    out = capsys.readouterr().out
+    notes = [l for l in out.splitlines() if l.startswith("note: ")]
     assert notes == [f"note: {res.notice}"], notes
+    assert "related sound words" not in out  # words near a query no class covers would only mislead
 
 
 def test_the_fitted_model_uses_the_phrasings_it_ships():

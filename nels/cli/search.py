@@ -196,13 +196,27 @@ def local_search(args, text: str | None) -> dict:
     return out
 
 
+def label_cell(labels: list[dict], width: int = 34) -> str:
+    """A result's top labels for the table's labels column: whole "label prob" entries (at most two) that fit
+    `width`; a name too long alone is shortened, never its number (cutting "chirping_birds 0.31" at the column's
+    edge read as "chirping_birds 0")."""
+    parts = [f"{l['label']} {l['prob']:.2f}" for l in labels[:2]]
+    while len(parts) > 1 and len(", ".join(parts)) > width:
+        parts.pop()
+    if parts and len(parts[0]) > width:
+        name, prob = parts[0].rsplit(" ", 1)
+        parts[0] = name[:width - len(prob) - 2] + "… " + prob
+    return ", ".join(parts)
+
+
 def print_answer(d: dict) -> None:
     """The table of a search answer (a dict as `local_search` or the API return it)."""
     if d.get("query_labels"):
         print("the query sounds like: " + ", ".join(f"{l['label']} ({l['prob']:.2f})" for l in d["query_labels"][:3]))
     if d.get("suggested_tags"):
         print("tags for this sound: " + ", ".join(t["phrase"] for t in d["suggested_tags"]))
-    if d.get("related_words"):
+    # words near a query no class covers ("guitar": tin can, can opening) would only mislead
+    if d.get("related_words") and (d.get("coverage") or {}).get("covered", True):
         print("related sound words: " + ", ".join(t["phrase"] for t in d["related_words"][:6]))
     if d.get("notice"):
         print(f"note: {d['notice']}")
@@ -215,10 +229,10 @@ def print_answer(d: dict) -> None:
     print(f"{'#':>3} {col:>9} {'clip':>6} {'start':>7} {'end':>7}  {'labels':<34} source")
     first = 1 + (int(d.get("page") or 1) - 1) * int(d.get("k") or len(results))
     for i, r in enumerate(results, first):
-        labels = ", ".join(f"{l['label']} {l['prob']:.2f}" for l in (r.get("labels") or [])[:2])
+        labels = label_cell(r.get("labels") or [])
         value = r.get("relevance") if rel else r.get("score")
         shown = f"{value:>9.2f}" if rel and value is not None else f"{value:>9.3f}" if value is not None else f"{'-':>9}"
-        print(f"{i:>3} {shown} {r['clip_id']:>6} {r['start']:>7.2f} {r['end']:>7.2f}  {labels[:34]:<34}"
+        print(f"{i:>3} {shown} {r['clip_id']:>6} {r['start']:>7.2f} {r['end']:>7.2f}  {labels:<34}"
               f" {r.get('title') or r.get('source')}")
         print(f"{'':>15}why: {r.get('explanation')}")
 
