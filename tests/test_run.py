@@ -71,6 +71,18 @@ def test_host_limiter_spaces_requests_per_host():
     assert set(lim.next_at) == {"a.example", "b.example"}
 
 
+def test_failpoints_parse_and_pass_through_when_unset(monkeypatch, tmp_path):
+    from nels import failpoints
+
+    assert failpoints.parse("run.learn=hold:/x/held, a=hold:y") == {"run.learn": "hold:/x/held", "a": "hold:y"}
+    for bad in ("run.learn", "run.learn=sleep:1", "=hold:x", "run.learn=hold:"):
+        with pytest.raises(ValueError, match="NELS_FAILPOINTS"):
+            failpoints.parse(bad)
+    monkeypatch.setenv("NELS_FAILPOINTS", f"other=hold:{tmp_path / 'h'}")
+    failpoints.hit("run.learn")  # not named: returns at once, touches nothing
+    assert not (tmp_path / "h").exists()
+
+
 # -- the loop end to end --------------------------------------------------------------------------------------------
 def _datasets(root: Path) -> tuple[Path, Path]:
     d = tone_folders(root, CLASSES, {"seed": 3, "heldout": 3})
@@ -129,9 +141,11 @@ def test_run_crawls_learns_promotes_survives_kill_and_sigterm(tmp_path, site):
     args = ["--dataset", str(seed), "--format", "folders", "--heldout", str(held), "--allow-private",
             "--learn-every", "0", "--pause", "0", "--rate", "100", "--per-cycle", "9", "--iterations", "1",
             "--no-audioset-examples"]  # whistle and beep are AudioSet classes: no YouTube seeds in a test
-    first = _nels(library, *args, env=env)
+    held_at = tmp_path / "held-in-learn"  # the run holds in its learning step (nels/failpoints.py) until killed
+    first = _nels(library, *args, env={**env, "NELS_FAILPOINTS": f"run.learn=hold:{held_at}"})
     # kill -9 in the middle of the learning step of cycle 1
-    _wait_for(lambda: (_step(library, 1, "learn") or {}).get("status") == "running", first, "learning started")
+    _wait_for(held_at.exists, first, "learning started")
+    assert _step(library, 1, "learn")["status"] == "running"
     second = _nels(library, "--once", env=env)  # the library is held: refused, nothing done
     _, err = second.communicate(timeout=300)
     assert second.returncode == 2 and "another 'nels run'" in err

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nels import failpoints
 from nels.errors import NelsError
 from nels.learn import gate, loop, planner
 
@@ -470,6 +471,7 @@ def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
     excluded = set(idx) | {where[c] for c in neg if c in where}
     keep = np.array([i not in excluded for i in range(pool.n_clips)], bool)
     data = loop.LoopData(labels, seed, pool, held, sims, clip_ids)
+    failpoints.hit("run.learn")  # tests hold a run here to kill it mid-step
     st = lib_learn.STRATEGIES[o.strategy]()
     if hasattr(st, "fit"):
         from nels.learn.experiment import calibration_data
