@@ -17,7 +17,10 @@ probabilities, or "windows-mean-logit", the softmax of their mean log-probabilit
 backbone's own (the mean window embedding, L2-normalised), so acoustic search reads the backbone's space.
 
 A clip (`clip_probs`, what `nels evaluate classification` scores) pools every unique window of the clip's
-segments the same way: the windows the head was validated on at training time (`nels.training.head`).
+segments the same way: the windows the head was validated on at training time (`nels.training.head`). A head
+whose model.json says "clip_pooling": "segments-mean-prob" (a version written by `nels run`, whose classifier is
+one linear layer over the segment's mean window embedding: `nels.learn.heads`) scores a clip by the mean of its
+segments' probabilities instead, as the loop measured it on its held-out set.
 
 An optional late fusion with a NELS CNN (model.json "fusion": {"model": folder inside this one, "weight": w};
 chosen on validation clips at training time) mixes the CNN's segment log-probabilities into the head's:
@@ -41,6 +44,8 @@ FORMAT = "nels-head"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.npz"
 POOLINGS = ("windows-mean-prob", "windows-mean-logit")
+SEGMENTS_MEAN = "segments-mean-prob"  # a clip pooling: the mean of the clip's segment probabilities
+CLIP_POOLINGS = (*POOLINGS, SEGMENTS_MEAN)
 INPUTS = ("embedding", "embedding+scores")  # what the head reads per window: the embedding, or it and the
 # backbone's own class scores as log-odds (YAMNet's 521 AudioSet scores: a prior learnt on 2M clips)
 
@@ -222,6 +227,7 @@ class HeadEncoder:
         self.window, self.hop = backbone.window, backbone.hop
         self.fusion = fusion  # (CNN encoder, weight) or None
         self.input = meta.get("input", "embedding")
+        self.clip_pooling = meta.get("clip_pooling") or pooling  # how clip_probs pools a clip (CLIP_POOLINGS)
 
     # -- the seam ------------------------------------------------------------------------------------------------
     def frontend(self):
@@ -263,10 +269,16 @@ class HeadEncoder:
 
     def clip_probs(self, waveform: np.ndarray, sample_rate: int, pooling: str | None = None) -> np.ndarray:
         """(C,) class probabilities of a whole clip: its windows pooled the model's way (or `pooling`, one of
-        POOLINGS); with a fused CNN, the CNN's clip probabilities (its own pooling) fused in."""
-        if pooling is not None and pooling not in POOLINGS:
-            raise ModelError(f"a head pools its windows with one of {', '.join(POOLINGS)}, not {pooling!r}")
-        p = pool(self.clip_log_probs(waveform, sample_rate), pooling or self.pooling)
+        CLIP_POOLINGS); with a fused CNN, the CNN's clip probabilities (its own pooling) fused in.
+        "segments-mean-prob": the mean of the clip's segment probabilities (fused per segment, if fused; a clip
+        with no segment holding sound is encoded whole)."""
+        if pooling is not None and pooling not in CLIP_POOLINGS:
+            raise ModelError(f"a head pools its windows with one of {', '.join(POOLINGS)} (or its segments with"
+                             f" {SEGMENTS_MEAN}), not {pooling!r}")
+        how = pooling or self.clip_pooling
+        if how == SEGMENTS_MEAN:
+            return encode_waveform(self, waveform, sample_rate, whole_if_empty=True).probs.mean(axis=0)
+        p = pool(self.clip_log_probs(waveform, sample_rate), how)
         if self.fusion is None:
             return p
         cnn, w = self.fusion
@@ -329,6 +341,8 @@ def load_head(path, backbone=None) -> HeadEncoder:
         pooling = meta.get("pooling", POOLINGS[0])
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        if meta.get("clip_pooling", pooling) not in CLIP_POOLINGS:
+            raise ValueError(f"clip_pooling {meta.get('clip_pooling')!r} is not one of {CLIP_POOLINGS}")
         spec = str(meta["backbone"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{mj}: broken model description ({exc})") from None

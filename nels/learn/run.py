@@ -35,7 +35,7 @@ import numpy as np
 
 from nels import failpoints
 from nels.errors import NelsError
-from nels.learn import gate, loop, planner
+from nels.learn import gate, heads, loop, planner
 
 STEPS = ("plan", "crawl", "ingest", "learn", "gate", "reindex")
 IDLE_PAUSE = 600.0  # seconds between cycles that neither crawled nor learned
@@ -172,23 +172,26 @@ def log_line(ctx: Context, **fields) -> dict:
 
 
 # -- models and held-out measurement ---------------------------------------------------------------------------
-def load_head(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(W (C, d), b (C,), labels) of a CNN model folder's output layer."""
-    import torch
+def load_head(model_dir: str | Path) -> heads.Classifier:
+    """(W (C, d), b (C,), labels) of a model folder's classifier over the loop's vectors, read the way its format
+    says (`heads.family`: a CNN's output layer; a head-on-a-backbone version's linear layer).
 
-    model_dir = Path(model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
-    state = torch.load(model_dir / meta.get("weights", "weights.pt"), map_location="cpu", weights_only=True)
-    return state["fc.weight"].float().numpy(), state["fc.bias"].float().numpy(), list(meta["labels"])
+    (None, None, labels) for a classifier that is no linear layer over those vectors: the MLP ensemble of a head
+    made by `nels train --backbone yamnet` (the seed version of such a library). Such a model is measured with the
+    probabilities its encoder serves (`model_heldout_ap`), and learning from it starts cold, even with
+    --warm-start: a linear layer cannot start from an MLP, and fitting one to imitate it would measure the
+    imitation, not the model. NelsError for a format the loop cannot re-train."""
+    return heads.family(model_dir).read(Path(model_dir))
 
 
-def heldout_ap(head: tuple[np.ndarray, np.ndarray, list[str]], split: loop.Split, labels: list[str]) -> dict:
+def heldout_ap(head: heads.Classifier, split: loop.Split, labels: list[str], probs: np.ndarray | None = None) -> dict:
     """label -> AP on the held-out split (whose y indexes `labels`), None for a class the head lacks or the
-    held-out set does not hold."""
+    held-out set does not hold. The clip probabilities are the head's (W, b) over the split's vectors averaged over
+    each clip's segments, or `probs` (clips, head labels) when given (a model without such a head)."""
     from nels.metrics import average_precision
 
     W, b, head_labels = head
-    p = loop.clip_probs((W, b), split)
+    p = loop.clip_probs((W, b), split) if probs is None else np.asarray(probs)
     out = {}
     for k, name in enumerate(labels):
         n = int((split.y == k).sum())
@@ -202,6 +205,39 @@ def heldout_ap(head: tuple[np.ndarray, np.ndarray, list[str]], split: loop.Split
     return out
 
 
+def encoder_clip_probs(enc, paths: list[str]) -> np.ndarray:
+    """(files, C): each file's segment probabilities from `enc`, averaged over its segments (framed and decoded as
+    the loop frames its vectors, `embed.embed_audio`); a file without a segment, or unreadable, scores zeros."""
+    from nels.audio.decode import decode
+
+    out = np.zeros((len(paths), len(enc.labels)), np.float32)
+    for i, p in enumerate(paths):
+        try:
+            probs = enc.encode(decode(p, sr=enc.sample_rate), enc.sample_rate).probs
+        except Exception as exc:  # noqa: BLE001 - as embed_files: report and go on
+            print(f"skipped {p}: {exc}", file=sys.stderr)
+            continue
+        if probs is not None and len(probs):
+            out[i] = probs.mean(axis=0)
+    return out
+
+
+def model_heldout_ap(ctx: "Context", model_dir: str | Path, held: loop.Split, labels: list[str]) -> dict:
+    """Held-out AP of the model version in `model_dir`: from its linear classifier over the held-out vectors, as
+    every candidate is measured; for a model without one (a head's MLP ensemble, `load_head`), from the
+    probabilities its encoder serves: the segment probabilities of each held-out clip, averaged over the clip as
+    the candidate's are (the library serves segment probabilities). Encoded once per process and model."""
+    from nels.encoders.base import create_encoder
+
+    head = load_head(model_dir)
+    if head[0] is not None:
+        return heldout_ap(head, held, labels)
+    key = ("heldout-probs", str(model_dir))
+    if key not in ctx.cache:
+        ctx.cache[key] = encoder_clip_probs(create_encoder(str(model_dir)), ctx.cache["heldout_files"])
+    return heldout_ap(head, held, labels, probs=ctx.cache[key])
+
+
 def mean_ap(per: dict) -> float | None:
     v = [x for x in per.values() if x is not None]
     return round(float(np.mean(v)), 4) if v else None
@@ -213,16 +249,19 @@ def serving(lib) -> dict | None:
 
 
 def ensure_seed_version(lib) -> dict:
-    """The library's current CNN, recorded as the first serving version (cycle 0) when there is none."""
+    """The library's current model (a CNN, or a head on a backbone: any format in `heads.FAMILIES`), recorded as
+    the first serving version (cycle 0) when there is none."""
     from nels.encoders.selection import library_encoder
 
     cur = serving(lib)
     if cur is not None:
         return cur
     enc = library_encoder(lib)
-    if not enc.labels or not hasattr(enc, "path") or not (Path(enc.path) / "model.json").exists():
-        raise NelsError("nels run re-trains a CNN's classifier head: index the library with a CNN model first"
-                        " ('nels ingest --model default' on a new library, or 'nels reindex --model default')")
+    if not enc.labels or getattr(enc, "path", None) is None or not (Path(enc.path) / "model.json").exists():
+        raise NelsError("nels run re-trains a model's classifier: index the library with a CNN model first"
+                        " ('nels ingest --model default' on a new library, or 'nels reindex --model default'),"
+                        " or with a head made by 'nels train --backbone yamnet' (--model HEAD_FOLDER)")
+    heads.family(enc.path)  # a format the loop re-trains, or a clear error
     lib.catalogue.add_model_version(enc.name, str(enc.path), None, 0, "serving", None, None,
                                     {"spec": lib.get_meta("model")})
     lib.set_meta("run.base_model", str(enc.path))
@@ -260,6 +299,7 @@ def labelled_splits(ctx: Context, enc, labels: list[str]):
                         " with --heldout-fold K")
     if not test:
         raise NelsError("the held-out set is empty")
+    ctx.cache["heldout_files"] = [str(it.path) for it, _ in test]  # model_heldout_ap encodes them for a model
 
     def split(pairs, tag):
         key = (tag, enc.name)
@@ -439,7 +479,6 @@ def step_ingest(ctx: Context, cycle: int) -> tuple[str, dict]:
 def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
     from nels.encoders.base import create_encoder
     from nels.learn import library as lib_learn
-    from nels.learn.heads import save_with_head
     from nels.search.query import label_space
 
     lib, o = ctx.lib, ctx.opts
@@ -487,8 +526,8 @@ def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
 
     run_name = f"run-c{cycle}"
     warm = {}
-    if o.warm_start:  # the serving head's rows for the classes it knows, small random rows for new ones
-        W0, b0, L0 = load_head(cur["path"])
+    W0, b0, L0 = load_head(cur["path"]) if o.warm_start else (None, None, [])
+    if W0 is not None:  # the serving head's rows for the classes it knows, small random rows for new ones
         rng = np.random.default_rng(cycle)
         W = rng.normal(0, 0.01, (len(labels), W0.shape[1]))
         b = np.full(len(labels), float(b0.min()))
@@ -501,12 +540,12 @@ def step_learn(ctx: Context, cycle: int) -> tuple[str, dict]:
     base_name = json.loads((Path(lib.get_meta("run.base_model") or cur["path"]) / "model.json").read_text())["name"]
     name = f"{base_name}-run-c{cycle}"
     out = lib.path / "models" / run_name
-    save_with_head(Path(cur["path"]), out, head[0], head[1], labels, name,
-                   {"learning": {"run": run_name, "strategy": st.name, "iterations": len(hist) - 1,
-                                 "parent_version": cur["name"]}})
+    heads.family(cur["path"]).write(Path(cur["path"]), out, head[0], head[1], labels, name,
+                                    {"learning": {"run": run_name, "strategy": st.name, "iterations": len(hist) - 1,
+                                                  "parent_version": cur["name"], "warm_start": bool(warm)}})
     _inherit_joint(Path(cur["path"]), out)
     new_ap = heldout_ap((head[0], head[1], labels), held, labels)
-    old_ap = heldout_ap(load_head(cur["path"]), held, labels)
+    old_ap = model_heldout_ap(ctx, cur["path"], held, labels)
     if cur.get("per_class") is None:
         cat.set_version_scores(cur["name"], mean_ap(old_ap), old_ap)
     selected = sum(len(r["selected"]) for r in hist)
