@@ -8,7 +8,6 @@ shared machines. Prints the mAP table and writes the same JSON as `nels evaluate
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,19 +21,10 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="work folder (the fold library is cached there) and JSON")
     args = ap.parse_args()
 
+    from common import encode_queries_once
     from nels.evaluate.retrieval import evaluate_retrieval
-    from nels.search import query
 
-    original = query.encode_query_audio
-    memo: dict = {}
-
-    def encode_once(encoder, x, sr=16000):
-        key = (encoder.name, id(encoder), int(sr), x.shape, hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest())
-        if key not in memo:
-            memo[key] = original(encoder, x, sr)
-        return memo[key]
-
-    query.encode_query_audio = encode_once
+    encode_queries_once()
     t = time.time()
     res = evaluate_retrieval(args.dataset, "esc50", args.fold, args.model, args.out)
     res["spec"] = args.model

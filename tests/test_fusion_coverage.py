@@ -109,3 +109,60 @@ def test_search_ranks_two_classifiers_by_their_coverage_weighted_relevance(two_c
     # what each query names comes first: "Whistle" / "high tone" is the 3000 Hz clip, "Hum" the 300 Hz ones
     assert lib.search(text="whistle", mode="linguistic", k=3)[0]["title"].endswith("3000.wav")
     assert lib.search(text="hum", mode="linguistic", k=3)[0]["title"].endswith("-300.wav")
+
+
+# -- audio: the own CNN's spaces weighted by whether it learned the query sound (bench/fit_audio_fusion.py) -----
+A = ("acoustic:cnn", "acoustic:yamnet", "joint_audio:joint")
+WEIGHTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "models" / "yamnet" / \
+    "yamnet_classification.tflite"
+
+
+def _audio_fusion():
+    f = (cal.calibration().get("relevance") or {}).get("audio_fusion")
+    if not f or f.get("rule") != "mixture":
+        pytest.skip("nels/data/calibration.json has no audio fusion mixture")
+    return f
+
+
+def test_audio_fusion_terms_mix_the_learned_and_never_learned_models_by_the_gate():
+    f = _audio_fusion()
+    assert cal.audio_fusion_terms(A[:2], 0.9) is None  # acoustic mode (no joint space): not this fusion
+    assert cal.audio_fusion_terms(A, None) is None  # no gating classifier in the library
+    for gate in (0.0, 0.3, 0.8, 1.0):
+        (q, m1, f1), (r, m2, f2) = cal.audio_fusion_terms(list(reversed(A)), gate)
+        assert q == pytest.approx(gate ** f["gamma"]) and q + r == pytest.approx(1.0)
+        assert m1 == f["covered"] and m2 == f["not_covered"] and f1 == f2 == sorted(A)
+    v = {"acoustic:cnn": 0.9, "acoustic:yamnet": 0.4, "joint_audio:joint": 0.95}
+    learned = cal.mixture_relevance(v, cal.audio_fusion_terms(A, 1.0))
+    unknown = cal.mixture_relevance(v, cal.audio_fusion_terms(A, 0.0))
+    # a sound the CNN never learned: its joint space's high cosine counts for much less
+    assert learned == pytest.approx(cal.relevance(v, f["covered"])) and unknown == pytest.approx(
+        cal.relevance(v, f["not_covered"]))
+    assert f["not_covered"]["weights"]["joint_audio:joint"] < f["covered"]["weights"]["joint_audio:joint"]
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="needs the YAMNet weights in ../shared/models/yamnet")
+def test_audio_search_in_a_cnn_and_yamnet_library_ranks_by_the_gated_mixture(tmp_path):
+    from conftest import synth, write_wav
+
+    from nels.ingest.runner import IngestOptions, ingest
+    from nels.library import Library
+
+    _audio_fusion()
+    for i, kind in enumerate(["tone", "noise", "chirp", "clicks", "tone"]):
+        write_wav(tmp_path / "in" / f"{kind}{i}.wav", synth(kind, seconds=3.0, seed=i))
+    lib = Library(tmp_path / "lib")
+    ingest(lib, [str(tmp_path / "in")], model="default+yamnet", options=IngestOptions(progress=False))
+    try:
+        res = lib.search(audio=str(tmp_path / "in" / "tone0.wav"), k=5)  # the default mode: fused
+        assert res.mode == "fused" and res.calibration == "fitted" and len(res) == 5
+        gate = next(v for m, v in res.coverage["models"].items() if "yamnet" not in m)
+        terms = cal.audio_fusion_terms(A, gate)
+        for r, values in zip(res, res.features):
+            assert set(values) == set(A)
+            assert r["relevance"] == pytest.approx(cal.mixture_relevance(values, terms), abs=2e-4)
+        rel = [r["relevance"] for r in res]
+        assert rel == sorted(rel, reverse=True) and [r["score"] for r in res] == rel
+        assert res[0]["title"] == "tone0.wav"
+    finally:
+        lib.close()

@@ -103,7 +103,8 @@ def evaluate_retrieval_realworld(dataset: str, model: str | None = None, workdir
     esc_truth = {c: e for c, e in esc.items() if e}
     has_joint = joint.library_has_joint(lib)
     has_probs = bool(lib.prob_matrices())
-    modes_text = modes_text or ((["linguistic"] if has_probs else []) + (["joint", "fused"] if has_joint else []))
+    if modes_text is None:  # [] measures audio only
+        modes_text = ((["linguistic"] if has_probs else []) + (["joint", "fused"] if has_joint else []))
     if modes_audio is None:  # [] measures text only (a change that touches text search alone)
         modes_audio = ["acoustic", "joint", "fused"] if has_joint else ["acoustic"]
     present = sorted(set(esc_truth.values()))

@@ -115,7 +115,8 @@ def evaluate_retrieval(dataset: str, fmt: str = "esc50", fold: int = 1, model: s
     labels = sorted(set(truth.values()))
     n = len(truth)
     has_joint = joint.library_has_joint(lib)
-    modes_text = modes_text or (["linguistic", "joint", "fused"] if has_joint else ["linguistic"])
+    if modes_text is None:  # [] measures audio only
+        modes_text = ["linguistic", "joint", "fused"] if has_joint else ["linguistic"]
     if modes_audio is None:  # [] measures text only (a change that touches text search alone)
         modes_audio = ["acoustic", "joint", "fused"] if has_joint else ["acoustic"]
     out = {"dataset": str(dataset), "fold": fold, "model": lib.get_meta("model_name"), "clips": n,

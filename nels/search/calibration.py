@@ -125,6 +125,27 @@ def mixture_relevance(values: dict[str, float], terms) -> float:
     return sum(pi * relevance({f: values[f] for f in fs}, m) for pi, m, fs in terms)
 
 
+def audio_fusion_terms(features, gate: float | None) -> list[tuple[float, dict | None, list[str]]] | None:
+    """The fitted fusion of an audio query's modes when they are `audio_fusion`'s (calibration.json, chosen by
+    bench/fit_audio_fusion.py on classes the CNN never learned), as `coverage_terms`-like terms; None otherwise.
+
+    gate : P(the gating classifier explains the query sound) (`nels.search.coverage.audio_coverage`'s score of the
+        classifier of kind `audio_fusion["gate_kind"]`); None when the library has no such classifier.
+    Rule "mixture": q = gate ** gamma; q x the model fitted on sounds that classifier learned + (1 - q) x the one
+    fitted on sounds it never learned (which leans on YAMNet's space). Rule "one": a single model.
+    """
+    fusion = (calibration().get("relevance") or {}).get("audio_fusion")
+    if not fusion or sorted(features) != sorted(fusion["features"]):
+        return None
+    feats = sorted(features)
+    if fusion.get("rule") == "mixture":
+        if gate is None:
+            return None
+        q = min(1.0, max(0.0, float(gate))) ** float(fusion["gamma"])
+        return [(q, fusion["covered"], feats), (1.0 - q, fusion["not_covered"], feats)]
+    return [(1.0, fusion["model"], feats)]
+
+
 def fuse_by_relevance(kind: str) -> bool:
     """Whether fused rankings of `kind` ("text", "audio") are ordered by the fitted relevance rather than by
     reciprocal rank: chosen on validation by bench/fit_calibration.py (fusion_on_validation in the data file)."""
@@ -138,7 +159,7 @@ def fill_values(lists: dict[str, list], n: int) -> dict[str, float]:
 
 
 def attach(cands, part_features: dict[str, str], fills: dict[str, float],
-           covers: dict[str, float] | None = None) -> str:
+           covers: dict[str, float] | None = None, terms: list | None = None) -> str:
     """Set `c.relevance` on every candidate from its parts (`c.parts`: part key -> raw score).
 
     part_features : part key -> feature name (several keys may share a feature: the best score counts).
@@ -146,12 +167,16 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
     covers : {feature: P(covered)} of the classifiers behind two or more features, with a fitted
         `coverage_gamma`: relevance is `covered_relevance` (a classifier that does not cover the query
         does not speak); else the one model of the whole set.
-    Returns how the model was found (see `relevance_model`).
+    terms : the query's terms when the caller has them (`audio_fusion_terms`): relevance is their mixture.
+    Returns how the model was found (see `relevance_model`; "fitted" with `terms`).
     """
     feats = sorted(set(part_features.values()))
     model, how = relevance_model(feats)
-    gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
-    terms = coverage_terms(feats, covers, gamma) if gamma is not None else None
+    if terms is not None:
+        how = "fitted"
+    else:
+        gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
+        terms = coverage_terms(feats, covers, gamma) if gamma is not None else None
     for c in cands:
         values = {f: fills.get(f, 0.0) for f in feats}
         seen: set[str] = set()
