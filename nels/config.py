@@ -87,7 +87,6 @@ MIN_LINGUISTIC_SCORE = 0.10  # below this probability mass on the query's labels
 # model's (a vocabulary that does not cover the query adds noise: rank fusion of the ESC-50 CNN with YAMNet
 # scored below YAMNet alone on out-of-vocabulary labels). Fixed a priori, not fitted on any evaluation set.
 COVERAGE_MARGIN = 0.10
-JOINT_TEXT_MIN_WEIGHT = 0.05  # a fused text query leaves the joint space out when its fitted weight is below this
 
 # -- website ----------------------------------------------------------------------------------------------
 MAX_QUERY_AUDIO_SECONDS = 600.0

@@ -25,8 +25,8 @@ from nels.search import linguistic
 from nels.search.modes import default_mode
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
 
-from nels.config import (COVERAGE_MARGIN, JOINT_TEXT_MIN_WEIGHT, MAX_K, MAX_QUERY_CHARS,  # noqa: F401
-                         MIN_ACOUSTIC_SCORE, MIN_LABEL_SIMILARITY, MIN_LINGUISTIC_SCORE, RRF_K)
+from nels.config import (COVERAGE_MARGIN, MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE,  # noqa: F401
+                         MIN_LABEL_SIMILARITY, MIN_LINGUISTIC_SCORE, RRF_K)
 
 _lock = threading.Lock()
 _threads_set = False
@@ -310,7 +310,6 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     part_features: dict[str, str] = {}  # part key -> calibration feature (nels.search.calibration)
     feature_lists: dict[str, list[Candidate]] = {}  # each single mode's own list, for the fill values
     cov_text = cov_audio = None
-    joint_weight = None  # the joint space's text weight where fitted (_joint_text_weight)
     text_covers: dict[str, float] = {}  # linguistic feature -> P(covered) of its classifier
     if audio is not None:
         encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
@@ -378,9 +377,6 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         # that model's vocabulary covers the query (see _linguistic)
         joint_covers = not coverage or jenc is None or jenc.audio_model not in coverage or \
             coverage[jenc.audio_model] >= max(coverage.values()) - COVERAGE_MARGIN
-        joint_weight = _joint_text_weight(jenc, cov_text) if text is not None else None
-        if joint_weight is not None:  # fitted: the joint space speaks as much as its model covers the query
-            joint_covers = joint_weight >= JOINT_TEXT_MIN_WEIGHT
         if text is not None and (joint_covers or mode == "joint"):
             lists["joint_text"] = _joint(lib, text, None, n) or []
             part_features["joint"] = calibration_mod.feature_name("joint_text", "joint")
@@ -404,8 +400,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     weights = None
     if text_fusion and text is not None and audio is None:
         w = text_fusion.get("weights") or {}
-        weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0) *
-                   (1.0 if joint_weight is None else joint_weight)}
+        weights = {"linguistic": w.get("linguistic", 1.0), "joint_text": w.get("joint", 1.0)}
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     terms = None
     if audio is not None and text is None:  # several encoders' spaces: fused as validation chose for unseen sounds
@@ -428,17 +423,6 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
                   mode=mode, coverage=cov, calibration=how, **extras)
     out.features = [c.values for c in chosen]
     return out
-
-
-def _joint_text_weight(jenc, cov_text: dict | None) -> float | None:
-    """How much the joint space's text ranking counts in a fused text query: P(its acoustic model's classifier
-    covers the query) ** joint_text_gamma (calibration.json, chosen by bench/fit_joint_text_fusion.py on classes
-    that model never learned); None where not fitted or not known (then COVERAGE_MARGIN's gate decides)."""
-    gamma = (calibration_mod.calibration().get("relevance") or {}).get("joint_text_gamma")
-    models = (cov_text or {}).get("models") or {}
-    if gamma is None or jenc is None or jenc.audio_model not in models:
-        return None
-    return min(1.0, max(0.0, float(models[jenc.audio_model]))) ** float(gamma)
 
 
 def _audio_gate(cov_audio: dict | None, query_probs: list) -> float | None:
