@@ -435,3 +435,36 @@ def test_ensemble_teacher_teaches_the_average_probability(trained, folders_ds, t
     both = teacher_logits([m, rolled], x, False)  # two teachers that disagree
     p1, p2 = torch.softmax(one, 1), torch.softmax(torch.roll(one, 1, dims=1), 1)
     assert torch.allclose(torch.softmax(both, 1), (p1 + p2) / 2, atol=1e-5)
+
+
+def test_fine_tuning_starts_from_every_layer_of_a_model(trained, folders_ds, tmp_path):
+    """hparams init: the network starts as the given model (every layer, its mel normalisation, the output rows
+    of the classes both have); a class the model lacks starts at random. With a learning rate of ~0, what is
+    saved is the start: so the copy is checked, and a run without init differs."""
+    import torch
+
+    from nels.training.train import train
+
+    model, cache, _ = trained
+    more = shutil.copytree(folders_ds, tmp_path / "more")
+    first = sorted(p for p in more.iterdir() if p.is_dir())[0]
+    shutil.copytree(first, more / "zz_new_class")  # a fifth class the init model lacks
+    kw = dict(epochs=1, seed=0, cache=str(cache), quiet=True, progress=False, threads=1)
+    hp = {**FAST_HP, "lr": 1e-12, "weight_decay": 0.0, "precision": "fp32"}
+    s = train(str(more), "folders", out=str(tmp_path / "ft"), hparams={**hp, "init": str(model)}, **kw)
+    old = torch.load(model / "weights.pt", weights_only=True)
+    new = torch.load(Path(s["model"]) / "weights.pt", weights_only=True)
+    old_labels = json.loads((model / "model.json").read_text())["labels"]
+    new_labels = json.loads((Path(s["model"]) / "model.json").read_text())["labels"]
+    assert new_labels[-1] == "zz_new_class" and new_labels[:-1] == old_labels
+    for k, v in old.items():
+        if k.startswith("fc.") or "running_" in k or "num_batches" in k:  # batch-norm statistics follow the data
+            continue
+        assert torch.allclose(v.float(), new[k].float(), atol=1e-2), k
+    assert torch.allclose(old["fc.weight"].float(), new["fc.weight"][:-1].float(), atol=1e-3)
+    assert "fine-tuning from" in (tmp_path / "ft" / "training.log").read_text()
+    fresh = train(str(more), "folders", out=str(tmp_path / "scratch"), hparams=hp, arch=TINY_ARCH, **kw)
+    scratch = torch.load(Path(fresh["model"]) / "weights.pt", weights_only=True)
+    assert not torch.allclose(scratch["fc.weight"][:-1].float(), old["fc.weight"].float(), atol=1e-3)
+    with pytest.raises(DatasetError, match="init"):
+        train(str(more), "folders", out=str(tmp_path / "bad"), hparams={**hp, "init": str(tmp_path)}, **kw)

@@ -24,6 +24,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def default_hparams(epochs: int = 200) -> dict:
         "kd_weight": 0.5,  # share of the loss that matches the teacher (the rest: the mixed hard labels)
         "kd_temperature": 2.0,  # softens both distributions in the matching term (Hinton et al. 2015)
         "pooling": "validation",  # clip pooling: chosen on 'validation', or fixed to one of POOLINGS
+        # fine-tuning: a NELS CNN model folder whose every layer (and mel normalisation) starts the network; its
+        # output rows for the classes both share too (new classes start at random); the architecture is its own
+        "init": None,
     }
 
 
@@ -325,6 +329,41 @@ def distillation_loss(student_logits, teacher_logits, temperature: float):
     return (p_t * (torch.log(p_t.clamp_min(1e-8)) - torch.log_softmax(student_logits / t, dim=1))).sum(1).mean() * t * t
 
 
+def _init_state(model_dir) -> tuple[dict, dict]:
+    """(state dict as float32, model.json) of the CNN model folder a fine-tuning starts from."""
+    import torch
+
+    d = Path(model_dir)
+    try:
+        meta = json.loads((d / "model.json").read_text())
+        state = torch.load(d / meta.get("weights", "weights.pt"), map_location="cpu", weights_only=True)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"hparams init: {d} is not a NELS CNN model folder ({exc})") from None
+    if "fc.weight" not in state or "arch" not in meta:
+        raise DatasetError(f"hparams init: {d} is not a NELS CNN model folder (no output layer or arch)")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, meta
+
+
+def load_init(model, init: tuple[dict, dict], labels: list[str]) -> int:
+    """Load `init` (see `_init_state`) into `model`: every layer, and the output rows of the classes in both
+    (matched by name); returns how many output rows were shared."""
+    import torch
+
+    state, meta = init
+    own = model.state_dict()
+    old = list(meta["labels"])
+    fc_w, fc_b = own["fc.weight"].clone(), own["fc.bias"].clone()
+    shared = 0
+    for i, name in enumerate(labels):
+        if name in old:
+            fc_w[i], fc_b[i] = state["fc.weight"][old.index(name)], state["fc.bias"][old.index(name)]
+            shared += 1
+    merged = {**{k: v for k, v in state.items() if not k.startswith("fc.")}, "fc.weight": fc_w, "fc.bias": fc_b}
+    with torch.no_grad():
+        model.load_state_dict(merged)
+    return shared
+
+
 def _run_key(ds_root, fmt, exclude_fold, seed, hp, arch, fconf) -> str:
     blob = json.dumps([str(Path(ds_root).resolve()), fmt, exclude_fold, seed, hp, arch, fconf.to_dict()], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -369,6 +408,11 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
             raise DatasetError("--epochs must be >= 1")
         hp["epochs"] = int(epochs)
     arch = {**DEFAULT_ARCH, **(RECOMMENDED_ARCH if arch is None else arch)}
+    init = _init_state(hp["init"]) if hp.get("init") else None
+    if init is not None:
+        arch = init[1]["arch"]
+        if init[1].get("feature_config") not in (None, asdict(feature_config)):
+            raise DatasetError(f"hparams init: {hp['init']} was trained on other features than this run's")
     if threads:
         torch.set_num_threads(threads)
     ds = D.load_dataset(dataset, fmt)
@@ -405,6 +449,9 @@ def train(dataset: str, fmt: str = "esc50", exclude_fold: int | None = None, out
         model.mel_mean.copy_(torch.from_numpy(frames.mean(axis=0)))
         model.mel_std.copy_(torch.from_numpy(np.maximum(frames.std(axis=0), 1e-3)))
     del frames
+    if init is not None:
+        shared = load_init(model, init, ds.labels)
+        log(f"fine-tuning from {hp['init']}: every layer, {shared} of {n_classes} output rows")
     bs = min(hp["batch_size"], len(tr_idx))
     steps = max(int(hp.get("min_steps", MIN_STEPS)), len(tr_idx) // bs)  # a tiny dataset still gets a useful number of steps per epoch
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
