@@ -142,8 +142,10 @@ def test_kill_9_during_ingest_leaves_a_consistent_library_and_rerun_finishes(tmp
     lib_dir = tmp_path / "lib"
     cmd = [sys.executable, "-m", "nels.cli", "--library", str(lib_dir), "ingest", str(src), "--model", "baseline"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until some clips are committed, then kill hard
+    deadline = time.monotonic() + 600  # a safety limit only: the wait is on the library's state
+    while True:  # wait until some clips are committed, then kill hard
+        assert proc.poll() is None, "the ingest ended before 5 clips were committed"
+        assert time.monotonic() < deadline, "gave up waiting for 5 committed clips"
         time.sleep(0.2)
         if (lib_dir / "nels.db").exists():
             try:
