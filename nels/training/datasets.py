@@ -280,12 +280,29 @@ def check_decoded(ds, items: list, skipped: list, log) -> None:
     if lost:
         raise DatasetError(f"{ds.root}: every clip of class(es) {', '.join(lost)} was skipped (see above)")
 
+def read_clip(it: Item, ds: Dataset, sr: int) -> tuple[np.ndarray | None, str | None]:
+    """One clip of `ds` decoded at `sr`: (audio, None), or (None, why) for a clip a trainer skips and reports: one
+    that does not decode, one whose length is not the dataset's (ESC-50: 5 s, within 0.1 s), one under 0.25 s."""
+    from nels.audio.decode import decode
+
+    try:
+        x = decode(it.path, sr=sr)
+    except NelsError as exc:
+        return None, f"cannot decode ({exc})"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped clip
+        return None, f"cannot decode ({exc.__class__.__name__}: {exc})"
+    secs = x.size / sr
+    if ds.expected_seconds is not None and abs(secs - ds.expected_seconds) > 0.1:
+        return None, f"wrong length {secs:.2f} s (expected {ds.expected_seconds:g} s)"
+    if secs < 0.25:
+        return None, f"too short ({secs:.3f} s)"
+    return x, None
+
+
 def compute_features(ds: Dataset, config: FeatureConfig = FeatureConfig(), cache_dir=None,
                      log: Callable[[str], None] = print, progress: bool = True) -> Features:
     """Log-mel every clip of `ds` (or read them from the cache). Undecodable / wrong-length clips are skipped
     and reported through `log`; a dataset where nothing decodes is a DatasetError."""
-    from nels.audio.decode import decode
-
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     key = _cache_key(ds, config)
     name = f"{ds.root.resolve().name}-{ds.format}-{key}"
@@ -311,20 +328,9 @@ def compute_features(ds: Dataset, config: FeatureConfig = FeatureConfig(), cache
 
         it_iter = tqdm(ds.items, desc="features", unit="clip", leave=False)
     for it in it_iter:
-        try:
-            audio = decode(it.path)
-        except NelsError as exc:
-            skipped.append((str(it.path), f"cannot decode ({exc})"))
-            continue
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped clip
-            skipped.append((str(it.path), f"cannot decode ({exc.__class__.__name__}: {exc})"))
-            continue
-        secs = audio.size / config.sr
-        if ds.expected_seconds is not None and abs(secs - ds.expected_seconds) > 0.1:
-            skipped.append((str(it.path), f"wrong length {secs:.2f} s (expected {ds.expected_seconds:g} s)"))
-            continue
-        if secs < 0.25:
-            skipped.append((str(it.path), f"too short ({secs:.3f} s)"))
+        audio, why = read_clip(it, ds, config.sr)
+        if audio is None:
+            skipped.append((str(it.path), why))
             continue
         items.append(it)
         mels.append(logmel(audio, config))

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nels import config
-from nels.errors import NelsError
-from nels.training.datasets import check_decoded
+from nels.training.datasets import check_decoded, read_clip
 
 CACHE_VERSION = 2  # bump when the framing or the content of the cached windows changes
 
@@ -53,7 +52,6 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
     """The backbone windows of every clip of `ds` (cached; see the module docstring). `view` = (offset seconds,
     gain dB): the clip is cut at the offset and scaled before framing. Undecodable / wrong-length clips are
     skipped and reported (a class left without clips is a DatasetError)."""
-    from nels.audio.decode import decode
     from nels.encoders.head import clip_windows
 
     cache_dir = Path(cache_dir) if cache_dir else config.cache_dir() / "backbone"
@@ -83,20 +81,9 @@ def window_embeddings(ds, backbone, cache_dir=None, view=(0.0, 0.0), log=print, 
         it_iter = tqdm(ds.items, desc=f"{backbone.space} windows", unit="clip", leave=False)
     t0 = time.time()
     for it in it_iter:
-        try:
-            x = decode(it.path, sr=sr)
-        except NelsError as exc:
-            skipped.append((str(it.path), f"cannot decode ({exc})"))
-            continue
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a skipped clip
-            skipped.append((str(it.path), f"cannot decode ({exc.__class__.__name__}: {exc})"))
-            continue
-        secs = x.size / sr
-        if ds.expected_seconds is not None and abs(secs - ds.expected_seconds) > 0.1:
-            skipped.append((str(it.path), f"wrong length {secs:.2f} s (expected {ds.expected_seconds:g} s)"))
-            continue
-        if secs < 0.25:
-            skipped.append((str(it.path), f"too short ({secs:.3f} s)"))
+        x, why = read_clip(it, ds, sr)
+        if x is None:
+            skipped.append((str(it.path), why))
             continue
         if offset > 0:
             x = x[int(round(offset * sr)):]
