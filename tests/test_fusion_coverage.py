@@ -126,15 +126,15 @@ def _audio_fusion():
 
 def test_audio_fusion_terms_mix_the_learned_and_never_learned_models_by_the_gate():
     f = _audio_fusion()
-    assert cal.audio_fusion_terms(A[:2], 0.9) is None  # acoustic mode (no joint space): not this fusion
-    assert cal.audio_fusion_terms(A, None) is None  # no gating classifier in the library
+    assert cal.audio_fusion_terms(A[:2], {"softmax": 0.9}) is None  # acoustic mode (no joint space): not this fusion
+    assert cal.audio_fusion_terms(A, {"yamnet": 1.0}) is None  # no gating classifier in the library
     for gate in (0.0, 0.3, 0.8, 1.0):
-        (q, m1, f1), (r, m2, f2) = cal.audio_fusion_terms(list(reversed(A)), gate)
+        (q, m1, f1), (r, m2, f2) = cal.audio_fusion_terms(list(reversed(A)), {"softmax": gate, "yamnet": 1.0})
         assert q == pytest.approx(gate ** f["gamma"]) and q + r == pytest.approx(1.0)
         assert m1 == f["covered"] and m2 == f["not_covered"] and f1 == f2 == sorted(A)
     v = {"acoustic:cnn": 0.9, "acoustic:yamnet": 0.4, "joint_audio:joint": 0.95}
-    learned = cal.mixture_relevance(v, cal.audio_fusion_terms(A, 1.0))
-    unknown = cal.mixture_relevance(v, cal.audio_fusion_terms(A, 0.0))
+    learned = cal.mixture_relevance(v, cal.audio_fusion_terms(A, {"softmax": 1.0}))
+    unknown = cal.mixture_relevance(v, cal.audio_fusion_terms(A, {"softmax": 0.0}))
     # a sound the CNN never learned: its joint space's high cosine counts for much less
     assert learned == pytest.approx(cal.relevance(v, f["covered"])) and unknown == pytest.approx(
         cal.relevance(v, f["not_covered"]))
@@ -157,7 +157,7 @@ def test_audio_search_in_a_cnn_and_yamnet_library_ranks_by_the_gated_mixture(tmp
         res = lib.search(audio=str(tmp_path / "in" / "tone0.wav"), k=5)  # the default mode: fused
         assert res.mode == "fused" and res.calibration == "fitted" and len(res) == 5
         gate = next(v for m, v in res.coverage["models"].items() if "yamnet" not in m)
-        terms = cal.audio_fusion_terms(A, gate)
+        terms = cal.audio_fusion_terms(A, {"softmax": gate})
         for r, values in zip(res, res.features):
             assert set(values) == set(A)
             assert r["relevance"] == pytest.approx(cal.mixture_relevance(values, terms), abs=2e-4)

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from nels.search.coverage import audio_kind, calibration, sigmoid
+from nels.search.coverage import audio_kind, calibration
 
 EPS = 1e-4
 
@@ -65,14 +65,9 @@ def relevance_model(features) -> tuple[dict | None, str]:
 
 
 def relevance(values: dict[str, float], model: dict | None) -> float:
-    """P(relevant) of one result: values = {feature: raw score} (every feature of the set)."""
-    if model is None:  # nothing fitted for these modes: the best score, clipped to [0, 1]
-        return float(min(1.0, max(0.0, max(values.values()) if values else 0.0)))
-    if "per_feature" in model:  # fitted one mode at a time: the most confident mode speaks
-        return max(sigmoid(p["bias"] + p["weight"] * transform(f.split(":")[0], values.get(f, 0.0)))
-                   for f, p in model["per_feature"].items())
-    z = model["bias"] + sum(w * transform(f.split(":")[0], values[f]) for f, w in model["weights"].items())
-    return sigmoid(z)
+    """P(relevant) of one result: values = {feature: raw score} (every feature of the set); see `relevance_rows`."""
+    feats = list(values)
+    return float(relevance_rows(np.array([[values[f] for f in feats]], dtype=np.float64), feats, model)[0])
 
 
 def coverage_gamma() -> float | None:
@@ -125,12 +120,13 @@ def mixture_relevance(values: dict[str, float], terms) -> float:
     return sum(pi * relevance({f: values[f] for f in fs}, m) for pi, m, fs in terms)
 
 
-def audio_fusion_terms(features, gate: float | None) -> list[tuple[float, dict | None, list[str]]] | None:
+def audio_fusion_terms(features, explained: dict[str, float]) -> list[tuple[float, dict | None, list[str]]] | None:
     """The fitted fusion of an audio query's modes when they are `audio_fusion`'s (calibration.json, chosen by
     bench/fit_audio_fusion.py on classes the CNN never learned), as `coverage_terms`-like terms; None otherwise.
 
-    gate : P(the gating classifier explains the query sound) (`nels.search.coverage.audio_coverage`'s score of the
-        classifier of kind `audio_fusion["gate_kind"]`); None when the library has no such classifier.
+    explained : {classifier kind (`classifier_kind`): P(a classifier of that kind explains the query sound)}
+        (`nels.search.coverage.audio_coverage`'s per-model scores); the gate is `audio_fusion["gate_kind"]`'s
+        (the own CNN's "softmax"); a library without such a classifier gets no terms.
     Rule "mixture": q = gate ** gamma; q x the model fitted on sounds that classifier learned + (1 - q) x the one
     fitted on sounds it never learned (which leans on YAMNet's space). Rule "one": a single model.
     """
@@ -139,6 +135,7 @@ def audio_fusion_terms(features, gate: float | None) -> list[tuple[float, dict |
         return None
     feats = sorted(features)
     if fusion.get("rule") == "mixture":
+        gate = explained.get(fusion.get("gate_kind"))
         if gate is None:
             return None
         q = min(1.0, max(0.0, float(gate))) ** float(fusion["gamma"])
@@ -176,7 +173,7 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
         how = "fitted"
     else:
         gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
-        terms = coverage_terms(feats, covers, gamma) if gamma is not None else None
+        terms = coverage_terms(feats, covers, gamma) if gamma is not None else [(1.0, model, feats)]
     for c in cands:
         values = {f: fills.get(f, 0.0) for f in feats}
         seen: set[str] = set()
@@ -186,19 +183,20 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
                 values[f] = max(float(v), values[f]) if f in seen else float(v)
                 seen.add(f)
         c.values = values
-        if terms is None:
-            c.relevance = relevance(values, model)
-    if terms is not None and cands:  # one product per term over every candidate (a few ms at 400 results)
+    if cands:  # one product per term over every candidate (a few ms at 400 results)
         col = {f: i for i, f in enumerate(feats)}
         V = np.array([[c.values[f] for f in feats] for c in cands], dtype=np.float64)
-        rel = sum(pi * _relevance_rows(V[:, [col[f] for f in fs]], fs, m) for pi, m, fs in terms)
+        rel = sum(pi * relevance_rows(V[:, [col[f] for f in fs]], fs, m) for pi, m, fs in terms)
         for c, r in zip(cands, rel.tolist()):
             c.relevance = r
     return how
 
 
-def _relevance_rows(V: np.ndarray, feats: list[str], model: dict | None) -> np.ndarray:
-    """`relevance` of many results at once: V (n, len(feats)) raw scores, columns in the order of `feats`."""
+def relevance_rows(V: np.ndarray, feats: list[str], model: dict | None) -> np.ndarray:
+    """P(relevant) of many results at once: V (n, len(feats)) raw scores, columns in the order of `feats`.
+    Without a model (nothing fitted for these modes): the best score, clipped to [0, 1]; a per-feature model
+    (modes fitted one at a time): the most confident mode speaks (a feature it names that is not in `feats`
+    scores 0); else the logistic model over the transformed scores (`transform`)."""
     if model is None:
         return np.clip(V.max(axis=1), 0.0, 1.0) if V.shape[1] else np.zeros(len(V))
     X = np.empty_like(V)

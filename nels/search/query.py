@@ -404,7 +404,10 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     terms = None
     if audio is not None and text is None:  # several encoders' spaces: fused as validation chose for unseen sounds
-        terms = calibration_mod.audio_fusion_terms(set(part_features.values()), _audio_gate(cov_audio, query_probs))
+        models = (cov_audio or {}).get("models") or {}  # P(explained) per classifier, by its kind
+        explained = {calibration_mod.classifier_kind(labels): models[name] for name, labels, _ in query_probs
+                     if name in models}
+        terms = calibration_mod.audio_fusion_terms(set(part_features.values()), explained)
     how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n),
                                  text_covers if text is not None else None, terms)
     if cov_text is not None and not cov_text["covered"]:
@@ -423,19 +426,6 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
                   mode=mode, coverage=cov, calibration=how, **extras)
     out.features = [c.values for c in chosen]
     return out
-
-
-def _audio_gate(cov_audio: dict | None, query_probs: list) -> float | None:
-    """P(explained) of the query sound by the classifier that gates audio fusion (calibration.json's
-    audio_fusion.gate_kind, the own CNN's "softmax"); None when the library has none."""
-    fusion = (calibration_mod.calibration().get("relevance") or {}).get("audio_fusion") or {}
-    kind = fusion.get("gate_kind")
-    if not kind or not cov_audio:
-        return None
-    for name, labels, _ in query_probs:
-        if calibration_mod.classifier_kind(labels) == kind and name in cov_audio["models"]:
-            return float(cov_audio["models"][name])
-    return None
 
 
 def _coverage(cov_text: dict | None, cov_audio: dict | None) -> dict | None:
