@@ -6,6 +6,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from nels.search.labels import specific_labels
+
 
 class Results(list):
     """A list of result dicts (the `search --json` contract) with what a person should also be told.
@@ -121,7 +123,7 @@ def _result(row: dict, c: Candidate) -> dict:
             "title": row["title"], "start": round(row["start"], 3), "end": round(row["end"], 3),
             "duration": row["duration"], "score": round(float(c.score), 4),
             "relevance": None if c.relevance is None else round(float(c.relevance), 4), "parts": parts,
-            "labels": row["labels"], "explanation": c.explain(), "scores": parts,
+            "labels": specific_labels(row["labels"]), "explanation": c.explain(), "scores": parts,
             "media_url": f"/media/{row['clip_id']}"}
 
 

@@ -376,18 +376,23 @@ class Catalogue:
         return out
 
     def clip_timeline(self, clip_id: int) -> dict | None:
-        """`clip` with only each segment's top label ({segment_id, start, end, labels: [{label, prob}] or []}):
-        what a timeline needs, in one query (an hour's 3600 segments: ~10 ms, where `clip` takes ~80 ms)."""
+        """`clip` for a timeline, in two queries ({segment_id, start, end, labels: [{label, prob}], most probable
+        first}): an hour's 3600 segments and their ~36k labels in ~40 ms, where `clip`'s per-segment reads take
+        ~80 ms. The labels are all the stored ones, so the caller can show the most specific
+        (`nels.search.labels.specific_labels`), not only the most probable."""
         row = self.conn.execute("SELECT * FROM clips WHERE id=?", (clip_id,)).fetchone()
         if row is None:
             return None
         out = dict(row)
-        segs = self.conn.execute(
-            "SELECT s.id, s.start, s.end, (SELECT l.label FROM labels l WHERE l.segment_id = s.id"
-            " ORDER BY l.prob DESC, l.label LIMIT 1), (SELECT MAX(l.prob) FROM labels l WHERE l.segment_id = s.id)"
-            " FROM segments s WHERE s.clip_id=? ORDER BY s.start, s.id", (clip_id,)).fetchall()
+        segs = self.conn.execute("SELECT id, start, end FROM segments WHERE clip_id=? ORDER BY start, id",
+                                 (clip_id,)).fetchall()
+        labels: dict[int, list] = {}
+        for sid, label, prob in self.conn.execute(
+                "SELECT l.segment_id, l.label, l.prob FROM segments s JOIN labels l ON l.segment_id = s.id"
+                " WHERE s.clip_id=?", (clip_id,)):
+            labels.setdefault(sid, []).append((-prob, label))
         out["segments"] = [{"segment_id": s[0], "start": s[1], "end": s[2],
-                            "labels": [{"label": s[3], "prob": round(s[4], 4)}] if s[3] is not None else []}
+                            "labels": [{"label": lab, "prob": round(-p, 4)} for p, lab in sorted(labels.get(s[0], ()))]}
                            for s in segs]
         return out
 

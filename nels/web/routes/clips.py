@@ -45,10 +45,13 @@ class Feedback(BaseModel):
 
 def events(segments: list[dict]) -> list[dict]:
     """A timeline: runs of consecutive segments with the same top label, a run shorter than RUN_MIN_SECONDS
-    absorbed by its neighbour (nels.search.tag.label_runs): tens of events for an hour, not thousands."""
+    absorbed by its neighbour (nels.search.tag.label_runs): tens of events for an hour, not thousands. A
+    segment's top label is its most probable *specific* one (nels.search.labels: "sheep", not YAMNet's
+    "Livestock, farm animals, working animals" above it)."""
+    from nels.search.labels import specific_labels
     from nels.search.tag import label_runs
 
-    return label_runs(segments)
+    return label_runs([{**s, "labels": specific_labels(s["labels"])} for s in segments])
 
 
 def attribution(c: dict) -> str:
