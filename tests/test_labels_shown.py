@@ -34,3 +34,12 @@ def test_the_clip_timeline_names_the_specific_sound():
     segs += [{"segment_id": 4 + i, "start": 4.0 + i, "end": 6.0 + i,
               "labels": L(("Animal", 0.95), ("Dog", 0.9), ("Bark", 0.85))} for i in range(4)]
     assert [(e["label"], e["start"], e["end"]) for e in events(segs)] == [("sheep", 0.0, 5.0), ("Bark", 4.0, 9.0)]
+
+
+def test_a_label_filter_looks_at_the_labels_shown():
+    from nels.search.results import Filters
+
+    row = {"labels": L(("Animal", 0.95), ("Livestock, farm animals, working animals", 0.93), ("Sheep", 0.9),
+                       ("sheep", 0.88), ("Goat", 0.1))}
+    assert Filters(label="sheep").keep(row)  # the fourth label stored, the first shown
+    assert not Filters(label="dog").keep(row)

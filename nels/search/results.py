@@ -54,7 +54,9 @@ class Filters:
         return any(v is not None for v in (self.label, self.source, self.min_duration, self.max_duration))
 
     def keep(self, row: dict) -> bool:
-        if self.label is not None and self.label not in {l["label"] for l in row["labels"][:3]}:
+        # among the first three labels a person sees (the most specific: a filter "sheep" keeps a sheep whose
+        # stored labels start with YAMNet's "Livestock, ..." and "Animal")
+        if self.label is not None and self.label not in {l["label"] for l in specific_labels(row["labels"])[:3]}:
             return False
         if self.source is not None:
             hay = " ".join(str(row.get(k) or "") for k in ("source_uri", "webpage_url", "title")).lower()
