@@ -138,7 +138,7 @@ def build(library: str, download: bool = False, quiet: bool = False) -> dict:
     print("nels demo: loading models…", file=sys.stderr, flush=True)
     out = {"corpus": what, "synthetic": root is None, "library": str(Path(library).expanduser().resolve())}
     with Library(library) as lib:
-        rep = ingest(lib, inputs, options=IngestOptions(progress=sys.stderr.isatty() and not quiet))
+        rep = ingest(lib, inputs, options=IngestOptions(progress=not quiet))
         lib.set_meta("demo_corpus", what)
         out.update(clips=lib.stats()["clips"], added=len(rep.added), failed=len(rep.failed))
         if root is not None:

@@ -65,8 +65,10 @@ def test_encoding_one_long_file_reports_progress_as_it_goes(tmp_path, tones):
     assert seen == sorted(seen) and seen[0] < 75.0 and abs(seen[-1] - duration) <= 1.0, seen
 
 
-def test_ingest_bar_counts_seconds_of_audio(tmp_path, tones, capsys):
+def test_ingest_bar_counts_seconds_of_audio(tmp_path, tones, capsys, monkeypatch):
     from nels.ingest.runner import IngestOptions, ingest
+
+    monkeypatch.setenv("NELS_PROGRESS_EVERY", "0")  # not a terminal: plain lines, here one per update
     from nels.library import Library
 
     write_wav(tmp_path / "in" / "long.wav", tone(300, 150.0))
@@ -78,6 +80,29 @@ def test_ingest_bar_counts_seconds_of_audio(tmp_path, tones, capsys):
     assert "3:00 of 3:00 audio" in err, err[-500:]
     assert re.search(r"\d+x real time", err), err[-500:]
     assert " item" not in err
+    assert "\r" not in err and all(line.startswith("ingest: ") for line in err.splitlines()), err[-500:]
+
+
+def test_progress_off_a_terminal_is_a_line_now_and_then(capsys, monkeypatch):
+    """A log file gets 'desc: text' lines every NELS_PROGRESS_EVERY seconds (30 by default) and a last one
+    at the end, not a bar redrawn with carriage returns; a job shorter than the interval writes nothing."""
+    from nels.ingest.progress import AudioBar
+
+    bar = AudioBar("ingest")  # pytest's captured stderr is not a terminal
+    bar.expect("a", 60.0)
+    bar.finish("a", 60.0)
+    bar.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("NELS_PROGRESS_EVERY", "0")
+    bar = AudioBar("reindex")
+    bar.expect("a", 90.0)
+    bar.partial("a", 30.0)
+    bar.finish("a", 90.0)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("reindex: 0:30 of 1:30 audio") for line in lines), lines
+    assert lines[-1].startswith("reindex: 1:30 of 1:30 audio"), lines
+    assert AudioBar("x", enabled=False).lines is False
 
 
 def test_tag_reports_progress_and_bridges_dropouts(tmp_path, tones):
@@ -163,7 +188,8 @@ def test_reindex_without_model_says_what_it_does_and_a_loss_needs_confirmation(t
         assert lib.spaces() == ["tones"] and lib.get_meta("model") == "tones"
 
 
-def test_reindex_bar_counts_seconds_of_audio(tmp_path, tones, capsys):
+def test_reindex_bar_counts_seconds_of_audio(tmp_path, tones, capsys, monkeypatch):
+    monkeypatch.setenv("NELS_PROGRESS_EVERY", "0")
     from nels.ingest.reindex import reindex
     from nels.ingest.runner import IngestOptions, ingest
     from nels.library import Library

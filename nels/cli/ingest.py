@@ -79,7 +79,7 @@ def _options(args):
     from nels.ingest.runner import IngestOptions
 
     return IngestOptions(max_duration=args.max_duration, max_items=args.max_items, rate_limit=args.rate_limit,
-                         retries=args.retries, progress=not args.json and sys.stderr.isatty(),
+                         retries=args.retries, progress=not args.json,
                          in_place=getattr(args, "in_place", False))
 
 

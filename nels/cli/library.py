@@ -80,7 +80,7 @@ def cli_reindex(args) -> int:
             return 0
         if plan.drops and not _confirmed(plan, getattr(args, "yes", False)):
             return 2
-        out = reindex(lib, args.model, progress=not args.json and sys.stderr.isatty(), runner=_runner(args),
+        out = reindex(lib, args.model, progress=not args.json, runner=_runner(args),
                       plan=plan)
     if args.json:
         print_json(out)

@@ -250,7 +250,7 @@ def cli_tag(args) -> int:
         total = None  # tag_file reports the error
     encoder = load_encoder(args.model)
     # progress in seconds of audio, with the rate and an ETA (a 30-minute file takes a minute or more)
-    bar = AudioBar("tag", total=total, enabled=not args.json and sys.stderr.isatty())
+    bar = AudioBar("tag", total=total, enabled=not args.json)
     try:
         events = tag_file(args.file, encoder, args.threshold, max_gap=getattr(args, "max_gap", 1.0),
                           min_duration=getattr(args, "min_duration", 0.0), on_audio=lambda s: bar.partial("file", s))

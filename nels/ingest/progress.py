@@ -34,13 +34,41 @@ def describe(done: float, total: float | None, elapsed: float) -> str:
     return " · ".join(parts)
 
 
+#: seconds between two progress lines when the output is not a terminal ($NELS_PROGRESS_EVERY overrides)
+LINE_EVERY = 30.0
+
+
+def _line_every() -> float:
+    try:
+        return max(0.0, float(os.environ.get("NELS_PROGRESS_EVERY", LINE_EVERY)))
+    except ValueError:
+        return LINE_EVERY
+
+
 class AudioBar:
     """A progress bar in seconds of audio: finished items (`finish`) plus the partial progress of items in
-    flight (`partial`); `add_total` grows the total as durations become known."""
+    flight (`partial`); `add_total` grows the total as durations become known.
+
+    On a terminal it is a bar redrawn in place. Where the output is not a terminal (a log file, nohup, a
+    service), it writes a plain line every LINE_EVERY seconds ("ingest: 12:03 of 28:00 audio · 36x real
+    time · ETA 0:27") and, if it wrote any, a last one at the end: a job shorter than that stays silent.
+    enabled : False shows nothing at all (--json, quiet callers).
+    """
 
     def __init__(self, desc: str, total: float | None = None, enabled: bool = True, file=None):
         from tqdm import tqdm
 
+        file = file or sys.stderr
+        try:
+            tty = file.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        self.enabled = enabled
+        self.desc, self.file = desc, file
+        self.lines = enabled and not tty  # plain lines instead of a bar
+        self.line_every = _line_every()
+        self._lines_written = 0
+        self._last_line = time.monotonic()
         self.done = 0.0
         self.partials: dict = {}
         self.finished: set = set()  # keys done: a late report of theirs is ignored
@@ -48,7 +76,7 @@ class AudioBar:
         self.total = total
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
-        self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=file or sys.stderr, dynamic_ncols=True,
+        self.bar = tqdm(total=1000, desc=desc, disable=not enabled or self.lines, file=file, dynamic_ncols=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}|", mininterval=0.2)
         self.text = self.extra = ""
         self._shown = 0.0
@@ -65,6 +93,9 @@ class AudioBar:
         self._show(self.text + self.extra, force)
 
     def _show(self, text: str, force: bool = False) -> None:
+        if self.lines:
+            self._line(text, force)
+            return
         now = time.monotonic()
         if not force and now - self._shown < 0.1:  # at most 10 redraws a second (100k items announce themselves)
             return
@@ -73,6 +104,16 @@ class AudioBar:
         self.bar.n = int(1000 * min(1.0, pos / total)) if total else 0
         self.bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| " + text.replace("{", "{{").replace("}", "}}")
         self.bar.refresh()
+
+    def _line(self, text: str, last: bool = False) -> None:
+        now = time.monotonic()
+        if (last and self._lines_written) or now - self._last_line >= self.line_every:
+            self._last_line = now
+            self._lines_written += 1
+            try:
+                print(f"{self.desc}: {text}", file=self.file, flush=True)
+            except (OSError, ValueError):  # a closed or broken log: progress is cosmetic
+                self.lines = False
 
     def expect(self, key, seconds: float) -> None:
         """Item `key` holds `seconds` of audio: add it to the total (once)."""
@@ -167,7 +208,7 @@ class ReportWatcher:
         self.thread = threading.Thread(target=self._run, name="nels-progress", daemon=True)
 
     def __enter__(self):
-        if not self.bar.bar.disable:
+        if self.bar.enabled:
             self.thread.start()
         return self
 
