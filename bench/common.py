@@ -51,7 +51,7 @@ def encode_queries_once() -> None:
 
     from nels.search import query
 
-    original = query.encode_query_audio
+    original = query.encode_query_windows
     memo: dict = {}
 
     def encode_once(encoder, x, sr=16000):
@@ -60,4 +60,4 @@ def encode_queries_once() -> None:
             memo[key] = original(encoder, x, sr)
         return memo[key]
 
-    query.encode_query_audio = encode_once
+    query.encode_query_windows = encode_once

@@ -4,6 +4,8 @@
     python3 bench/fit_calibration.py text-joint-study  # would the joint space's confidence help? (prints only)
     python3 bench/fit_calibration.py audio      # whether some class explains a query sound
     python3 bench/fit_calibration.py audio-study  # could the class probabilities say it better? (prints only)
+    python3 bench/fit_calibration.py audio-embedding-study  # could the CNN's embeddings say it better? (prints)
+    python3 bench/fit_calibration.py audio-embedding  # the shipped CNN's entropy + embedding-norm signal
     python3 bench/fit_calibration.py relevance  # one calibrated relevance per result, from the per-mode scores
     python3 bench/fit_calibration.py report     # reliability of `relevance` on ESC-50 fold 1 (never fitted on)
 
@@ -301,7 +303,8 @@ def write_section(name: str, value: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["text", "text-joint-study", "audio", "audio-study", "relevance", "report"])
+    ap.add_argument("part", choices=["text", "text-joint-study", "audio", "audio-study", "audio-embedding-study",
+                                     "audio-embedding", "relevance", "report"])
     args, rest = ap.parse_known_args()
     if args.part == "text":
         out = fit_text()
@@ -309,6 +312,10 @@ def main() -> None:
         print(json.dumps(out, indent=1))
     elif args.part == "text-joint-study":
         print(json.dumps(study_joint(), indent=1))
+    elif args.part.startswith("audio-embedding"):
+        import fit_audio_embedding as emb  # the embedding signals of audio coverage
+
+        emb.main(args.part, rest, write_section)
     else:
         import fit_calibration_audio as more  # the parts that need audio and models
 

@@ -5,6 +5,7 @@ says so; every result has a calibrated relevance in [0, 1] with its per-mode par
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,46 @@ def test_normalised_entropy_reads_how_spread_a_distribution_is():
     two[[1, 2]] = 0.5
     assert normalised_entropy(two) == pytest.approx(np.log(2) / np.log(50))
     assert normalised_entropy(two * 3) == pytest.approx(normalised_entropy(two))  # renormalised
+
+
+DEFAULT_CNN = Path(__file__).resolve().parents[1] / "nels" / "data" / "models" / "esc50-cnn" / "model.json"
+
+
+@pytest.mark.skipif(not DEFAULT_CNN.exists(), reason="the default CNN model (nels/data/models/esc50-cnn) is not built")
+def test_a_cnn_library_says_when_no_class_explains_a_tone_it_calls_a_siren(tmp_path):
+    """Issue 18: the shipped CNN calls a steady 880 Hz tone "siren 0.44", and the entropy of its class probabilities
+    alone reads that as explained; the tone drives the CNN's embedding weakly (a small feature norm), which the
+    fitted signal reads as not explained. White noise, which the CNN hears as rain (0.6), stays explained."""
+    from devserver import build_library
+
+    from nels.encoders.base import create_encoder
+    from nels.library import Library
+    from nels.search.coverage import audio_coverage, calibration, probs_explained
+    from nels.search.query import encode_query_windows
+
+    fit = calibration()["audio_coverage"]["embedding"]
+    lib = Library(build_library(tmp_path, model="default"), create=False)
+    try:
+        t = np.arange(3 * 16000) / 16000
+        tone = (0.3 * np.sin(2 * np.pi * 880 * t)).astype(np.float32)
+        res = lib.search(audio=tone, k=3)
+        cov = res.coverage
+        assert cov["kind"] == "audio" and not cov["covered"] and cov["score"] < cov["threshold"] == fit["threshold"], cov
+        assert cov["closest"][0]["label"] == "siren" and cov["fitted"], cov
+        assert res.notice.startswith("no class of this library explains this sound (its best guesses are weak: siren")
+        assert res.query_labels == [] and len(res) == 3  # no label claimed, the nearest sounds still listed
+        # the entropy alone (today's signal before issue 18) read it as explained
+        enc = create_encoder("default")
+        probs = encode_query_windows(enc, tone, 16000).probs.mean(0)
+        assert probs_explained(enc.labels, probs) >= calibration()["audio_coverage"]["softmax"]["threshold"]
+        noise = (0.3 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+        res = lib.search(audio=noise, k=3)
+        assert res.coverage["covered"] and res.coverage["closest"][0]["label"] == "rain", res.coverage
+        assert not (res.notice or "").startswith("no class of this library explains")
+        # the fit applies to the weights it was made with only: another CNN's signal falls back to the entropy
+        other = {"norm": 1.0, "norm_max": 1.0, "weights_sha256": "0" * 64}
+        assert audio_coverage([("cnn", list(enc.labels), probs, other)])["covered"]
+        mine = {**other, "weights_sha256": fit["weights_sha256"]}
+        assert not audio_coverage([("cnn", list(enc.labels), probs, mine)])["covered"]
+    finally:
+        lib.close()

@@ -19,11 +19,18 @@ realworld-dev), turns them into P(covered); the library covers a query when any 
 Below the threshold chosen there, search says "NELS has no class for 'guitar' ...; closest: ..." and logs
 the query (`Catalogue.log_weak_query`).
 
-Audio. A query sound is explained when a classifier concentrates its probability on few classes: the normalised
-entropy of its class probabilities (`normalised_entropy`; chosen over the largest probability by
-`bench/fit_calibration.py audio-study` on the fitted sounds), through a logistic model fitted on ESC-50 fold-2
-clips (a CNN that never saw them) vs synthesised sounds no ESC-50 class describes. A weak signal (a CNN is sure
-of many sounds it was never taught: most synthetic sounds pass) but it flags few real ESC-50 clips.
+Audio. A query sound is explained when a classifier concentrates its probability on few classes and the sound
+drives its embedding as the sounds it was taught do. For the shipped CNN (the fit names its weights' checksum):
+a logistic model of the normalised entropy of its class probabilities (`normalised_entropy`) and the mean L2
+norm of the query windows' un-normalised embeddings (`embedding_signal`: a softmax network gives sounds unlike
+its training data small feature magnitudes), fitted by `bench/fit_calibration.py audio-embedding` on the
+CNN's validation clips (recordings from its training folds that it never trained on) vs synthesised sounds
+no ESC-50 class describes, at a threshold that flags at most 3 % of those clips; chosen by `audio-embedding-
+study` on a CNN trained without fold 2 over Mahalanobis distances to the class means (Lee et al. 2018), their
+relative form (Ren et al. 2021), the energy and the largest logit. Other softmax classifiers (a CNN trained
+here, heads): the entropy alone, through a logistic model fitted on ESC-50 fold-2 clips (a CNN that never saw
+them) vs synthesised sounds (`probs_explained`, also the audio-fusion gate). Both miss speech: the CNN hears
+it as dog / laughing / coughing, in the range of its ESC-50 clips.
 Only for softmax classifiers: YAMNet has classes for synthetic sounds (sine waves, noise) and its fit came
 out reversed, so its queries are never flagged (calibration.json says why).
 
@@ -329,31 +336,64 @@ def normalised_entropy(probs) -> float:
     return float(-(p * np.log(p)).sum() / np.log(p.size))
 
 
-def audio_coverage(query_probs: list[tuple[str, list[str], np.ndarray]]) -> dict | None:
+def embedding_signal(encoder, raw) -> dict | None:
+    """How strongly a query's windows drive the classifier's penultimate layer: {"norm": the mean L2 norm of
+    their un-normalised embeddings (`Encoded.raw`), "norm_max": the largest, "weights_sha256": the weights'
+    checksum (a fit applies to the weights it was made with only)}. None without raw embeddings or a checksum.
+    A network trained with softmax gives sounds unlike its training data smaller feature magnitudes (Dhamija
+    et al. 2018, "Reducing Network Agnostophobia"); bench/fit_audio_embedding.py measured it against the
+    Mahalanobis distances to the class means (Lee et al. 2018; Ren et al. 2021) on the shipped CNN."""
+    sha = (getattr(encoder, "meta", None) or {}).get("weights_sha256")
+    if raw is None or not len(raw) or not sha:
+        return None
+    n = np.linalg.norm(np.asarray(raw, dtype=np.float64), axis=1)
+    return {"norm": float(n.mean()), "norm_max": float(n.max()), "weights_sha256": str(sha)}
+
+
+def probs_explained(labels, probs) -> float:
+    """P(explained) of a classifier from its class probabilities alone (calibration.json's fit for its
+    `audio_kind`: the normalised entropy, or the largest probability above chance); 1.0 without a fit.
+    The audio-fusion gate reads this one (it was chosen with it: `nels.search.calibration.audio_fusion_terms`)."""
+    p = (calibration().get("audio_coverage") or {}).get(audio_kind(labels))
+    if p is None:
+        return 1.0
+    c = len(labels)
+    if p.get("feature") == "entropy":
+        x = normalised_entropy(probs)
+    else:
+        top = float(np.max(probs))
+        x = (top - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else top  # above chance, so C does not matter
+    return sigmoid(p["bias"] + p["weights"][0] * x)
+
+
+def audio_coverage(query_probs: list[tuple]) -> dict | None:
     """Whether some class explains a query sound.
 
-    query_probs : per classifier (model name, labels, the query's mean class probabilities).
+    query_probs : per classifier (model name, labels, the query's mean class probabilities[, its
+        `embedding_signal` or None]).
     Returns {"kind": "audio", "score", "covered", "threshold", "model", "closest": [{"label", "prob"}],
-    "models"} or None without classifiers. P(explained) of a classifier is a logistic function of one feature
-    of its class probabilities (the fit's "feature": their normalised entropy, or the largest above chance),
-    fitted per kind (`audio_kind`); the library explains the sound when any does.
+    "models"} or None without classifiers. P(explained) of a classifier is a logistic function: of the
+    normalised entropy of its class probabilities and how strongly the query drives its penultimate layer
+    (`embedding_signal`) where the fit ("embedding") was made with this classifier's weights; else of one
+    feature of its class probabilities (the fit's "feature": their normalised entropy, or the largest above
+    chance), fitted per kind (`audio_kind`). The library explains the sound when any classifier does.
     """
     if not query_probs:
         return None
     cal = calibration().get("audio_coverage") or {}
+    emb_fit = cal.get("embedding") or {}
     scores, best = {}, None
-    for model, labels, probs in query_probs:
+    for model, labels, probs, *more in query_probs:
         p = cal.get(audio_kind(labels))
-        top = float(np.max(probs))
-        if p is None:  # no fit for this kind of classifier (YAMNet: see calibration.json): never flagged
+        signal = more[0] if more else None
+        if signal is not None and emb_fit.get("weights_sha256") == signal.get("weights_sha256"):
+            x = {"entropy": normalised_entropy(probs), **signal}
+            z = emb_fit["bias"] + sum(w * float(x[f]) for w, f in zip(emb_fit["weights"], emb_fit["features"]))
+            scores[model] = (sigmoid(z), float(emb_fit["threshold"]), True)
+        elif p is None:  # no fit for this kind of classifier (YAMNet: see calibration.json): never flagged
             scores[model] = (1.0, 0.0, False)
         else:
-            c = len(labels)
-            if p.get("feature") == "entropy":
-                x = normalised_entropy(probs)
-            else:
-                x = (top - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else top  # above chance, so C does not matter
-            scores[model] = (sigmoid(p["bias"] + p["weights"][0] * x), float(p.get("threshold", 0.5)), True)
+            scores[model] = (probs_explained(labels, probs), float(p.get("threshold", 0.5)), True)
         if best is None or scores[model][0] - scores[model][1] > scores[best[0]][0] - scores[best[0]][1]:
             best = (model, labels, probs)
     model, labels, probs = best

@@ -127,13 +127,18 @@ def query_audio(audio, start: float | None = None, end: float | None = None,
     return x, sr
 
 
-def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
-    """Embeddings of the query's 2 s windows (n, dim), and its mean class probabilities.
+def encode_query_windows(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
+    """The query's 2 s windows through the encoder (`Encoded`: embeddings, class probabilities, raw embeddings).
 
     A query is windowed like the library, so a 5 s query matches a segment that resembles any part
     of it (see `_acoustic`), rather than a blurred average of its parts.
     """
-    enc = encode_waveform(encoder, x, sr, whole_if_empty=True)
+    return encode_waveform(encoder, x, sr, whole_if_empty=True)
+
+
+def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
+    """Embeddings of the query's 2 s windows (n, dim), and its mean class probabilities."""
+    enc = encode_query_windows(encoder, x, sr)
     probs = enc.probs.mean(axis=0) if enc.probs is not None else None
     return enc.embeddings, probs
 
@@ -317,12 +322,15 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         query_probs = []
         for i, enc in enumerate(encs):
             x, sr = query_audio(audio, start, end, enc.sample_rate)
-            evecs, qprobs = encode_query_audio(enc, x, sr)
+            windows = encode_query_windows(enc, x, sr)
+            evecs = windows.embeddings
+            qprobs = windows.probs.mean(axis=0) if windows.probs is not None else None
             if i == 0:
                 vecs = evecs  # the primary's: the joint space maps these
             if qprobs is not None:
                 qlabels = sorted(qlabels + top_labels(qprobs, list(enc.labels)), key=lambda l: -l["prob"])[:5]
-                query_probs.append((enc.name, list(enc.labels), qprobs))
+                query_probs.append((enc.name, list(enc.labels), qprobs,
+                                    coverage_mod.embedding_signal(enc, windows.raw)))
             if mode in ("acoustic", "fused"):
                 key = "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
                 acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n, key)
@@ -404,9 +412,10 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
     cands = next(iter(lists.values())) if len(lists) == 1 else rrf(lists, weights=weights)
     terms = None
     if audio is not None and text is None:  # several encoders' spaces: fused as validation chose for unseen sounds
-        models = (cov_audio or {}).get("models") or {}  # P(explained) per classifier, by its kind
-        explained = {calibration_mod.classifier_kind(labels): models[name] for name, labels, _ in query_probs
-                     if name in models}
+        # P(explained) per classifier, by its kind, from its class probabilities: the gate the fusion was chosen
+        # with (the embedding signal of `cov_audio` is not in it: re-choosing the fusion with it is left to do)
+        explained = {calibration_mod.classifier_kind(labels): round(coverage_mod.probs_explained(labels, probs), 4)
+                     for _, labels, probs, *_ in query_probs}
         terms = calibration_mod.audio_fusion_terms(set(part_features.values()), explained)
     how = calibration_mod.attach(cands, part_features, calibration_mod.fill_values(feature_lists, n),
                                  text_covers if text is not None else None, terms)
