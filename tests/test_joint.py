@@ -144,6 +144,11 @@ def test_joint_results_carry_tags_and_related_words(world, joint_world):
     assert res.suggested_tags[0]["label"] == "high_tone"
     res = lib.search(text="whistle", k=3)
     assert res.related_words and {w["label"] for w in res.related_words[:2]} == {"high_tone"}
+    # only words of the classes the query names: the joint space put any words near some class ("guitar" near
+    # "tin can" in the ESC-50 one), and a query no class covers gets none
+    assert {w["label"] for w in res.related_words} == {"high_tone"}, res.related_words
+    res = lib.search(text="an electric guitar solo", k=3)
+    assert res.coverage and not res.coverage["covered"] and res.related_words == [], (res.coverage, res.related_words)
 
 
 def test_class_without_audio_is_refused(world, tmp_path):

@@ -33,19 +33,30 @@ def search_candidates(lib, text: str | None = None, audio: np.ndarray | None = N
     return [Candidate(i, s, f"close to {what} in the joint space (cosine {s:.2f})", {"joint": s}) for i, s in ranked]
 
 
-def suggest_tags(enc: JointEncoder, acoustic_embeddings: np.ndarray, k: int = 5) -> list[dict]:
-    """Audio -> text: the vocabulary phrases nearest to a sound in the joint space."""
-    phrases, owners, vecs = enc.phrase_bank()
-    q = l2_normalize(enc.audio(acoustic_embeddings).mean(axis=0))
-    sims = vecs @ q
-    order = np.argsort(-sims)[:k]
-    return [{"phrase": phrases[i], "label": owners[i], "score": round(float(sims[i]), 4)} for i in order]
+def suggest_tags(enc: JointEncoder, acoustic_embeddings: np.ndarray, k: int = 5,
+                 classes: set[str] | None = None) -> list[dict]:
+    """Audio -> text: the vocabulary phrases nearest to a sound in the joint space.
+
+    classes : only phrases of these classes (None: any). The joint space knows only its model's classes and
+        puts every sound near one of them (speech lands on "coughing"), so search passes the classes its
+        model recognises in the query."""
+    return _nearest_phrases(enc, l2_normalize(enc.audio(acoustic_embeddings).mean(axis=0)), k, classes)
 
 
-def related_words(enc: JointEncoder, text: str, k: int = 8) -> list[dict]:
-    """Text -> text: sound words near a query in the joint space (near in sound, not only in spelling)."""
+def related_words(enc: JointEncoder, text: str, k: int = 8, classes: set[str] | None = None) -> list[dict]:
+    """Text -> text: sound words near a query in the joint space (near in sound, not only in spelling).
+
+    classes : only phrases of these classes (None: any); search passes the classes the query's words name
+        ("guitar" was near "tin can" in an ESC-50 joint space, which has no guitar)."""
+    return _nearest_phrases(enc, enc.text([text])[0], k, classes, exclude=text)
+
+
+def _nearest_phrases(enc: JointEncoder, q: np.ndarray, k: int, classes: set[str] | None,
+                     exclude: str | None = None) -> list[dict]:
+    if classes is not None and not classes:
+        return []
     phrases, owners, vecs = enc.phrase_bank()
-    q = enc.text([text])[0]
     sims = vecs @ q
-    order = [i for i in np.argsort(-sims) if phrases[i].lower() != text.lower()][:k]
+    order = [i for i in np.argsort(-sims) if (classes is None or owners[i] in classes)
+             and (exclude is None or phrases[i].lower() != exclude.lower())][:k]
     return [{"phrase": phrases[i], "label": owners[i], "score": round(float(sims[i]), 4)} for i in order]

@@ -23,7 +23,9 @@ from nels.search import coverage as coverage_mod
 from nels.search import joint as joint_search
 from nels.search import linguistic
 from nels.search.modes import default_mode
+from nels.search.labels import specific_labels
 from nels.search.results import Candidate, Filters, Results, group_and_page, nearest_segments, top_labels
+from nels.search.tag import TAG_THRESHOLD
 
 from nels.config import (COVERAGE_MARGIN, MAX_K, MAX_QUERY_CHARS, MIN_ACOUSTIC_SCORE,  # noqa: F401
                          MIN_LABEL_SIMILARITY, MIN_LINGUISTIC_SCORE, RRF_K)
@@ -397,10 +399,14 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
 
     extras = {}
     if has_joint and page == 1:
+        # the joint space knows only its model's classes and puts any words or sound near one of them: its
+        # tags and related words are limited to the classes that model hears in the query or its words name
         if jenc is not None and vecs is not None:
-            extras["suggested_tags"] = joint_mod.suggest_tags(jenc, vecs)
+            extras["suggested_tags"] = joint_mod.suggest_tags(
+                jenc, vecs, classes=_joint_audio_classes(query_probs, jenc.audio_model, cov_audio))
         if jenc is not None and text is not None:
-            extras["related_words"] = joint_mod.related_words(jenc, text)
+            extras["related_words"] = joint_mod.related_words(
+                jenc, text, classes=_joint_text_classes(per, jenc.audio_model, cov_text))
     cov = _coverage(cov_text, cov_audio)
     lists = {m: c for m, c in lists.items() if c}
     if not lists:
@@ -431,10 +437,40 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         for c in cands:  # the fitted model ranks (validation chose it over reciprocal rank): score = relevance
             c.score = c.relevance
     chosen: list[Candidate] = []
+    qlabels = specific_labels(qlabels)  # "dog (0.9)", not YAMNet's "Animal (0.95)" above it
     out = Results(group_and_page(lib, cands, k, page, filters, chosen), notice=notice, query_labels=qlabels,
                   mode=mode, coverage=cov, calibration=how, **extras)
     out.features = [c.values for c in chosen]
     return out
+
+
+def _joint_text_classes(per: list, model: str, cov_text: dict | None) -> set[str]:
+    """The classes of the joint space's model that a text query names: the labels under the concepts its
+    linguistic view weighs most (`linguistic.label_weights` >= half the largest). None when the vocabulary
+    does not cover the query, or when another classifier covers it better by more than COVERAGE_MARGIN (the
+    rule by which the joint space does not rank such a query: "guitar" is YAMNet's, not the ESC-50 CNN's)."""
+    if cov_text is not None and not cov_text["covered"]:
+        return set()
+    mine = [p for p in per if p[0] == model]
+    if not mine:
+        return set()
+    _, _, _, labels, space, sims, *_ = mine[0]
+    if float(sims.max()) < max(float(p[5].max()) for p in per) - COVERAGE_MARGIN:
+        return set()
+    w = linguistic.label_weights(sims)
+    named = np.asarray(space.members)[w >= 0.5 * w.max()].any(axis=0)
+    return {labels[j] for j in np.flatnonzero(named)}
+
+
+def _joint_audio_classes(query_probs: list, model: str, cov_audio: dict | None) -> set[str]:
+    """The classes of the joint space's model that it hears in an audio query (mean probability >= nels tag's
+    default threshold); none when no class explains the sound."""
+    if cov_audio is not None and not cov_audio["covered"]:
+        return set()
+    for name, labels, probs, *_ in query_probs:
+        if name == model:
+            return {labels[j] for j in np.flatnonzero(np.asarray(probs) >= TAG_THRESHOLD)}
+    return set()
 
 
 def _coverage(cov_text: dict | None, cov_audio: dict | None) -> dict | None:

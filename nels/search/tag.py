@@ -131,7 +131,11 @@ def group_by_label(events: Sequence[dict]) -> list[dict]:
     return out
 
 
-def tag_file(path: str | Path, encoder, threshold: float = 0.3, batch: int = 64,
+#: the probability from which `nels tag` reports a label (its --threshold default), and search calls a class heard
+TAG_THRESHOLD = 0.3
+
+
+def tag_file(path: str | Path, encoder, threshold: float = TAG_THRESHOLD, batch: int = 64,
              max_gap: float = MAX_GAP_SECONDS, min_duration: float = 0.0,
              on_audio: Callable[[float], None] | None = None) -> list[dict]:
     """Tag a file of any length (streamed) with `encoder`'s classes (see `merge_events` for max_gap and
