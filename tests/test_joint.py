@@ -151,6 +151,23 @@ def test_joint_results_carry_tags_and_related_words(world, joint_world):
     assert res.coverage and not res.coverage["covered"] and res.related_words == [], (res.coverage, res.related_words)
 
 
+def test_relevance_shown_falls_with_the_rank(world, joint_world):
+    """The default fused mode ranks by reciprocal rank over the linguistic mode and the joint space, while the
+    relevance model reads the class probabilities only: the number shown is made non-increasing in rank (pool
+    adjacent violators), so a person never sees 0.27 above 0.43."""
+    from nels.library import Library
+    from nels.search.calibration import non_increasing
+
+    assert non_increasing([0.35, 0.27, 0.43, 0.1]).tolist() == pytest.approx([0.35, 0.35, 0.35, 0.1])
+    assert non_increasing([0.9, 0.5, 0.5, 0.2]).tolist() == [0.9, 0.5, 0.5, 0.2] and non_increasing([]).size == 0
+    lib = Library(joint_world[1], create=False)
+    for text in ("whistle", "a deep hum", "rising sweep", "bursts of hiss"):
+        res = lib.search(text=text, k=20)
+        rel = [r["relevance"] for r in res]
+        assert res.mode == "fused" and len(rel) > 5 and None not in rel
+        assert all(a >= b for a, b in zip(rel, rel[1:])), (text, rel)
+
+
 def test_class_without_audio_is_refused(world, tmp_path):
     import shutil
 

@@ -116,7 +116,21 @@ def group_and_page(lib, cands: list[Candidate], k: int, page: int, filters: Filt
             break
     if chosen is not None:
         chosen[:] = chosen[k * (page - 1):]
+    _relevance_falls_with_rank(out)
     return out[k * (page - 1):]
+
+
+def _relevance_falls_with_rank(results: list[dict]) -> None:
+    """Make the relevances shown non-increasing down the ranking (pages 1..page, one clip each): where the
+    ranking is not ordered by the relevance model (the default fused text mode ranks by reciprocal rank over
+    the linguistic mode and the joint space, which that model does not read), a run of results that the two
+    disagree on shares its mean chance (`calibration.non_increasing`), instead of showing 0.27 above 0.43."""
+    from nels.search.calibration import non_increasing
+
+    shown = [r for r in results if r["relevance"] is not None]
+    if len(shown) > 1:
+        for r, v in zip(shown, non_increasing([r["relevance"] for r in shown]).tolist()):
+            r["relevance"] = round(v, 4)
 
 
 def _result(row: dict, c: Candidate) -> dict:
