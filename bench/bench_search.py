@@ -20,6 +20,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--library", required=True)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="after the warm-up, move what it loaded out of the garbage collector's scans (gc.freeze), as"
+                         " `nels serve` does after its warm-up (nels.web.state.AppState.warm)")
     a = ap.parse_args()
     lib = Library(a.library, create=False)
     from nels.search import joint
@@ -30,7 +33,11 @@ def main():
     modes_a = ["acoustic"] + (["joint", "fused"] if joint.library_has_joint(lib) else [])
     lib.search(text="warm up", k=10)
     lib.search(audio=audios[0], k=10)
-    print(f"library: {lib.stats()['segments']} segments")
+    if a.gc_freeze:
+        import gc
+
+        gc.freeze()
+    print(f"library: {lib.stats()['segments']} segments" + (", gc.freeze() after the warm-up" if a.gc_freeze else ""))
     runs = [("text", m, [{"text": q} for q in texts[: a.queries]], "") for m in modes_t]
     runs += [("audio", m, [{"audio": f} for f in audios[: a.queries]], " of 5 s") for m in modes_a]
     from nels.encoders.text import shared_text_encoder

@@ -174,18 +174,22 @@ def attach(cands, part_features: dict[str, str], fills: dict[str, float],
     else:
         gamma = coverage_gamma() if covers and len([f for f in feats if f in covers]) > 1 and how == "fitted" else None
         terms = coverage_terms(feats, covers, gamma) if gamma is not None else [(1.0, model, feats)]
+    col = {f: i for i, f in enumerate(feats)}
+    key_col = {key: col[f] for key, f in part_features.items()}
+    filled = [fills.get(f, 0.0) for f in feats]
+    rows = []
     for c in cands:
-        values = {f: fills.get(f, 0.0) for f in feats}
-        seen: set[str] = set()
+        row = filled.copy()
+        seen = 0  # bit j: column j has a part already (several parts of one feature: the best counts)
         for key, v in (c.parts or {}).items():
-            f = part_features.get(key)
-            if f is not None:
-                values[f] = max(float(v), values[f]) if f in seen else float(v)
-                seen.add(f)
-        c.values = values
+            j = key_col.get(key)
+            if j is not None:
+                row[j] = max(float(v), row[j]) if seen >> j & 1 else float(v)
+                seen |= 1 << j
+        c.values = dict(zip(feats, row))
+        rows.append(row)
     if cands:  # one product per term over every candidate (a few ms at 400 results)
-        col = {f: i for i, f in enumerate(feats)}
-        V = np.array([[c.values[f] for f in feats] for c in cands], dtype=np.float64)
+        V = np.array(rows, dtype=np.float64)
         rel = sum(pi * relevance_rows(V[:, [col[f] for f in fs]], fs, m) for pi, m, fs in terms)
         for c, r in zip(cands, rel.tolist()):
             c.relevance = r

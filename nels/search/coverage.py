@@ -222,12 +222,19 @@ def phrasing_similarity(space, query_vec: np.ndarray | None, leave_out: str | No
         return None
     if not _has_phrasing_classes(space):
         return None
-    texts, _, vecs = phrasing_bank()
-    rows = _phrasing_rows(space)
-    sims = vecs[rows] @ np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    texts, _, _ = phrasing_bank()
+    rows, vecs = _phrasing_rows_vectors(space)
+    sims = vecs @ np.asarray(query_vec, dtype=np.float32).reshape(-1)
     if leave_out is not None:
         sims = np.where(np.array([texts[i] == leave_out for i in rows]), -1.0, sims)
     return float(sims.max()) if len(sims) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _phrasing_rows_vectors(space) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the phrasing bank a model covers and their vectors, gathered once (not per query)."""
+    rows = _phrasing_rows(space)
+    return rows, np.ascontiguousarray(phrasing_bank()[2][rows])
 
 
 @functools.lru_cache(maxsize=16)
@@ -319,9 +326,13 @@ def model_text_features(space, sims_row: np.ndarray, known_sims_row: np.ndarray,
 def audio_kind(labels) -> str:
     """Which fitted audio model applies to a classifier: 'yamnet' for AudioSet's classes (sigmoid scores),
     else 'softmax' (the CNN, heads: probabilities that sum to 1)."""
+    return _audio_kind(tuple(labels or ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _audio_kind(labels: tuple) -> str:  # asked several times per query: 521 look-ups each time was ~0.7 ms
     from nels.encoders.audioset import load_audioset_vocabulary
 
-    labels = list(labels or [])
     known = load_audioset_vocabulary().classes
     return "yamnet" if labels and sum(l in known for l in labels) >= 0.9 * len(labels) else "softmax"
 

@@ -196,7 +196,7 @@ def top_segments(weights: np.ndarray, probs: np.ndarray, n: int, order: np.ndarr
         depth = min(d_max, max(4 * n, 256))
         while True:
             rows = np.unique(order[nz, :depth])
-            s = p[rows][:, nz] @ wz
+            s = p[rows[:, None], nz] @ wz  # only the query's columns of those rows (not whole rows: 521 classes)
             bound = float(p[order[nz, depth - 1], nz] @ wz)  # the best an unseen row can score
             if len(rows) >= n:
                 kth = np.partition(s, len(s) - n)[len(s) - n]
@@ -232,8 +232,9 @@ def _top_segments_concepts(weights, probs, n, order, members):
     pos = {c: i for i, c in enumerate(cols.tolist())}
     local = [np.array([pos[c] for c in g.tolist()]) for g in groups]
 
-    def scores(rows):
-        sub = p[rows][:, cols]
+    def scores(rows):  # rows None: every row
+        # only the columns the query's concepts cover, not whole rows (a label-major matrix reads them in order)
+        sub = p[:, cols] if rows is None else p[rows[:, None], cols]
         return sum(wc * sub[:, g].max(axis=1) for wc, g in zip(wz, local))
 
     if order is not None and order.shape[1] > 0 and order.shape[1] < total and n < order.shape[1]:
@@ -253,7 +254,7 @@ def _top_segments_concepts(weights, probs, n, order, members):
             if depth == d_max:
                 break
             depth = min(d_max, depth * 4)
-    s = np.asarray(scores(np.arange(total)), dtype=np.float32)
+    s = np.asarray(scores(None), dtype=np.float32)
     top = np.argpartition(-s, n - 1)[:n] if n < total else np.arange(total)
     top = top[np.argsort(-s[top], kind="stable")]
     ok = s[top] > 0

@@ -37,12 +37,23 @@ _threads_set = False
 def _one_inference_thread() -> None:
     """Queries run small models (MiniLM, the CNN on a few windows): with torch's default 2-thread pool,
     1 query in 4 stalled ~100 ms (measured at 100k segments: p95 121 ms vs 29 ms on one thread). One
-    thread per query; concurrency comes from serving several queries at once."""
+    thread per query; concurrency comes from serving several queries at once.
+
+    numpy's BLAS too: a query's products are small (a query vector against a few thousand phrase vectors),
+    and OpenBLAS's second thread spins for a while after each, waiting for more work; on 2 busy cores that
+    cost a text query ~30 ms of CPU (71 -> 42 ms at 100k segments, bench/RESULTS.md). Each product's
+    result is the same on one thread (its outputs are split between threads, not its sums)."""
     global _threads_set
     if not _threads_set:
         import torch
 
         torch.set_num_threads(1)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # an install without it keeps BLAS's threads
+            pass
+        else:
+            threadpool_limits(1, user_api="blas")
         _threads_set = True
 
 
@@ -55,9 +66,13 @@ def _label_space(labels: tuple[str, ...], vocabulary: str | None):
 
 def labels_vocabulary(labels) -> str | None:
     """The shipped AudioSet vocabulary when most of `labels` are AudioSet class names (YAMNet's), else None."""
+    return _labels_vocabulary(tuple(labels or ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _labels_vocabulary(labels: tuple) -> str | None:  # asked per classifier per query: once per label list
     from nels.encoders.audioset import AUDIOSET_VOCABULARY, load_audioset_vocabulary
 
-    labels = list(labels or [])
     known = load_audioset_vocabulary().classes
     if labels and sum(l in known for l in labels) >= 0.9 * len(labels):
         return str(AUDIOSET_VOCABULARY)
@@ -143,6 +158,44 @@ def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
     enc = encode_query_windows(encoder, x, sr)
     probs = enc.probs.mean(axis=0) if enc.probs is not None else None
     return enc.embeddings, probs
+
+
+def encode_query_with(encoders, audio, start: float | None, end: float | None, encode) -> list:
+    """`encode(encoder, x, sr)` of one audio query for each of `encoders`, in their order.
+
+    The query is decoded once per sample rate (not once per encoder), and the encoders after the first run on
+    worker threads while the first runs on this one: YAMNet's interpreter and torch release the GIL, so on two
+    cores a query waits for the slower encoder rather than for both. Each encoder sees exactly the audio it
+    would alone, so the outputs are the same as one after the other.
+    """
+    decoded: dict[int, tuple[np.ndarray, int]] = {}
+    for enc in encoders:
+        if enc.sample_rate not in decoded:
+            decoded[enc.sample_rate] = query_audio(audio, start, end, enc.sample_rate)
+    if len(encoders) == 1:
+        return [encode(encoders[0], *decoded[encoders[0].sample_rate])]
+    jobs = [_query_pool().submit(encode, enc, *decoded[enc.sample_rate]) for enc in encoders[1:]]
+    try:
+        first = encode(encoders[0], *decoded[encoders[0].sample_rate])
+    except BaseException:
+        for j in jobs:
+            j.exception()  # the other encoders finish before the error is raised
+        raise
+    return [first, *(j.result() for j in jobs)]
+
+
+_pool = None
+
+
+def _query_pool():
+    """Threads that encode an audio query with a library's second (third, ...) encoder."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nels-query-encode")
+        return _pool
 
 
 def _acoustic(lib, vecs: np.ndarray, space: str, n: int, key: str = "acoustic") -> list[Candidate]:
@@ -252,8 +305,8 @@ def _label_order(lib, model: str, probs: np.ndarray) -> np.ndarray:
     return order
 
 
-def _joint(lib, text: str | None, audio_vec, n: int) -> list[Candidate] | None:
-    return joint_search.search_candidates(lib, text=text, audio=audio_vec, n=n)
+def _joint(lib, text: str | None, audio_vec, n: int, mapped=None) -> list[Candidate] | None:
+    return joint_search.search_candidates(lib, text=text, audio=audio_vec, n=n, mapped=mapped)
 
 
 def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, float] | None = None) -> list[Candidate]:
@@ -263,7 +316,9 @@ def rrf(lists: dict[str, list[Candidate]], k: int = RRF_K, weights: dict[str, fl
     for mode, cands in lists.items():
         w = (weights or {}).get(mode, 1.0)
         for rank, c in enumerate(cands):
-            f = fused.setdefault(c.segment_id, Candidate(c.segment_id, 0.0, "", {}))
+            f = fused.get(c.segment_id)
+            if f is None:
+                f = fused[c.segment_id] = Candidate(c.segment_id, 0.0, "", {})
             f.score += w / (k + rank + 1)
             f.parts.update(c.parts or {mode: c.score})
             f.why.append(c.explain if c.why else c.explanation)  # a fused candidate's own reasons, not its ""
@@ -322,9 +377,18 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
         acoustic: dict[str, list[Candidate]] = {}
         query_probs = []
-        for i, enc in enumerate(encs):
-            x, sr = query_audio(audio, start, end, enc.sample_rate)
+
+        def key_of(enc) -> str:
+            return "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
+
+        def encode_and_search(enc, x, sr):  # an encoder's windows and the k-NN in its space, on its own thread
             windows = encode_query_windows(enc, x, sr)
+            return windows, _acoustic(lib, windows.embeddings, enc.space, n, key_of(enc)) \
+                if mode in ("acoustic", "fused") else None
+
+        encoded = encode_query_with(encs, audio, start, end, encode_and_search)
+        for i, enc in enumerate(encs):
+            windows, found = encoded[i]
             evecs = windows.embeddings
             qprobs = windows.probs.mean(axis=0) if windows.probs is not None else None
             if i == 0:
@@ -334,8 +398,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
                 query_probs.append((enc.name, list(enc.labels), qprobs,
                                     coverage_mod.embedding_signal(enc, windows.raw)))
             if mode in ("acoustic", "fused"):
-                key = "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
-                acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n, key)
+                key = key_of(enc)
+                acoustic[enc.space] = found
                 part_features[key] = calibration_mod.feature_name("acoustic", enc.space)
                 feature_lists[part_features[key]] = acoustic[enc.space]
         cov_audio = coverage_mod.audio_coverage(query_probs)
@@ -382,18 +446,23 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
             _log_weak(lib, text, cov_text)
     if mode == "linguistic" and text is not None and not lists.get("linguistic"):
         return Results([], notice=notice or "no match", mode=mode, coverage=_coverage(cov_text, cov_audio))
+    # the query mapped into the joint space once, for the joint search and the suggested tags / related words
+    joint_vecs = jenc.audio(vecs) if jenc is not None and vecs is not None and \
+        (mode in ("joint", "fused") or page == 1) else None
+    joint_text = jenc.text([text]) if jenc is not None and text is not None and \
+        (mode in ("joint", "fused") or page == 1) else None
     if mode in ("joint", "fused") and has_joint:
         # the joint space is its acoustic model's: with several classifiers it answers text only where
         # that model's vocabulary covers the query (see _linguistic)
         joint_covers = not coverage or jenc is None or jenc.audio_model not in coverage or \
             coverage[jenc.audio_model] >= max(coverage.values()) - COVERAGE_MARGIN
         if text is not None and (joint_covers or mode == "joint"):
-            lists["joint_text"] = _joint(lib, text, None, n) or []
+            lists["joint_text"] = _joint(lib, text, None, n, joint_text) or []
             part_features["joint"] = calibration_mod.feature_name("joint_text", "joint")
             feature_lists[part_features["joint"]] = lists["joint_text"]
         if vecs is not None:
             lists["joint_audio"] = [Candidate(c.segment_id, c.score, c.explanation, {"joint_audio": c.score})
-                                    for c in (_joint(lib, None, vecs, n) or [])]
+                                    for c in (_joint(lib, None, vecs, n, joint_vecs) or [])]
             part_features["joint_audio"] = calibration_mod.feature_name("joint_audio", "joint")
             feature_lists[part_features["joint_audio"]] = lists["joint_audio"]
 
@@ -403,10 +472,10 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         # tags and related words are limited to the classes that model hears in the query or its words name
         if jenc is not None and vecs is not None:
             extras["suggested_tags"] = joint_mod.suggest_tags(
-                jenc, vecs, classes=_joint_audio_classes(query_probs, jenc.audio_model, cov_audio))
+                jenc, vecs, classes=_joint_audio_classes(query_probs, jenc.audio_model, cov_audio), mapped=joint_vecs)
         if jenc is not None and text is not None:
             extras["related_words"] = joint_mod.related_words(
-                jenc, text, classes=_joint_text_classes(per, jenc.audio_model, cov_text))
+                jenc, text, classes=_joint_text_classes(per, jenc.audio_model, cov_text), mapped=joint_text)
     cov = _coverage(cov_text, cov_audio)
     lists = {m: c for m, c in lists.items() if c}
     if not lists:

@@ -147,12 +147,17 @@ def nearest_segments(store, queries: np.ndarray, n: int) -> list[tuple[int, floa
     """k-NN for several query vectors (the windows of an audio query); a segment keeps its best
     cosine to any of them. Returns up to `n` (segment id, score), best first."""
     scores, ids = store.search(queries, n)
-    best: dict[int, float] = {}
-    for srow, irow in zip(scores, ids):
-        for s, i in zip(srow, irow):
-            if i >= 0 and s > best.get(int(i), -2.0):
-                best[int(i)] = float(s)
-    return sorted(best.items(), key=lambda kv: -kv[1])[:n]
+    s, i = np.asarray(scores).reshape(-1), np.asarray(ids).reshape(-1)
+    ok = (i >= 0) & (s > -2.0)  # a missing neighbour (id -1, score -inf) is no result
+    s, i = s[ok], i[ok]
+    if not i.size:
+        return []
+    by_id = np.argsort(i, kind="stable")  # each id's hits together, in the order the queries found them
+    firsts = np.flatnonzero(np.r_[True, i[by_id][1:] != i[by_id][:-1]])
+    best = np.maximum.reduceat(s[by_id], firsts)  # a segment's best cosine to any query window
+    seen = by_id[firsts]  # where each segment was first found: ties keep that order (best first, stable)
+    top = np.lexsort((seen, -best))[:n]
+    return list(zip(i[by_id][firsts][top].tolist(), best[top].astype(np.float64).tolist()))
 
 
 def top_labels(probs: np.ndarray, labels: list[str], n: int = 5) -> list[dict]:

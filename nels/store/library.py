@@ -328,7 +328,12 @@ class Library:
         return next((m for m in mats if m[3] == model), None)
 
     def prob_matrices(self) -> list[tuple[np.ndarray, np.ndarray, list[str], str]]:
-        """`prob_matrix` of every classifier the library holds, cached until the catalogue gains segments."""
+        """`prob_matrix` of every classifier the library holds, cached until the catalogue gains segments.
+
+        Each matrix is stored label-major (Fortran order: one class's probabilities over every segment are
+        contiguous), the way text search reads it: a query's few classes over many segments (at 100k segments
+        x 521 classes a row-major matrix made it read a cache line per segment and class). Indexing and values
+        are those of the row-major matrix."""
         # the newest id is O(log n) (COUNT(*) scanned 100k rows: 12 ms per search); rows of segments
         # removed since are harmless: results are looked up in the catalogue and dropped
         self._follow_swaps()
@@ -338,7 +343,8 @@ class Library:
             return cached[1]
         if stamp is None:
             return []
-        val = [m for m in (self.catalogue.prob_matrix(name) for name in self.catalogue.prob_models()) if m is not None]
+        val = [(ids, np.asfortranarray(probs), labels, model) for ids, probs, labels, model in
+               (m for m in (self.catalogue.prob_matrix(name) for name in self.catalogue.prob_models()) if m is not None)]
         self._memo["probs"] = (stamp, val)
         return val
 

@@ -2,6 +2,7 @@
 search thread pool, the text batcher and the admin job runner. Routes reach it through `app_state`."""
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -124,6 +125,11 @@ class AppState:
                 self.lib.search(audio=(0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), k=1)
         except NelsError as exc:  # a library that cannot be searched still serves its pages
             log.warning("warm-up search failed: %s", exc)
+        # what the warm-up loaded (modules, models, vocabularies: ~200k objects) stays for the process's life:
+        # out of the garbage collector's scans, whose full passes over it cost ~0.1 s of one search in 30
+        # (bench/RESULTS.md, search latency at 100k segments)
+        gc.collect()
+        gc.freeze()
 
     def _open_pools(self) -> None:
         """The threads the served app works in; opened again when an app that was stopped is served again
