@@ -2,11 +2,9 @@
 
 Each test compares an optimised piece with a straightforward reference on data made here: the k-NN merge of a
 query's windows, the relevance inputs of fused candidates, the threshold algorithm on a label-major
-probability matrix, an audio query decoded once per sample rate and encoded by its encoders side by side, and
-FAISS searches of a few vectors on one thread.
+probability matrix, an audio query decoded once per sample rate, and FAISS searches of a few vectors on one
+thread.
 """
-import threading
-
 import numpy as np
 import pytest
 
@@ -103,40 +101,32 @@ def test_top_segments_same_on_a_label_major_matrix_and_as_scoring_everything(dep
             assert s_c[-1] >= np.sort(full)[::-1][min(n, len(full)) - 1]  # exactly the n best scores
 
 
-# -- an audio query: decoded once per rate, its encoders side by side ---------------------------------------------
+# -- an audio query: decoded once per rate ---------------------------------------------------------------------
 class _Enc:
     def __init__(self, name, sr, fail=False):
         self.name, self.sample_rate, self.fail = name, sr, fail
-        self.threads = []
 
     def run(self, x, sr):
-        self.threads.append(threading.get_ident())
         if self.fail:
             raise RuntimeError(f"{self.name} failed")
         return self.name, sr, float(np.asarray(x).sum())
 
 
-def test_an_audio_query_is_decoded_once_per_sample_rate_and_encoded_as_one_after_the_other(monkeypatch):
+def test_an_audio_query_is_decoded_once_per_sample_rate(monkeypatch):
     decoded = []
 
     def fake_query_audio(audio, start, end, sr):
-        decoded.append(sr)
+        decoded.append((audio, start, end, sr))
         return np.full(sr // 1000, sr / 1000, np.float32), sr
 
     monkeypatch.setattr(query, "query_audio", fake_query_audio)
     encs = [_Enc("cnn", 16000), _Enc("yamnet", 16000), _Enc("tones", 8000)]
-    got = query.encode_query_with(encs, "q.wav", None, None, lambda e, x, sr: e.run(x, sr))
-    assert sorted(decoded) == [8000, 16000]
+    got = query.encode_query_with(encs, "q.wav", 1.0, 3.0, lambda e, x, sr: e.run(x, sr))
+    assert decoded == [("q.wav", 1.0, 3.0, 16000), ("q.wav", 1.0, 3.0, 8000)]
     assert got == [("cnn", 16000, 256.0), ("yamnet", 16000, 256.0), ("tones", 8000, 64.0)]
-    assert encs[0].threads == [threading.get_ident()]  # the first on the caller's thread, the rest beside it
-    assert encs[1].threads != [threading.get_ident()]
-    decoded.clear()
-    assert query.encode_query_with(encs[:1], "q.wav", None, None, lambda e, x, sr: e.run(x, sr)) == \
-        [("cnn", 16000, 256.0)] and decoded == [16000]
-    # an encoder's error reaches the caller, whichever thread it ran on
-    for bad in ([_Enc("cnn", 16000, fail=True), _Enc("yamnet", 16000)], [_Enc("cnn", 16000), _Enc("yamnet", 16000, fail=True)]):
-        with pytest.raises(RuntimeError, match="failed"):
-            query.encode_query_with(bad, "q.wav", None, None, lambda e, x, sr: e.run(x, sr))
+    with pytest.raises(RuntimeError, match="failed"):
+        query.encode_query_with([_Enc("cnn", 16000), _Enc("yamnet", 16000, fail=True)], "q.wav", None, None,
+                                lambda e, x, sr: e.run(x, sr))
 
 
 # -- FAISS: a few vectors on the calling thread ----------------------------------------------------------------

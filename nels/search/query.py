@@ -161,41 +161,22 @@ def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
 
 
 def encode_query_with(encoders, audio, start: float | None, end: float | None, encode) -> list:
-    """`encode(encoder, x, sr)` of one audio query for each of `encoders`, in their order.
+    """`encode(encoder, x, sr)` of one audio query for each of `encoders`, in their order, the query decoded
+    once per sample rate (not once per encoder: ~7 ms for a 5 s 44.1 kHz WAV).
 
-    The query is decoded once per sample rate (not once per encoder), and the encoders after the first run on
-    worker threads while the first runs on this one: YAMNet's interpreter and torch release the GIL, so on two
-    cores a query waits for the slower encoder rather than for both. Each encoder sees exactly the audio it
-    would alone, so the outputs are the same as one after the other.
+    One after the other on the calling thread. The second encoder on a thread beside the first (YAMNet's
+    interpreter and torch release the GIL) gained nothing on 2 shared cores (wall = CPU time), and under load
+    a query waited for that thread to get a core (wall p50 114 ms for 56 ms of CPU at 100k segments,
+    bench/RESULTS.md): concurrency comes from serving several queries at once, as for torch's threads
+    (`_one_inference_thread`).
     """
     decoded: dict[int, tuple[np.ndarray, int]] = {}
+    out = []
     for enc in encoders:
         if enc.sample_rate not in decoded:
             decoded[enc.sample_rate] = query_audio(audio, start, end, enc.sample_rate)
-    if len(encoders) == 1:
-        return [encode(encoders[0], *decoded[encoders[0].sample_rate])]
-    jobs = [_query_pool().submit(encode, enc, *decoded[enc.sample_rate]) for enc in encoders[1:]]
-    try:
-        first = encode(encoders[0], *decoded[encoders[0].sample_rate])
-    except BaseException:
-        for j in jobs:
-            j.exception()  # the other encoders finish before the error is raised
-        raise
-    return [first, *(j.result() for j in jobs)]
-
-
-_pool = None
-
-
-def _query_pool():
-    """Threads that encode an audio query with a library's second (third, ...) encoder."""
-    global _pool
-    with _lock:
-        if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="nels-query-encode")
-        return _pool
+        out.append(encode(enc, *decoded[enc.sample_rate]))
+    return out
 
 
 def _acoustic(lib, vecs: np.ndarray, space: str, n: int, key: str = "acoustic") -> list[Candidate]:
@@ -381,7 +362,7 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         def key_of(enc) -> str:
             return "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
 
-        def encode_and_search(enc, x, sr):  # an encoder's windows and the k-NN in its space, on its own thread
+        def encode_and_search(enc, x, sr):  # an encoder's windows and the k-NN in its space
             windows = encode_query_windows(enc, x, sr)
             return windows, _acoustic(lib, windows.embeddings, enc.space, n, key_of(enc)) \
                 if mode in ("acoustic", "fused") else None
