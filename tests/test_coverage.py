@@ -114,40 +114,39 @@ DEFAULT_CNN = Path(__file__).resolve().parents[1] / "nels" / "data" / "models" /
 
 
 @pytest.mark.skipif(not DEFAULT_CNN.exists(), reason="the default CNN model (nels/data/models/esc50-cnn) is not built")
-def test_a_cnn_library_says_when_no_class_explains_a_tone_it_calls_a_siren(tmp_path):
-    """Issue 18: the shipped CNN calls a steady 880 Hz tone "siren 0.44", and the entropy of its class probabilities
-    alone reads that as explained; the tone drives the CNN's embedding weakly (a small feature norm), which the
-    fitted signal reads as not explained. White noise, which the CNN hears as rain (0.6), stays explained."""
+def test_a_cnn_library_says_when_no_class_explains_a_square_wave(tmp_path):
+    """Issue 18: a 2.5 kHz square wave is no ESC-50 sound; the shipped CNN spreads it over crickets, clock alarm,
+    ... and the entropy of those probabilities alone read it as explained (P 0.427 >= 0.409 on the AMD EPYC of
+    2026-12-02); its largest logit is low, and the fitted signal (calibration.json audio_coverage.embedding) says
+    no class explains it. White noise, which the CNN hears as rain (0.6, a strong logit), stays explained."""
     from devserver import build_library
 
     from nels.encoders.base import create_encoder
     from nels.library import Library
-    from nels.search.coverage import audio_coverage, calibration, probs_explained
-    from nels.search.query import encode_query_windows
+    from nels.search.coverage import audio_coverage, calibration
 
     fit = calibration()["audio_coverage"]["embedding"]
     lib = Library(build_library(tmp_path, model="default"), create=False)
     try:
         t = np.arange(3 * 16000) / 16000
-        tone = (0.3 * np.sin(2 * np.pi * 880 * t)).astype(np.float32)
-        res = lib.search(audio=tone, k=3)
+        square = (0.3 * np.sign(np.sin(2 * np.pi * 2500 * t))).astype(np.float32)
+        res = lib.search(audio=square, k=3)
         cov = res.coverage
-        assert cov["kind"] == "audio" and not cov["covered"] and cov["score"] < cov["threshold"] == fit["threshold"], cov
-        assert cov["closest"][0]["label"] == "siren" and cov["fitted"], cov
-        assert res.notice.startswith("no class of this library explains this sound (its best guesses are weak: siren")
+        assert cov["kind"] == "audio" and cov["fitted"] and not cov["covered"], cov
+        assert cov["score"] < cov["threshold"] == fit["threshold"], cov
+        assert res.notice.startswith("no class of this library explains this sound (its best guesses are weak: ")
         assert res.query_labels == [] and len(res) == 3  # no label claimed, the nearest sounds still listed
-        # the entropy alone (today's signal before issue 18) read it as explained
-        enc = create_encoder("default")
-        probs = encode_query_windows(enc, tone, 16000).probs.mean(0)
-        assert probs_explained(enc.labels, probs) >= calibration()["audio_coverage"]["softmax"]["threshold"]
         noise = (0.3 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
         res = lib.search(audio=noise, k=3)
         assert res.coverage["covered"] and res.coverage["closest"][0]["label"] == "rain", res.coverage
         assert not (res.notice or "").startswith("no class of this library explains")
         # the fit applies to the weights it was made with only: another CNN's signal falls back to the entropy
-        other = {"norm": 1.0, "norm_max": 1.0, "weights_sha256": "0" * 64}
-        assert audio_coverage([("cnn", list(enc.labels), probs, other)])["covered"]
-        mine = {**other, "weights_sha256": fit["weights_sha256"]}
-        assert not audio_coverage([("cnn", list(enc.labels), probs, mine)])["covered"]
+        labels = list(create_encoder("default").labels)
+        probs = np.full(len(labels), 0.1 / (len(labels) - 1))
+        probs[0] = 0.9  # sure of one class: the entropy reads it as explained
+        weak = {"max_logit": -5.0, "norm": 1.0, "norm_max": 1.0, "weights_sha256": "0" * 64}
+        assert audio_coverage([("cnn", labels, probs, weak)])["covered"]
+        assert audio_coverage([("cnn", labels, probs, None)])["covered"]
+        assert not audio_coverage([("cnn", labels, probs, {**weak, "weights_sha256": fit["weights_sha256"]})])["covered"]
     finally:
         lib.close()

@@ -19,18 +19,18 @@ realworld-dev), turns them into P(covered); the library covers a query when any 
 Below the threshold chosen there, search says "NELS has no class for 'guitar' ...; closest: ..." and logs
 the query (`Catalogue.log_weak_query`).
 
-Audio. A query sound is explained when a classifier concentrates its probability on few classes and the sound
-drives its embedding as the sounds it was taught do. For the shipped CNN (the fit names its weights' checksum):
-a logistic model of the normalised entropy of its class probabilities (`normalised_entropy`) and the mean L2
-norm of the query windows' un-normalised embeddings (`embedding_signal`: a softmax network gives sounds unlike
-its training data small feature magnitudes), fitted by `bench/fit_calibration.py audio-embedding` on the
+Audio. A query sound is explained when a classifier matches it strongly to one of its classes. For the shipped
+CNN (the fit names its weights' checksum): a logistic model of the largest logit of the query's windows
+(`embedding_signal`: the classifier layer on the un-normalised embedding; unlike the probabilities it keeps
+how strongly the sound matches its best class), fitted by `bench/fit_calibration.py audio-embedding` on the
 CNN's validation clips (recordings from its training folds that it never trained on) vs synthesised sounds
 no ESC-50 class describes, at a threshold that flags at most 3 % of those clips; chosen by `audio-embedding-
-study` on a CNN trained without fold 2 over Mahalanobis distances to the class means (Lee et al. 2018), their
-relative form (Ren et al. 2021), the energy and the largest logit. Other softmax classifiers (a CNN trained
-here, heads): the entropy alone, through a logistic model fitted on ESC-50 fold-2 clips (a CNN that never saw
-them) vs synthesised sounds (`probs_explained`, also the audio-fusion gate). Both miss speech: the CNN hears
-it as dog / laughing / coughing, in the range of its ESC-50 clips.
+study` on a CNN trained without fold 2 among the entropy, Mahalanobis distances to the class means (Lee et
+al. 2018), their relative form (Ren et al. 2021), the energy, the embedding's norm and their pairs with the
+entropy. Other softmax classifiers (a CNN trained here, heads): the normalised entropy of the class
+probabilities (`normalised_entropy`), through a logistic model fitted on ESC-50 fold-2 clips (a CNN that never
+saw them) vs synthesised sounds (`probs_explained`, also the audio-fusion gate). Both miss speech: the CNN
+hears it as dog / laughing / coughing, in the range of its ESC-50 clips.
 Only for softmax classifiers: YAMNet has classes for synthetic sounds (sine waves, noise) and its fit came
 out reversed, so its queries are never flagged (calibration.json says why).
 
@@ -348,17 +348,25 @@ def normalised_entropy(probs) -> float:
 
 
 def embedding_signal(encoder, raw) -> dict | None:
-    """How strongly a query's windows drive the classifier's penultimate layer: {"norm": the mean L2 norm of
-    their un-normalised embeddings (`Encoded.raw`), "norm_max": the largest, "weights_sha256": the weights'
-    checksum (a fit applies to the weights it was made with only)}. None without raw embeddings or a checksum.
-    A network trained with softmax gives sounds unlike its training data smaller feature magnitudes (Dhamija
-    et al. 2018, "Reducing Network Agnostophobia"); bench/fit_audio_embedding.py measured it against the
-    Mahalanobis distances to the class means (Lee et al. 2018; Ren et al. 2021) on the shipped CNN."""
+    """How strongly a query's windows drive the classifier: {"max_logit": the largest logit of any window (the
+    CNN's classifier layer on `Encoded.raw`; Hendrycks et al. 2022's max-logit score: unlike the probabilities
+    it keeps how strongly the sound matches the best class, not only how it compares with the others), "norm":
+    the mean L2 norm of the windows' un-normalised embeddings, "norm_max": the largest, "weights_sha256": the
+    weights' checksum (a fit applies to the weights it was made with only)}; None without raw embeddings or a
+    checksum; no "max_logit" without a readable classifier layer. bench/fit_audio_embedding.py measured these
+    against the Mahalanobis distances to the class means (Lee et al. 2018; Ren et al. 2021)."""
     sha = (getattr(encoder, "meta", None) or {}).get("weights_sha256")
     if raw is None or not len(raw) or not sha:
         return None
-    n = np.linalg.norm(np.asarray(raw, dtype=np.float64), axis=1)
-    return {"norm": float(n.mean()), "norm_max": float(n.max()), "weights_sha256": str(sha)}
+    raw = np.asarray(raw, dtype=np.float64)
+    n = np.linalg.norm(raw, axis=1)
+    out = {"norm": float(n.mean()), "norm_max": float(n.max()), "weights_sha256": str(sha)}
+    fc = getattr(getattr(encoder, "model", None), "fc", None)  # the CNN's classifier layer: logits = fc(raw)
+    if fc is not None and getattr(fc, "weight", None) is not None and fc.weight.shape[1] == raw.shape[1]:
+        w = fc.weight.detach().float().numpy().astype(np.float64)
+        b = fc.bias.detach().float().numpy().astype(np.float64) if fc.bias is not None else 0.0
+        out["max_logit"] = float((raw @ w.T + b).max())  # the largest logit of the query's surest window
+    return out
 
 
 def probs_explained(labels, probs) -> float:
@@ -383,9 +391,9 @@ def audio_coverage(query_probs: list[tuple]) -> dict | None:
     query_probs : per classifier (model name, labels, the query's mean class probabilities[, its
         `embedding_signal` or None]).
     Returns {"kind": "audio", "score", "covered", "threshold", "model", "closest": [{"label", "prob"}],
-    "models"} or None without classifiers. P(explained) of a classifier is a logistic function: of the
-    normalised entropy of its class probabilities and how strongly the query drives its penultimate layer
-    (`embedding_signal`) where the fit ("embedding") was made with this classifier's weights; else of one
+    "models"} or None without classifiers. P(explained) of a classifier is a logistic function: of the fit
+    "embedding"'s features (`embedding_signal`'s, and "entropy") where that fit was made with this
+    classifier's weights; else of one
     feature of its class probabilities (the fit's "feature": their normalised entropy, or the largest above
     chance), fitted per kind (`audio_kind`). The library explains the sound when any classifier does.
     """
