@@ -42,12 +42,16 @@ MODELS = Setting("NELS_MODELS", "", "where `nels models fetch\\|add` install pre
 ALLOWED_HOSTS = Setting("NELS_ALLOWED_HOSTS", "",
                         "Host names the website answers to, comma-separated (`nels serve --allowed-hosts`; `*`: any);"
                         " unset: loopback names and the address served on")
+PROGRESS_EVERY = Setting("NELS_PROGRESS_EVERY", "30",
+                         "seconds between two progress lines of ingest, `tag`, `reindex` and `demo` where the output is"
+                         " not a terminal (a log file, nohup); on a terminal it is a bar")
 FAILPOINTS = Setting("NELS_FAILPOINTS", "", "tests only: `name=hold:FILE,...` holds the process at a named place"
                      " (touching FILE) until it is killed (see nels/failpoints.py)")
 
 SETTINGS: tuple[Setting, ...] = (LIBRARY, CACHE, ADMIN_TOKEN, MAX_UPLOAD_MB, BF16, YTDLP_SEARCH, ESC50, VECTOR_STORE,
                                  CATALOGUE,
-                                 RUNNER, SERVE_LIBRARY, CHROMIUM, MODEL, MODELS, ALLOWED_HOSTS, FAILPOINTS)
+                                 RUNNER, SERVE_LIBRARY, CHROMIUM, MODEL, MODELS, ALLOWED_HOSTS, PROGRESS_EVERY,
+                                 FAILPOINTS)
 
 # -- audio ---------------------------------------------------------------------------------------------
 SAMPLE_RATE = 16_000  # Hz: what decoding produces unless an encoder asks for another rate

@@ -34,15 +34,14 @@ def describe(done: float, total: float | None, elapsed: float) -> str:
     return " · ".join(parts)
 
 
-#: seconds between two progress lines when the output is not a terminal ($NELS_PROGRESS_EVERY overrides)
-LINE_EVERY = 30.0
-
-
 def _line_every() -> float:
+    """Seconds between two progress lines when the output is not a terminal (`NELS_PROGRESS_EVERY`, 30)."""
+    from nels.config import PROGRESS_EVERY
+
     try:
-        return max(0.0, float(os.environ.get("NELS_PROGRESS_EVERY", LINE_EVERY)))
+        return max(0.0, float(PROGRESS_EVERY.get()))
     except ValueError:
-        return LINE_EVERY
+        return float(PROGRESS_EVERY.default)
 
 
 class AudioBar:
@@ -50,7 +49,7 @@ class AudioBar:
     flight (`partial`); `add_total` grows the total as durations become known.
 
     On a terminal it is a bar redrawn in place. Where the output is not a terminal (a log file, nohup, a
-    service), it writes a plain line every LINE_EVERY seconds ("ingest: 12:03 of 28:00 audio · 36x real
+    service), it writes a plain line every `NELS_PROGRESS_EVERY` seconds (30) ("ingest: 12:03 of 28:00 audio · 36x real
     time · ETA 0:27") and, if it wrote any, a last one at the end: a job shorter than that stays silent.
     enabled : False shows nothing at all (--json, quiet callers).
     """
