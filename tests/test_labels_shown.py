@@ -43,3 +43,13 @@ def test_a_label_filter_looks_at_the_labels_shown():
                        ("sheep", 0.88), ("Goat", 0.1))}
     assert Filters(label="sheep").keep(row)  # the fourth label stored, the first shown
     assert not Filters(label="dog").keep(row)
+
+
+def test_query_labels_are_called_guesses_when_no_class_is_likely(capsys):
+    """A speech file the ESC-50 CNN calls 'dog 0.30' is not 'a sound like a dog': the CLI says no class is sure."""
+    from nels.cli.search import print_answer
+
+    print_answer({"query_labels": L(("dog", 0.30), ("coughing", 0.14)), "results": []})
+    assert "no class is sure of the query; best guesses: dog (0.30), coughing (0.14)" in capsys.readouterr().out
+    print_answer({"query_labels": L(("rain", 0.58), ("crickets", 0.12)), "results": []})
+    assert "the query sounds like: rain (0.58), crickets (0.12)" in capsys.readouterr().out

@@ -212,7 +212,11 @@ def label_cell(labels: list[dict], width: int = 34) -> str:
 def print_answer(d: dict) -> None:
     """The table of a search answer (a dict as `local_search` or the API return it)."""
     if d.get("query_labels"):
-        print("the query sounds like: " + ", ".join(f"{l['label']} ({l['prob']:.2f})" for l in d["query_labels"][:3]))
+        guesses = ", ".join(f"{l['label']} ({l['prob']:.2f})" for l in d["query_labels"][:3])
+        # "sounds like" only where a class is more likely than not; a speech file the ESC-50 CNN calls dog 0.30 is
+        # no dog
+        sure = max(l["prob"] for l in d["query_labels"]) >= 0.5
+        print(("the query sounds like: " if sure else "no class is sure of the query; best guesses: ") + guesses)
     if d.get("suggested_tags"):
         print("tags for this sound: " + ", ".join(t["phrase"] for t in d["suggested_tags"]))
     # words near a query no class covers ("guitar": tin can, can opening) would only mislead

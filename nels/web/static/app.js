@@ -161,7 +161,9 @@ function renderResults(data, ms) {
                             : (data.notice || "No results."), !n && !!data.notice);
   const bits = [];
   if (data.query_labels && data.query_labels.length) {
-    bits.push(h("span", {}, "Your sound is probably: "),
+    // "probably" only where a class is more likely than not (a speech file the ESC-50 CNN calls dog 30 % is no dog)
+    const sure = Math.max(...data.query_labels.map((l) => l.prob)) >= 0.5;
+    bits.push(h("span", {}, sure ? "Your sound is probably: " : "No class is sure of your sound; best guesses: "),
       h("ul", { class: "chips", style: { display: "inline-flex" } },
         data.query_labels.slice(0, 3).map((l) => h("li", { class: "chip" }, l.label, " ", h("b", {}, pct(l.prob))))));
   }
