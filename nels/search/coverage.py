@@ -393,9 +393,8 @@ def audio_coverage(query_probs: list[tuple]) -> dict | None:
     Returns {"kind": "audio", "score", "covered", "threshold", "model", "closest": [{"label", "prob"}],
     "models"} or None without classifiers. P(explained) of a classifier is a logistic function: of the fit
     "embedding"'s features (`embedding_signal`'s, and "entropy") where that fit was made with this
-    classifier's weights; else of one
-    feature of its class probabilities (the fit's "feature": their normalised entropy, or the largest above
-    chance), fitted per kind (`audio_kind`). The library explains the sound when any classifier does.
+    classifier's weights; else of one feature of its class probabilities (`probs_explained`), fitted per kind
+    (`audio_kind`). The library explains the sound when any classifier does.
     """
     if not query_probs:
         return None

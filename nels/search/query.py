@@ -47,13 +47,10 @@ def _one_inference_thread() -> None:
     if not _threads_set:
         import torch
 
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(1)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # an install without it keeps BLAS's threads
-            pass
-        else:
-            threadpool_limits(1, user_api="blas")
+        threadpool_limits(1, user_api="blas")
         _threads_set = True
 
 
@@ -160,23 +157,21 @@ def encode_query_audio(encoder, x: np.ndarray, sr: int = SAMPLE_RATE):
     return enc.embeddings, probs
 
 
-def encode_query_with(encoders, audio, start: float | None, end: float | None, encode) -> list:
-    """`encode(encoder, x, sr)` of one audio query for each of `encoders`, in their order, the query decoded
-    once per sample rate (not once per encoder: ~7 ms for a 5 s 44.1 kHz WAV).
+def query_waveforms(encoders, audio, start: float | None, end: float | None) -> list[tuple[np.ndarray, int]]:
+    """(waveform, sample rate) of one audio query for each of `encoders`, in their order, decoded once per
+    sample rate (not once per encoder: ~7 ms for a 5 s 44.1 kHz WAV).
 
-    One after the other on the calling thread. The second encoder on a thread beside the first (YAMNet's
-    interpreter and torch release the GIL) gained nothing on 2 shared cores (wall = CPU time), and under load
-    a query waited for that thread to get a core (wall p50 114 ms for 56 ms of CPU at 100k segments,
-    bench/RESULTS.md): concurrency comes from serving several queries at once, as for torch's threads
-    (`_one_inference_thread`).
+    The encoders then run one after the other on the calling thread: the second on a thread beside the first
+    (YAMNet's interpreter and torch release the GIL) gained nothing on 2 shared cores (wall = CPU time), and
+    under load a query waited for that thread to get a core (wall p50 114 ms for 56 ms of CPU at 100k
+    segments, bench/RESULTS.md): concurrency comes from serving several queries at once, as for torch's
+    threads (`_one_inference_thread`).
     """
     decoded: dict[int, tuple[np.ndarray, int]] = {}
-    out = []
     for enc in encoders:
         if enc.sample_rate not in decoded:
             decoded[enc.sample_rate] = query_audio(audio, start, end, enc.sample_rate)
-        out.append(encode(enc, *decoded[enc.sample_rate]))
-    return out
+    return [decoded[enc.sample_rate] for enc in encoders]
 
 
 def _acoustic(lib, vecs: np.ndarray, space: str, n: int, key: str = "acoustic") -> list[Candidate]:
@@ -358,18 +353,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
         encs = [e for e in library_primaries(lib) if lib.catalogue.has_space(e.space)] or [_encoder_for(lib)]
         acoustic: dict[str, list[Candidate]] = {}
         query_probs = []
-
-        def key_of(enc) -> str:
-            return "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
-
-        def encode_and_search(enc, x, sr):  # an encoder's windows and the k-NN in its space
+        for i, (enc, (x, sr)) in enumerate(zip(encs, query_waveforms(encs, audio, start, end))):
             windows = encode_query_windows(enc, x, sr)
-            return windows, _acoustic(lib, windows.embeddings, enc.space, n, key_of(enc)) \
-                if mode in ("acoustic", "fused") else None
-
-        encoded = encode_query_with(encs, audio, start, end, encode_and_search)
-        for i, enc in enumerate(encs):
-            windows, found = encoded[i]
             evecs = windows.embeddings
             qprobs = windows.probs.mean(axis=0) if windows.probs is not None else None
             if i == 0:
@@ -379,8 +364,8 @@ def search(lib, text: str | None = None, audio=None, mode: str | None = None, k:
                 query_probs.append((enc.name, list(enc.labels), qprobs,
                                     coverage_mod.embedding_signal(enc, windows.raw)))
             if mode in ("acoustic", "fused"):
-                key = key_of(enc)
-                acoustic[enc.space] = found
+                key = "acoustic" if len(encs) == 1 else f"acoustic:{enc.space}"
+                acoustic[enc.space] = _acoustic(lib, evecs, enc.space, n, key)
                 part_features[key] = calibration_mod.feature_name("acoustic", enc.space)
                 feature_lists[part_features[key]] = acoustic[enc.space]
         cov_audio = coverage_mod.audio_coverage(query_probs)

@@ -6,6 +6,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from nels.search import calibration
 from nels.search.labels import specific_labels
 
 
@@ -125,11 +126,9 @@ def _relevance_falls_with_rank(results: list[dict]) -> None:
     ranking is not ordered by the relevance model (the default fused text mode ranks by reciprocal rank over
     the linguistic mode and the joint space, which that model does not read), a run of results that the two
     disagree on shares its mean chance (`calibration.non_increasing`), instead of showing 0.27 above 0.43."""
-    from nels.search.calibration import non_increasing
-
     shown = [r for r in results if r["relevance"] is not None]
     if len(shown) > 1:
-        for r, v in zip(shown, non_increasing([r["relevance"] for r in shown]).tolist()):
+        for r, v in zip(shown, calibration.non_increasing([r["relevance"] for r in shown]).tolist()):
             r["relevance"] = round(v, 4)
 
 

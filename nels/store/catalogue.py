@@ -377,8 +377,8 @@ class Catalogue:
 
     def clip_timeline(self, clip_id: int) -> dict | None:
         """`clip` for a timeline, in two queries ({segment_id, start, end, labels: [{label, prob}], most probable
-        first}): an hour's 3600 segments and their ~36k labels in ~40 ms, where `clip`'s per-segment reads take
-        ~80 ms. The labels are all the stored ones, so the caller can show the most specific
+        first}): a 33-minute clip's 1870 segments and their 18,700 labels (CNN + YAMNet) are one query of ~20 ms
+        on 2 busy cores. The labels are all the stored ones, so the caller can show the most specific
         (`nels.search.labels.specific_labels`), not only the most probable."""
         row = self.conn.execute("SELECT * FROM clips WHERE id=?", (clip_id,)).fetchone()
         if row is None:
